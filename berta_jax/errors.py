@@ -1,0 +1,25 @@
+"""The exceptions berta-jax raises for bad checkpoints, configs and inputs.
+
+Each one carries a message that names the file, key, field or index at fault and
+says what to do; callers can catch the family through `BertaJaxError`.
+"""
+
+
+class BertaJaxError(Exception):
+    """Base class of every error berta-jax raises on purpose."""
+
+
+class ConfigError(BertaJaxError, ValueError):
+    """A config file is missing, malformed, or asks for something not implemented."""
+
+
+class CheckpointError(BertaJaxError, ValueError):
+    """A weights file is missing, corrupt, or does not match the model config."""
+
+
+class ModelNotFoundError(BertaJaxError, FileNotFoundError):
+    """Neither a local folder nor a reachable (or cached) hub repository."""
+
+
+class TruncationWarning(UserWarning):
+    """Some texts were longer than the context and were cut to max_seq_length tokens."""

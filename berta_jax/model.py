@@ -1,0 +1,167 @@
+"""The BERT encoder in Flax NNX, read top-down like the paper.
+
+embeddings -> N x (self-attention -> residual LayerNorm -> GELU feed-forward ->
+residual LayerNorm) -> last hidden state. Parameter names are the ones the
+converter's table (`convert/mapping.py`) maps to and from Hugging Face names.
+
+Numerics: parameters are stored in `param_dtype`; matmuls run in `dtype`
+(float32 or bfloat16); LayerNorm, softmax and everything after the last layer
+run in float32. In float32 mode matmuls ask for `Precision.HIGHEST`, so TPUs and
+GPUs do not silently drop to bf16/TF32 passes. There is no dropout: this is the
+inference graph.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from berta_jax.config import BertConfig
+
+# Added to the attention logits of padding keys. Finite, so a row whose keys
+# are all padding (a filler row) gives a uniform softmax instead of NaN.
+MASKED_LOGIT = -1e30
+
+_ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's exact erf GELU
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def default_precision(dtype: jnp.dtype) -> jax.lax.Precision:
+    """HIGHEST for float32 compute (PyTorch parity on TPU/GPU), DEFAULT for bf16."""
+    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
+
+
+class _Layers:
+    """Constructors shared by the modules below: one place for dtype handling."""
+
+    def __init__(self, cfg: BertConfig, dtype, param_dtype, precision, rngs: nnx.Rngs):
+        self.cfg, self.dtype, self.param_dtype, self.precision, self.rngs = cfg, dtype, param_dtype, precision, rngs
+
+    def linear(self, n_in: int, n_out: int) -> nnx.Linear:
+        return nnx.Linear(
+            n_in, n_out, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision, rngs=self.rngs
+        )
+
+    def layer_norm(self) -> nnx.LayerNorm:
+        # BERT's eps (1e-12, from the config; nnx defaults to 1e-6) and the
+        # two-pass variance torch uses; statistics and output in float32.
+        return nnx.LayerNorm(
+            self.cfg.hidden_size,
+            epsilon=self.cfg.layer_norm_eps,
+            use_fast_variance=False,
+            dtype=jnp.float32,
+            param_dtype=self.param_dtype,
+            rngs=self.rngs,
+        )
+
+    def embed(self, n: int) -> nnx.Embed:
+        return nnx.Embed(n, self.cfg.hidden_size, dtype=jnp.float32, param_dtype=self.param_dtype, rngs=self.rngs)
+
+
+class Embeddings(nnx.Module):
+    """Token ids -> word + token-type + absolute position embeddings, LayerNorm."""
+
+    def __init__(self, make: _Layers):
+        cfg = make.cfg
+        self.word = make.embed(cfg.vocab_size)
+        self.position = make.embed(cfg.max_position_embeddings)
+        self.token_type = make.embed(cfg.type_vocab_size)
+        self.norm = make.layer_norm()
+
+    def __call__(self, input_ids: Int[Array, "B L"], token_type_ids: Int[Array, "B L"]) -> Float[Array, "B L D"]:
+        positions = jnp.arange(input_ids.shape[1])[None, :]  # [1, L]; right padding, so position = index
+        x = self.word(input_ids) + self.token_type(token_type_ids)  # same summation order as HF
+        x = x + self.position(positions)
+        return self.norm(x)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head scaled dot-product self-attention over the non-padding keys."""
+
+    def __init__(self, make: _Layers):
+        cfg = make.cfg
+        self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.dtype, self.precision = make.dtype, make.precision
+        self.query = make.linear(cfg.hidden_size, cfg.hidden_size)
+        self.key = make.linear(cfg.hidden_size, cfg.hidden_size)
+        self.value = make.linear(cfg.hidden_size, cfg.hidden_size)
+        self.out = make.linear(cfg.hidden_size, cfg.hidden_size)
+
+    def _heads(self, x: Float[Array, "B L D"]) -> Float[Array, "B L H K"]:
+        return x.reshape(*x.shape[:2], self.num_heads, self.head_dim)
+
+    def __call__(self, x: Float[Array, "B L D"], key_mask: Bool[Array, "B L"]) -> Float[Array, "B L D"]:
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))  # [B, L, H, K]
+        logits = jnp.einsum(
+            "bqhk,bthk->bhqt", q, k, precision=self.precision, preferred_element_type=jnp.float32
+        )  # [B, H, Lq, Lk]
+        logits = logits * (1.0 / jnp.sqrt(jnp.float32(self.head_dim)))
+        # key_mask[b, t] says whether key t of row b is a real token:
+        #   [B, L] -> [B, 1, 1, L], broadcast over heads and queries.
+        logits = jnp.where(key_mask[:, None, None, :], logits, MASKED_LOGIT)
+        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # float32 softmax
+        context = jnp.einsum("bhqt,bthk->bqhk", probs, v, precision=self.precision)  # [B, L, H, K]
+        return self.out(context.reshape(*context.shape[:2], -1))
+
+
+class EncoderLayer(nnx.Module):
+    """Post-LN transformer block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, make: _Layers):
+        cfg = make.cfg
+        self.attention = SelfAttention(make)
+        self.ln_attn = make.layer_norm()
+        self.ffn_in = make.linear(cfg.hidden_size, cfg.intermediate_size)
+        self.ffn_out = make.linear(cfg.intermediate_size, cfg.hidden_size)
+        self.ln_ffn = make.layer_norm()
+        self.activation = _ACTIVATIONS[cfg.hidden_act]
+
+    def __call__(self, x: Float[Array, "B L D"], key_mask: Bool[Array, "B L"]) -> Float[Array, "B L D"]:
+        x = self.ln_attn(x + self.attention(x, key_mask))
+        h = self.ffn_out(self.activation(self.ffn_in(x)))  # [B, L, I] -> [B, L, D]
+        return self.ln_ffn(x + h)
+
+
+class BertModel(nnx.Module):
+    """The BERT encoder: token ids -> last hidden state `[batch, seq, hidden]`.
+
+    Args:
+      cfg: architecture, read from the checkpoint.
+      dtype: compute dtype of the matmuls (float32 or bfloat16).
+      param_dtype: storage dtype of the parameters.
+      precision: matmul precision; by default HIGHEST for float32 compute.
+    """
+
+    def __init__(
+        self,
+        cfg: BertConfig,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        precision: jax.lax.Precision | None = None,
+        rngs: nnx.Rngs,
+    ):
+        self.cfg = cfg
+        make = _Layers(cfg, dtype, param_dtype, precision or default_precision(dtype), rngs)
+        self.embeddings = Embeddings(make)
+        self.layers = nnx.List([EncoderLayer(make) for _ in range(cfg.num_hidden_layers)])
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "B L"],
+        attention_mask: Int[Array, "B L"] | Bool[Array, "B L"],
+        token_type_ids: Int[Array, "B L"] | None = None,
+    ) -> Float[Array, "B L D"]:
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        key_mask = attention_mask.astype(bool)
+        x = self.embeddings(input_ids, token_type_ids)
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return x.astype(jnp.float32)

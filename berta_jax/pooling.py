@@ -1,0 +1,91 @@
+"""Token states -> one sentence vector: pooling and L2 normalisation, as pure functions.
+
+`make_embed_fn` gives the whole forward (encoder + pooling + normalisation) as a
+pure function of the parameters, for `jax.jit`, `jax.vmap` and `jax.grad`.
+All pooling arithmetic is float32.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from berta_jax.model import BertModel
+
+
+def pool(
+    hidden: Float[Array, "B L D"], mask: Bool[Array, "B L"], mode: str
+) -> Float[Array, "B D"]:
+    """Pool token states over the positions where `mask` is true.
+
+    Modes follow sentence-transformers: "mean", "mean_sqrt_len_tokens", "max",
+    and "cls" (the first pooled position, which is [CLS] unless prompt tokens
+    are excluded). A row with no pooled position gives zeros, never NaN.
+    """
+    hidden = hidden.astype(jnp.float32)
+    weights = mask.astype(jnp.float32)[..., None]  # [B, L, 1]
+    count = jnp.maximum(weights.sum(axis=1), 1.0)  # [B, 1]
+    if mode == "mean":
+        return (hidden * weights).sum(axis=1) / count
+    if mode == "mean_sqrt_len_tokens":
+        return (hidden * weights).sum(axis=1) / jnp.sqrt(count)
+    if mode == "cls":
+        first = jnp.argmax(mask, axis=1)  # [B]
+        return jnp.take_along_axis(hidden, first[:, None, None], axis=1)[:, 0, :]
+    if mode == "max":
+        masked = jnp.where(weights > 0, hidden, -jnp.inf).max(axis=1)
+        return jnp.where(mask.any(axis=1, keepdims=True), masked, 0.0)
+    raise ValueError(f"unknown pooling mode {mode!r}")
+
+
+def l2_normalize(x: Float[Array, "B D"], eps: float = 1e-12) -> Float[Array, "B D"]:
+    """x / max(||x||, eps), as torch.nn.functional.normalize (a zero row stays zero)."""
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+    return x / jnp.maximum(norm, eps)
+
+
+def embed(
+    model: BertModel,
+    input_ids: Int[Array, "B L"],
+    attention_mask: Int[Array, "B L"],
+    token_type_ids: Int[Array, "B L"] | None = None,
+    pool_mask: Bool[Array, "B L"] | None = None,
+    *,
+    pooling: str = "mean",
+    normalize: bool = True,
+) -> Float[Array, "B D"]:
+    """Sentence embeddings from token ids: encoder, pooling over `pool_mask` (default: attention mask), L2 norm."""
+    hidden = model(input_ids, attention_mask, token_type_ids)
+    pooled = pool(hidden, (attention_mask if pool_mask is None else pool_mask).astype(bool), pooling)
+    return l2_normalize(pooled) if normalize else pooled
+
+
+def make_embed_fn(graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: bool = True) -> Callable:
+    """A pure `fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None) -> [B, D]`.
+
+    `params` is the `nnx.State` from `nnx.split(model)`; pass it as an argument
+    (not a closure) so jit does not bake the weights into the program and grad
+    can differentiate with respect to it.
+    """
+
+    def embed_fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None):
+        model = nnx.merge(graphdef, params)
+        return embed(
+            model, input_ids, attention_mask, token_type_ids, pool_mask, pooling=pooling, normalize=normalize
+        )
+
+    return embed_fn
+
+
+def make_hidden_fn(graphdef: nnx.GraphDef) -> Callable:
+    """A pure `fn(params, input_ids, attention_mask, token_type_ids=None) -> [B, L, D]` (last hidden state)."""
+
+    def hidden_fn(params, input_ids, attention_mask, token_type_ids=None):
+        return nnx.merge(graphdef, params)(input_ids, attention_mask, token_type_ids)
+
+    return hidden_fn
+
+

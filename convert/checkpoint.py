@@ -1,0 +1,187 @@
+"""Read Hugging Face and berta-jax checkpoints into flat Flax parameter dicts.
+
+A flat parameter dict maps dotted Flax paths (`layers.3.attention.query.kernel`)
+to numpy arrays in their stored dtype. This module turns HF tensors into that
+form and back, through the table in `convert.mapping`, and checks a parameter
+dict against the shapes a config implies, raising once with every offending key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from berta_jax.errors import CheckpointError
+from convert import mapping
+from convert.safetensors_io import read_header, read_safetensors
+
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+FLAX_WEIGHTS = "flax_model.safetensors"
+FLAX_FORMAT = "berta_jax"
+# Tensors the encoder does not use, carried through the Flax file under this
+# prefix so that HF -> Flax -> HF gives back every tensor.
+EXTRA_PREFIX = "hf_extra."
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "model.ckpt.index")
+
+FlatParams = dict[str, np.ndarray]
+
+
+def _listing(keys: list[str], limit: int = 40) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def read_hf_tensors(folder: Path) -> tuple[dict[str, np.ndarray], str]:
+    """Every tensor of an HF checkpoint folder (single-file or sharded) and a description of its source."""
+    index = folder / HF_INDEX
+    if index.exists():
+        return _read_sharded(index), str(index)
+    single = folder / HF_WEIGHTS
+    if single.exists():
+        tensors, _ = read_safetensors(single)
+        return tensors, str(single)
+    pickled = [name for name in _PICKLE_WEIGHTS if (folder / name).exists()]
+    if pickled:
+        raise CheckpointError(
+            f"{folder}: only {pickled[0]} is present. berta-jax never loads pickle checkpoints (unpickling can run "
+            "arbitrary code). Convert it once with PyTorch in a trusted environment: "
+            "`transformers.AutoModel.from_pretrained(path).save_pretrained(path, safe_serialization=True)`."
+        )
+    raise CheckpointError(f"{folder}: no {HF_WEIGHTS}, {HF_INDEX} or {FLAX_WEIGHTS}; this folder holds no weights")
+
+
+def _read_sharded(index_path: Path) -> dict[str, np.ndarray]:
+    """Check a sharded index against its shards' headers, then read the shards."""
+    from berta_jax.config import read_json
+
+    index = read_json(index_path)
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: has no 'weight_map' object")
+    folder = index_path.parent
+    shards = sorted(set(weight_map.values()))
+    missing_files = [s for s in shards if not (folder / s).is_file()]
+    if missing_files:
+        raise CheckpointError(f"{index_path}: names shard file(s) that do not exist: {_listing(missing_files)}")
+    owner: dict[str, str] = {}
+    problems = []
+    for shard in shards:
+        header, _, _ = read_header(folder / shard)
+        for name in header:
+            if name in owner:
+                problems.append(f"{name} is in both {owner[name]} and {shard}")
+            owner[name] = shard
+    for name, shard in weight_map.items():
+        if owner.get(name) != shard:
+            where = f"found in {owner[name]}" if name in owner else "absent from every shard"
+            problems.append(f"{name} is indexed in {shard} but {where}")
+    if problems:
+        raise CheckpointError(f"{index_path}: index and shards disagree: {_listing(problems)}")
+    tensors: dict[str, np.ndarray] = {}
+    for shard in shards:
+        tensors.update(read_safetensors(folder / shard)[0])
+    return tensors
+
+
+def hf_to_flax(tensors: dict[str, np.ndarray], source: str) -> tuple[FlatParams, dict[str, np.ndarray]]:
+    """Split HF tensors into Flax parameters and the explicitly ignored extras.
+
+    Raises CheckpointError naming every key that is neither a parameter nor on
+    the ignore list.
+    """
+    names = mapping.strip_prefix(list(tensors), source)
+    params: FlatParams = {}
+    extras: dict[str, np.ndarray] = {}
+    unexpected, clashes = [], []
+    for key, name in names.items():
+        hit = mapping.hf_to_flax_name(name)
+        if hit is not None:
+            path, transform = hit
+            if path in params:
+                clashes.append(key)
+            params[path] = mapping.apply_transform(tensors[key], transform)
+        elif mapping.is_ignored(name):
+            extras[name] = tensors[key]
+        else:
+            unexpected.append(key)
+    if unexpected or clashes:
+        parts = []
+        if unexpected:
+            parts.append(f"unexpected key(s) that are not BERT encoder weights: {_listing(sorted(unexpected))}")
+        if clashes:
+            parts.append(f"key(s) that repeat another parameter: {_listing(sorted(clashes))}")
+        raise CheckpointError(
+            f"{source}: {'; '.join(parts)}. Only the encoder, embeddings.position_ids, pooler.* and cls.* "
+            "are recognised."
+        )
+    return params, extras
+
+
+def flax_to_hf(params: FlatParams) -> dict[str, np.ndarray]:
+    """Flax parameters -> HF `BertModel` tensor names (no prefix)."""
+    out = {}
+    for path, array in params.items():
+        hit = mapping.flax_to_hf_name(path)
+        if hit is None:
+            raise CheckpointError(f"Flax parameter {path!r} has no Hugging Face name in the mapping table")
+        name, transform = hit
+        out[name] = mapping.apply_transform(array, transform)
+    return out
+
+
+def check_params(params: FlatParams, expected: dict[str, tuple[int, ...]], source: str) -> None:
+    """Raise once, listing every missing, unexpected, misshapen, non-float or non-finite parameter."""
+    problems = []
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    if missing:
+        problems.append(f"missing parameter(s): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected parameter(s): {_listing(unexpected)}")
+    bad_shapes, bad_dtypes, non_finite = [], [], []
+    for path in sorted(set(expected) & set(params)):
+        array = params[path]
+        if tuple(array.shape) != tuple(expected[path]):
+            bad_shapes.append(f"{_hf_name(path)}: checkpoint {tuple(array.shape)} vs expected {tuple(expected[path])}")
+        elif array.dtype.kind != "f":
+            bad_dtypes.append(f"{_hf_name(path)} ({array.dtype})")
+        elif not np.isfinite(array).all():
+            non_finite.append(_hf_name(path))
+    if bad_shapes:
+        problems.append(f"shape mismatch (config.json does not match the weights): {_listing(bad_shapes)}")
+    if bad_dtypes:
+        problems.append(f"non-floating weights: {_listing(bad_dtypes)}")
+    if non_finite:
+        problems.append(f"NaN or Inf in: {_listing(non_finite)}")
+    if problems:
+        raise CheckpointError(f"{source}: " + "; ".join(problems))
+
+
+def _hf_name(path: str) -> str:
+    """`hf.name (flax.path)` for messages, so both vocabularies find the tensor."""
+    hit = mapping.flax_to_hf_name(path)
+    return f"{hit[0]} ({path})" if hit else path
+
+
+def read_flax_file(path: Path) -> tuple[FlatParams, dict[str, np.ndarray]]:
+    """A berta-jax weights file -> (Flax parameters, carried HF extras)."""
+    tensors, metadata = read_safetensors(path)
+    if metadata.get("format") != FLAX_FORMAT:
+        raise CheckpointError(
+            f"{path}: metadata format={metadata.get('format')!r}, expected {FLAX_FORMAT!r}; "
+            "this is not a file written by `berta-jax convert`"
+        )
+    params = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    extras = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+    return params, extras
+
+
+def read_params(folder: Path) -> tuple[FlatParams, str]:
+    """Flax parameters of a model folder, converted or HF layout (the converted file wins)."""
+    flax_file = folder / FLAX_WEIGHTS
+    if flax_file.exists():
+        return read_flax_file(flax_file)[0], str(flax_file)
+    tensors, source = read_hf_tensors(folder)
+    return hf_to_flax(tensors, source)[0], source
