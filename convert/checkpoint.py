@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 from berta_jax.errors import CheckpointError
@@ -137,7 +138,7 @@ def check_params(params: FlatParams, expected: dict[str, tuple[int, ...]], sourc
     missing = sorted(set(expected) - set(params))
     unexpected = sorted(set(params) - set(expected))
     if missing:
-        problems.append(f"missing parameter(s): {_listing(missing)}")
+        problems.append(f"missing parameter(s): {_listing([_hf_name(p) for p in missing])}")
     if unexpected:
         problems.append(f"unexpected parameter(s): {_listing(unexpected)}")
     bad_shapes, bad_dtypes, non_finite = [], [], []
@@ -145,7 +146,7 @@ def check_params(params: FlatParams, expected: dict[str, tuple[int, ...]], sourc
         array = params[path]
         if tuple(array.shape) != tuple(expected[path]):
             bad_shapes.append(f"{_hf_name(path)}: checkpoint {tuple(array.shape)} vs expected {tuple(expected[path])}")
-        elif array.dtype.kind != "f":
+        elif not _is_float(array.dtype):
             bad_dtypes.append(f"{_hf_name(path)} ({array.dtype})")
         elif not np.isfinite(array).all():
             non_finite.append(_hf_name(path))
@@ -157,6 +158,10 @@ def check_params(params: FlatParams, expected: dict[str, tuple[int, ...]], sourc
         problems.append(f"NaN or Inf in: {_listing(non_finite)}")
     if problems:
         raise CheckpointError(f"{source}: " + "; ".join(problems))
+
+
+def _is_float(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" or dtype == ml_dtypes.bfloat16
 
 
 def _hf_name(path: str) -> str:
