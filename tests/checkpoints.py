@@ -32,16 +32,18 @@ _RU = _RU_LOWER + _RU_LOWER.upper()
 def wordpiece_vocab(size: int) -> list[str]:
     """A deterministic cased vocabulary of `size` tokens: characters, then 2- and 3-letter pieces."""
     chars = [c for c in string.printable if not c.isspace()] + list(_RU) + list("—«»№…–")
-    vocab = list(_SPECIALS) + chars + ["##" + c for c in chars]
-    words = ["search", "query", "document", "paraphrase", "categorize", "sentiment", "topic", "entailment", "_"]
-    vocab += words + ["##" + w for w in words]
-    for n in (2, 3):
-        for letters in (string.ascii_lowercase, _RU_LOWER):
-            for combo in itertools.product(letters, repeat=n):
-                piece = "".join(combo)
-                vocab += [piece, "##" + piece]
-                if len(vocab) >= size:
-                    return vocab[:size]
+    words = ["search", "query", "document", "paraphrase", "categorize", "sentiment", "topic", "entailment"]
+    pieces = itertools.chain(
+        chars,
+        words,
+        ("".join(combo) for n in (2, 3) for letters in (string.ascii_lowercase, _RU_LOWER)
+         for combo in itertools.product(letters, repeat=n)),
+    )
+    vocab = dict.fromkeys(_SPECIALS)
+    for piece in pieces:
+        vocab.update(dict.fromkeys([piece, "##" + piece]))
+        if len(vocab) >= size:
+            return list(vocab)[:size]
     raise ValueError(f"cannot build a vocabulary of {size} tokens")
 
 
@@ -49,11 +51,13 @@ def write_tokenizer(folder: Path, vocab_size: int, model_max_length: int) -> Non
     from transformers import BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(wordpiece_vocab(vocab_size)) + "\n", encoding="utf-8")
+    vocab = wordpiece_vocab(vocab_size)
     tok = BertTokenizerFast(
-        vocab_file=str(folder / "vocab.txt"), do_lower_case=False, strip_accents=False,
+        vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=False, strip_accents=False,
         model_max_length=model_max_length,
     )
+    if len(tok) != vocab_size or "[UNK]" in tok.tokenize("Женщину спасают врачи. Hello!"):
+        raise RuntimeError(f"the test tokenizer did not take the {vocab_size}-token vocabulary")
     tok.save_pretrained(str(folder))
 
 

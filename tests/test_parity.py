@@ -67,6 +67,14 @@ def berta(berta_shaped_dir):
     return Encoder.from_pretrained(berta_shaped_dir), sentence_transformer(berta_shaped_dir)
 
 
+def test_berta_shaped_tokenizer_reaches_the_whole_embedding_table(berta):
+    """The fixture's own spec: real WordPiece splits, no [UNK], ids near the top of the 55083-row table."""
+    encoder, _ = berta
+    ids = encoder.tokenizer(ALL).input_ids
+    assert all(encoder.tokenizer.hf.unk_token_id not in row for row in ids)
+    assert max(int(row.max()) for row in ids) > 50_000
+
+
 def test_berta_shaped_default_prompt_matches_sentence_transformers(berta):
     encoder, st = berta
     assert encoder.sentence.default_prompt_name == "categorize_entailment"
