@@ -17,12 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from berta_jax.batching import make_batches
+from berta_jax.batching import BatchPlanner, make_batches
+from berta_jax.compile_cache import enable_compilation_cache
 from berta_jax.config import BertConfig
 from berta_jax.errors import TruncationWarning
 from berta_jax.hub import resolve_model_dir
 from berta_jax.model import BertModel
-from berta_jax.pooling import make_embed_fn, make_hidden_fn
+from berta_jax.pooling import make_hidden_fn
+from berta_jax.runtime import CompileStats, ShardedForward
 from berta_jax.st_config import POOLING_MODES, SentenceConfig
 from berta_jax.tokenize import TextTokenizer
 from berta_jax.weights import load_model
@@ -35,6 +37,7 @@ class EncodeResult:
     embeddings: np.ndarray  # [n, hidden] float32, input order
     truncated: np.ndarray  # [n] bool: cut to max_seq_length tokens
     num_tokens: np.ndarray  # [n] tokens fed to the model (prompt and special tokens included)
+    padded_tokens: int  # rows x length summed over the batches run (real + padding)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -57,14 +60,29 @@ class Encoder:
       graphdef, params: `nnx.split(model)`, for the pure functions.
     """
 
-    def __init__(self, model: BertModel, tokenizer: TextTokenizer, sentence: SentenceConfig, *, name: str = ""):
+    def __init__(
+        self,
+        model: BertModel,
+        tokenizer: TextTokenizer,
+        sentence: SentenceConfig,
+        *,
+        name: str = "",
+        devices: Sequence[jax.Device] | None = None,
+        max_batch_tokens: int | None = None,
+    ):
         self.model = model
         self.config: BertConfig = model.cfg
         self.tokenizer = tokenizer
         self.sentence = sentence
         self.name = name
         self.graphdef, self.params = nnx.split(model)
-        self._embed_fns: dict[tuple[str, bool], callable] = {}
+        self.devices = list(devices) if devices is not None else jax.local_devices()
+        if max_batch_tokens is None:
+            max_batch_tokens = default_batch_tokens(self.devices, sentence.max_seq_length)
+        BatchPlanner(sentence.max_seq_length, max_batch_tokens, num_devices=len(self.devices))  # validates now
+        self.max_batch_tokens = max_batch_tokens
+        self.compile_stats = CompileStats()
+        self._forwards: dict[tuple[str, bool], ShardedForward] = {}
         self._hidden_fn = jax.jit(make_hidden_fn(self.graphdef))
 
     @classmethod
@@ -78,6 +96,9 @@ class Encoder:
         max_seq_length: int | None = None,
         revision: str | None = None,
         cache_dir: str | None = None,
+        devices: Sequence[jax.Device] | None = None,
+        max_batch_tokens: int | None = None,
+        compilation_cache: str | os.PathLike | bool | None = None,
     ) -> Encoder:
         """Load a model folder (HF / sentence-transformers layout, or converted) or a hub id.
 
@@ -86,7 +107,13 @@ class Encoder:
           param_dtype: storage dtype of the parameters.
           pooling: override the folder's pooling ("mean", "cls", ...), e.g. "cls" for FRIDA-style use.
           max_seq_length: override the folder's context length (at most max_position_embeddings).
+          devices: devices to shard each batch over (default: every local device).
+          max_batch_tokens: padded tokens per batch (default: 2048 per device on CPU, 16384 on accelerators).
+          compilation_cache: JAX persistent compilation cache directory; None uses $BERTA_JAX_CACHE_DIR or
+            ~/.cache/berta_jax/xla (unless JAX already has one), False leaves JAX's setting alone.
         """
+        if compilation_cache is not False:
+            enable_compilation_cache(None if compilation_cache in (None, True) else compilation_cache)
         folder = resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir)
         cfg = BertConfig.from_json(folder / "config.json")
         sentence = SentenceConfig.from_folder(folder, cfg)
@@ -104,18 +131,23 @@ class Encoder:
         sentence = dataclasses.replace(sentence, **overrides)
         tokenizer = TextTokenizer.from_folder(folder, sentence.max_seq_length, cfg.vocab_size)
         model = load_model(folder, cfg, dtype=dtype, param_dtype=param_dtype)
-        return cls(model, tokenizer, sentence, name=str(name_or_path))
+        return cls(
+            model, tokenizer, sentence, name=str(name_or_path), devices=devices, max_batch_tokens=max_batch_tokens
+        )
 
     @property
     def hidden_size(self) -> int:
         return self.config.hidden_size
 
-    def embed_fn(self, *, pooling: str | None = None, normalize: bool | None = None):
-        """The jitted pure forward `fn(params, ids, mask, token_types, pool_mask) -> [B, D]`."""
+    def forward(self, *, pooling: str | None = None, normalize: bool | None = None) -> ShardedForward:
+        """The compiled, sharded sentence forward for a pooling mode and normalisation."""
         key = (pooling or self.sentence.pooling, self.sentence.normalize if normalize is None else normalize)
-        if key not in self._embed_fns:
-            self._embed_fns[key] = jax.jit(make_embed_fn(self.graphdef, pooling=key[0], normalize=key[1]))
-        return self._embed_fns[key]
+        if key not in self._forwards:
+            self._forwards[key] = ShardedForward(
+                self.graphdef, self.params, pooling=key[0], normalize=key[1], devices=self.devices,
+                stats=self.compile_stats,
+            )
+        return self._forwards[key]
 
     def encode_detailed(
         self,
@@ -123,25 +155,29 @@ class Encoder:
         *,
         prompt_name: str | None = None,
         prompt: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
         normalize: bool | None = None,
     ) -> EncodeResult:
         """Like `encode`, plus per-text truncation flags and token counts."""
         texts = _check_texts(texts)
         prefix = self.sentence.resolve_prompt(prompt_name, prompt)
         tokens = self.tokenizer(texts, prompt=prefix)
-        out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
-        fn = self.embed_fn(normalize=normalize)
-        batches = make_batches(
-            tokens,
-            batch_size=batch_size,
+        forward = self.forward(normalize=normalize)
+        planner = BatchPlanner(
             max_seq_length=self.sentence.max_seq_length,
-            pad_token_id=self.config.pad_token_id,
-            exclude_prompt=not self.sentence.include_prompt,
+            max_batch_tokens=self.max_batch_tokens if max_batch_tokens is None else max_batch_tokens,
+            batch_size=batch_size,
+            num_devices=forward.num_devices,
         )
-        for b in batches:
-            vectors = fn(self.params, b.input_ids, b.attention_mask, b.token_type_ids, b.pool_mask)
-            out[b.rows] = np.asarray(vectors)[: len(b.rows)]
+        batches = make_batches(
+            tokens, planner, pad_token_id=self.config.pad_token_id, exclude_prompt=not self.sentence.include_prompt
+        )
+        out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+        padded = 0
+        for batch, vectors in forward.run(batches):
+            out[batch.rows] = vectors
+            padded += batch.input_ids.size
         if not np.isfinite(out).all():
             bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
             raise FloatingPointError(f"non-finite embeddings for texts {bad[:20].tolist()}; the weights may be corrupt")
@@ -153,7 +189,7 @@ class Encoder:
                 TruncationWarning,
                 stacklevel=3,
             )
-        return EncodeResult(out, tokens.truncated, tokens.lengths)
+        return EncodeResult(out, tokens.truncated, tokens.lengths, padded)
 
     def encode(
         self,
@@ -161,14 +197,17 @@ class Encoder:
         *,
         prompt_name: str | None = None,
         prompt: str | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
         normalize: bool | None = None,
     ) -> np.ndarray:
         """Embed texts -> float32 `[n, hidden]` in input order (`[hidden]` for a single string).
 
         The model's default prompt applies unless `prompt_name` or `prompt`
         overrides it (`prompt=""` means no prompt). `normalize=None` follows the
-        folder (L2-normalised when a Normalize module is configured).
+        folder (L2-normalised when a Normalize module is configured). Batches
+        hold up to `max_batch_tokens` padded tokens (default: the encoder's),
+        and at most `batch_size` texts when given.
         """
         single = isinstance(texts, str)
         result = self.encode_detailed(
@@ -176,6 +215,7 @@ class Encoder:
             prompt_name=prompt_name,
             prompt=prompt,
             batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
             normalize=normalize,
         )
         return result.embeddings[0] if single else result.embeddings
@@ -236,3 +276,9 @@ def _check_ids(name: str, ids: np.ndarray, limit: int) -> None:
         raise ValueError(
             f"{name}[{b}, {t}] = {ids[b, t]} is outside [0, {limit}); JAX would silently read a wrong row"
         )
+
+
+def default_batch_tokens(devices: Sequence[jax.Device], max_seq_length: int) -> int:
+    """Padded tokens per batch: small on CPU (cache-sized batches run fastest there), large on accelerators."""
+    per_device = 2048 if devices[0].platform == "cpu" else 16384
+    return max(per_device * len(devices), max_seq_length)

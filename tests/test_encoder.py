@@ -35,7 +35,7 @@ def test_empty_list_gives_empty_array_without_compiling(tiny_bert_dir):
     encoder = Encoder.from_pretrained(tiny_bert_dir)
     out = encoder.encode([])
     assert out.shape == (0, 16) and out.dtype == np.float32
-    assert encoder.embed_fn()._cache_size() == 0
+    assert encoder.compile_stats.count == 0
 
 
 def test_empty_and_blank_strings_embed_as_prompt_plus_special_tokens(tiny):

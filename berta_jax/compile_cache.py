@@ -1,0 +1,49 @@
+"""Turn on JAX's persistent compilation cache, so a second process reuses compiled programs.
+
+The directory is, in order: the argument, `$BERTA_JAX_CACHE_DIR`, or
+`~/.cache/berta_jax/xla`. A directory already configured in JAX (by the user)
+is left alone. An unwritable directory gives a warning and no cache, never a
+failure: compiling again is slow, not wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+from jax.experimental.compilation_cache import compilation_cache
+
+ENV_VAR = "BERTA_JAX_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(ENV_VAR) or Path.home() / ".cache" / "berta_jax" / "xla")
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | None:
+    """Point JAX's persistent compilation cache at `path`; returns the directory in use, or None."""
+    current = jax.config.jax_compilation_cache_dir
+    if current and path is None:
+        return Path(current)
+    directory = Path(path) if path is not None else default_cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass
+    except OSError as e:
+        warnings.warn(
+            f"compilation cache directory {directory} is not writable ({e.strerror or e}); continuing without a "
+            f"persistent cache, so each process compiles again. Set {ENV_VAR} to a writable directory.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    compilation_cache.reset_cache()  # a cache JAX initialised earlier without a directory would stay off
+    compilation_cache.set_cache_dir(str(directory))
+    # Cache every program: a BERT forward on CPU can compile in under the default 1 s threshold.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory
