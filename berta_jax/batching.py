@@ -1,13 +1,12 @@
 """Group tokenized texts into padded batches by a token budget, over a small fixed set of shapes.
 
-Texts are sorted by length (longest first) and taken greedily: a batch is
-padded to the length bucket of its longest text and holds
-`max_batch_tokens // bucket` rows (rounded down to a multiple of the device
-count), filled with the next texts in order, so every batch but the last of a
-bucket is full and padding stays small. A batch shape is compiled once per
-bucket; the only other shape is a short final batch whose bucket never had a
-full batch, padded to a power of two rows. So a run compiles at most one shape
-per length bucket (8 for a 512-token context), however many texts it has.
+Texts are sorted by length (longest first) and grouped by length bucket; a
+batch of bucket L is padded to L tokens and holds `max_batch_tokens // L` rows
+(rounded down to a multiple of the device count). Every batch of a bucket has
+that one shape (a bucket too small to fill one batch gets a power-of-two row
+count instead), so a run compiles exactly one program per length bucket its
+texts reach: at most 8 for a 512-token context, and never more for 10,000
+texts than for 100 of the same length range.
 Each batch remembers which input rows it holds, so outputs go back in input order.
 """
 
@@ -87,18 +86,24 @@ class BatchPlanner:
         return -(-rows // self.num_devices) * self.num_devices
 
     def plan(self, lengths: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
-        """[(input indices, rows, padded length)] covering every text once, longest texts first."""
-        order = np.argsort(-np.asarray(lengths), kind="stable")
-        plan, full_shapes, start = [], set(), 0
-        while start < len(order):
-            length = bucket(int(lengths[order[start]]), self.buckets)
+        """[(input indices, rows, padded length)] covering every text once, longest texts first.
+
+        Texts are grouped by length bucket; each bucket is cut into full batches
+        of `full_rows` rows. Its last, short batch keeps the full shape when the
+        bucket had a full batch (no new program), else is padded to a power of
+        two rows. So exactly one shape is compiled per bucket present.
+        """
+        lengths = np.asarray(lengths)
+        order = np.argsort(-lengths, kind="stable")
+        buckets = np.array([bucket(int(n), self.buckets) for n in lengths[order]], dtype=np.int64)
+        plan = []
+        for length in sorted(set(buckets.tolist()), reverse=True):
+            members = order[buckets == length]
             rows = self.full_rows(length)
-            take = order[start : start + rows]
-            if len(take) < rows and (rows, length) not in full_shapes:
-                rows = min(rows, self.tail_rows(len(take)))
-            full_shapes.add((rows, length))
-            plan.append((take, rows, length))
-            start += len(take)
+            for start in range(0, len(members), rows):
+                take = members[start : start + rows]
+                short = len(members) < rows  # the bucket never fills a batch: a small shape of its own
+                plan.append((take, min(rows, self.tail_rows(len(take))) if short else rows, length))
         return plan
 
 

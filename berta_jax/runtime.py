@@ -27,11 +27,25 @@ from berta_jax.pooling import make_embed_fn
 DATA_AXIS = "data"
 
 
+_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
+_cache_counts = {"hits": 0, "misses": 0}
+
+
+def _count_cache_event(event: str, **_) -> None:
+    if event in _CACHE_EVENTS:
+        _cache_counts[_CACHE_EVENTS[event]] += 1
+
+
+jax.monitoring.register_event_listener(_count_cache_event)
+
+
 @dataclasses.dataclass
 class CompileStats:
-    """Seconds spent compiling (or loading from the persistent cache) each (rows, length) shape."""
+    """Per compiled (pooling, normalize, rows, length) program: seconds to get it, and whether the
+    persistent compilation cache supplied it."""
 
     seconds: dict[tuple, float] = dataclasses.field(default_factory=dict)
+    from_cache: dict[tuple, bool] = dataclasses.field(default_factory=dict)
 
     @property
     def count(self) -> int:
@@ -40,6 +54,10 @@ class CompileStats:
     @property
     def total_seconds(self) -> float:
         return sum(self.seconds.values())
+
+    @property
+    def cache_hits(self) -> int:
+        return sum(self.from_cache.values())
 
 
 class ShardedForward:
@@ -76,11 +94,12 @@ class ShardedForward:
     def _program(self, batch: Batch) -> jax.stages.Compiled:
         shape = batch.shape
         if shape not in self._compiled:
-            start = time.perf_counter()
+            start, hits = time.perf_counter(), _cache_counts["hits"]
             args = (batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.pool_mask)
             specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.rows_sharding) for a in args]
             self._compiled[shape] = self._jitted.lower(self.params, *specs).compile()
             self.stats.seconds[(*self.key, *shape)] = time.perf_counter() - start
+            self.stats.from_cache[(*self.key, *shape)] = _cache_counts["hits"] > hits
         return self._compiled[shape]
 
     def dispatch(self, batch: Batch) -> jax.Array:
