@@ -83,7 +83,8 @@ class Encoder:
         self.max_batch_tokens = max_batch_tokens
         self.compile_stats = CompileStats()
         self._forwards: dict[tuple[str, bool], ShardedForward] = {}
-        self._hidden_fn = jax.jit(make_hidden_fn(self.graphdef))
+        # caller-made batches larger than a planner batch run in row chunks of the same size
+        self._hidden_fn = jax.jit(make_hidden_fn(self.graphdef, chunk_tokens=self.max_batch_tokens))
 
     @classmethod
     def from_pretrained(

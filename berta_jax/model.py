@@ -93,21 +93,28 @@ class SelfAttention(nnx.Module):
         self.value = make.linear(cfg.hidden_size, cfg.hidden_size)
         self.out = make.linear(cfg.hidden_size, cfg.hidden_size)
 
-    def _heads(self, x: Float[Array, "B L D"]) -> Float[Array, "B L H K"]:
-        return x.reshape(*x.shape[:2], self.num_heads, self.head_dim)
+    def _projections(self, x: Float[Array, "B L D"]) -> tuple[Float[Array, "B H L K"], ...]:
+        """q, k, v from one [D, 3D] matmul (a larger GEMM runs closer to peak), split into heads."""
+        kernel = jnp.concatenate([self.query.kernel[...], self.key.kernel[...], self.value.kernel[...]], axis=1)
+        bias = jnp.concatenate([self.query.bias[...], self.key.bias[...], self.value.bias[...]])
+        qkv = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), precision=self.precision) + bias.astype(self.dtype)
+        batch, length, _ = x.shape
+        heads = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        return heads[0], heads[1], heads[2]  # each [B, H, L, K]
 
     def __call__(self, x: Float[Array, "B L D"], key_mask: Bool[Array, "B L"]) -> Float[Array, "B L D"]:
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(x)), self._heads(self.value(x))  # [B, L, H, K]
-        logits = jnp.einsum(
-            "bqhk,bthk->bhqt", q, k, precision=self.precision, preferred_element_type=jnp.float32
+        q, k, v = self._projections(x)  # [B, H, L, K]
+        logits = jnp.matmul(
+            q, k.transpose(0, 1, 3, 2), precision=self.precision, preferred_element_type=jnp.float32
         )  # [B, H, Lq, Lk]
         logits = logits * (1.0 / jnp.sqrt(jnp.float32(self.head_dim)))
         # key_mask[b, t] says whether key t of row b is a real token:
         #   [B, L] -> [B, 1, 1, L], broadcast over heads and queries.
         logits = jnp.where(key_mask[:, None, None, :], logits, MASKED_LOGIT)
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # float32 softmax
-        context = jnp.einsum("bhqt,bthk->bqhk", probs, v, precision=self.precision)  # [B, L, H, K]
-        return self.out(context.reshape(*context.shape[:2], -1))
+        context = jnp.matmul(probs, v, precision=self.precision)  # [B, H, L, K]
+        batch, _, length, _ = context.shape
+        return self.out(context.transpose(0, 2, 1, 3).reshape(batch, length, -1))
 
 
 class EncoderLayer(nnx.Module):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
@@ -80,12 +81,32 @@ def make_embed_fn(graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: b
     return embed_fn
 
 
-def make_hidden_fn(graphdef: nnx.GraphDef) -> Callable:
-    """A pure `fn(params, input_ids, attention_mask, token_type_ids=None) -> [B, L, D]` (last hidden state)."""
+def make_hidden_fn(graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None) -> Callable:
+    """A pure `fn(params, input_ids, attention_mask, token_type_ids=None) -> [B, L, D]` (last hidden state).
+
+    With `chunk_tokens`, a batch of more than that many tokens runs as a
+    sequence of row chunks of about that size (`lax.map`): the same numbers,
+    with cache-sized intermediates, which is markedly faster on CPUs.
+    """
 
     def hidden_fn(params, input_ids, attention_mask, token_type_ids=None):
-        return nnx.merge(graphdef, params)(input_ids, attention_mask, token_type_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        forward = lambda ids, mask, types: nnx.merge(graphdef, params)(ids, mask, types)  # noqa: E731
+        batch, length = input_ids.shape
+        rows = _chunk_rows(batch, length, chunk_tokens)
+        if rows == batch:
+            return forward(input_ids, attention_mask, token_type_ids)
+        chunks = [x.reshape(batch // rows, rows, length) for x in (input_ids, attention_mask, token_type_ids)]
+        out = jax.lax.map(lambda xs: forward(*xs), tuple(chunks))  # [chunks, rows, L, D]
+        return out.reshape(batch, length, -1)
 
     return hidden_fn
 
 
+def _chunk_rows(batch: int, length: int, chunk_tokens: int | None) -> int:
+    """The largest divisor of `batch` whose rows hold at most `chunk_tokens` tokens (at least 1 row)."""
+    if not chunk_tokens or batch * length <= chunk_tokens:
+        return batch
+    target = max(1, chunk_tokens // length)
+    return max(d for d in range(1, target + 1) if batch % d == 0)

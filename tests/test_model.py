@@ -152,3 +152,12 @@ def test_folder_files_are_read_for_pooling_and_context(minilm_dir, berta_shaped_
     assert (berta.sentence.pooling, berta.sentence.max_seq_length) == ("cls", 128)
     with pytest.raises(ValueError, match="max_seq_length=513"):
         Encoder.from_pretrained(berta_shaped_dir, max_seq_length=513)
+
+
+def test_row_chunked_forward_gives_the_same_hidden_states(tiny):
+    from berta_jax import make_hidden_fn
+
+    ids, mask, types = _batch(tiny, ["a b", "c", "d e f", "g h", "i", "j k l"])
+    whole = jax.jit(make_hidden_fn(tiny.graphdef))(tiny.params, ids, mask, types)
+    chunked = jax.jit(make_hidden_fn(tiny.graphdef, chunk_tokens=40))(tiny.params, ids, mask, types)  # 2 rows/chunk
+    assert np.abs(np.asarray(whole) - np.asarray(chunked)).max() <= 1e-6
