@@ -92,7 +92,7 @@ def run_engine(engine: str, model: str, dtype: str, n_texts: int, out: Path, rep
         from sentence_transformers import SentenceTransformer
 
         cuda = torch.cuda.is_available()
-        kwargs = {"model_kwargs": {"torch_dtype": torch.bfloat16}} if dtype == "bfloat16" else {}
+        kwargs = {"model_kwargs": {"dtype": torch.bfloat16}} if dtype == "bfloat16" else {}
         st = SentenceTransformer(model, device="cuda" if cuda else "cpu", **kwargs)
         device = torch.cuda.get_device_name() if cuda else "cpu"
         st.encode(texts[:32], batch_size=32)  # warm-up
@@ -178,7 +178,7 @@ def dense(args) -> None:
     jids, jmask = jax.device_put(ids), jax.device_put(mask)
     t_jax = _best_time(lambda: fn(encoder.params, jids, jmask).block_until_ready(), args.repeats)
 
-    model = BertModel.from_pretrained(args.model, torch_dtype=torch.bfloat16 if bf16 else torch.float32).to(tdev).eval()
+    model = BertModel.from_pretrained(args.model, dtype=torch.bfloat16 if bf16 else torch.float32).to(tdev).eval()
     tids, tmask = torch.from_numpy(ids).long().to(tdev), torch.from_numpy(mask).long().to(tdev)
 
     def torch_forward():
