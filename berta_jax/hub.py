@@ -8,14 +8,7 @@ from pathlib import Path
 from berta_jax.errors import ModelNotFoundError
 
 # What a sentence encoder needs from a repository; never pickles or other frameworks' weights.
-ALLOW_PATTERNS = [
-    "*.json",
-    "*.safetensors",
-    "vocab.txt",
-    "*.model",
-    "*/config.json",
-    "*/*.json",
-]
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "vocab.txt"]  # fnmatch: "*" also matches "/" (1_Pooling/...)
 
 
 def _is_hub_id(name: str) -> bool:

@@ -9,10 +9,13 @@ English text, so token ids spread over the whole embedding table.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import string
 from pathlib import Path
+
+from berta_jax.config import BertConfig
 
 BERTA_PROMPTS = {
     "search_query": "search_query: ",
@@ -23,7 +26,7 @@ BERTA_PROMPTS = {
     "categorize_topic": "categorize_topic: ",
     "categorize_entailment": "categorize_entailment: ",
 }
-BERTA_VOCAB_SIZE = 55083
+BERTA_VOCAB_SIZE = BertConfig.berta().vocab_size
 _SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _RU_LOWER = "абвгдеёжзийклмнопрстуфхцчшщъыьэюя"
 _RU = _RU_LOWER + _RU_LOWER.upper()
@@ -140,14 +143,5 @@ def make_random_bert(
     return folder
 
 
-BERTA_SHAPE = dict(
-    vocab_size=BERTA_VOCAB_SIZE,
-    hidden_size=768,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    intermediate_size=3072,
-    max_position_embeddings=512,
-    type_vocab_size=2,
-    hidden_act="gelu",
-    layer_norm_eps=1e-12,
-)
+# The BERTA shape, from the library's one preset (config.json fields a transformers BertConfig accepts).
+BERTA_SHAPE = dataclasses.asdict(BertConfig.berta())
