@@ -146,7 +146,7 @@ def mixed(args) -> None:
 # --- dense fixed shape ----------------------------------------------------------------------------------
 
 
-def _best_time(fn, repeats: int = 3) -> float:
+def _best_time(fn, repeats: int = 5) -> float:
     fn()
     best = float("inf")
     for _ in range(repeats):

@@ -13,6 +13,8 @@ inference graph.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -104,13 +106,13 @@ class SelfAttention(nnx.Module):
 
     def __call__(self, x: Float[Array, "B L D"], key_mask: Bool[Array, "B L"]) -> Float[Array, "B L D"]:
         q, k, v = self._projections(x)  # [B, H, L, K]
+        q = q * jnp.asarray(1.0 / math.sqrt(self.head_dim), q.dtype)  # exact for power-of-two head sizes
+        # key_mask[b, t] says whether key t of row b is a real token; padding keys get a large
+        # negative bias: [B, L] -> [B, 1, 1, L], broadcast over heads and queries.
+        bias = jnp.where(key_mask, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None, None, :]
         logits = jnp.matmul(
             q, k.transpose(0, 1, 3, 2), precision=self.precision, preferred_element_type=jnp.float32
-        )  # [B, H, Lq, Lk]
-        logits = logits * (1.0 / jnp.sqrt(jnp.float32(self.head_dim)))
-        # key_mask[b, t] says whether key t of row b is a real token:
-        #   [B, L] -> [B, 1, 1, L], broadcast over heads and queries.
-        logits = jnp.where(key_mask[:, None, None, :], logits, MASKED_LOGIT)
+        ) + bias  # [B, H, Lq, Lk]
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # float32 softmax
         context = jnp.matmul(probs, v, precision=self.precision)  # [B, H, L, K]
         batch, _, length, _ = context.shape
