@@ -7,12 +7,14 @@ converter's table (`convert/mapping.py`) maps to and from Hugging Face names.
 Numerics: parameters are stored in `param_dtype`; matmuls run in `dtype`
 (float32 or bfloat16); LayerNorm, softmax and everything after the last layer
 run in float32. In float32 mode matmuls ask for `Precision.HIGHEST`, so TPUs and
-GPUs do not silently drop to bf16/TF32 passes. There is no dropout: this is the
-inference graph.
+GPUs do not silently drop to bf16/TF32 passes. Dropout (the config's rates)
+runs only in training mode (`forward(..., deterministic=False, dropout_key=...)`);
+inference is deterministic.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -32,6 +34,23 @@ _ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
 }
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None, site: int) -> jax.Array:
+    """Inverted dropout with the key folded by call site; identity at inference (key None) or rate 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(jax.random.fold_in(key, site), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class BertOutput:
+    """What `BertModel.forward` returns; the optional parts only when asked for."""
+
+    last_hidden_state: jax.Array  # [B, L, D] float32
+    hidden_states: tuple[jax.Array, ...] | None = None  # embeddings output + each layer's, N + 1 x [B, L, D]
+    attentions: tuple[jax.Array, ...] | None = None  # each layer's probabilities, N x [B, H, L, L]
 
 
 def default_precision(dtype: jnp.dtype) -> jax.lax.Precision:
@@ -75,12 +94,15 @@ class Embeddings(nnx.Module):
         self.position = make.embed(cfg.max_position_embeddings)
         self.token_type = make.embed(cfg.type_vocab_size)
         self.norm = make.layer_norm()
+        self.dropout_rate = cfg.hidden_dropout_prob
 
-    def __call__(self, input_ids: Int[Array, "B L"], token_type_ids: Int[Array, "B L"]) -> Float[Array, "B L D"]:
+    def __call__(
+        self, input_ids: Int[Array, "B L"], token_type_ids: Int[Array, "B L"], dropout_key: jax.Array | None = None
+    ) -> Float[Array, "B L D"]:
         positions = jnp.arange(input_ids.shape[1])[None, :]  # [1, L]; right padding, so position = index
         x = self.word(input_ids) + self.token_type(token_type_ids)  # same summation order as HF
         x = x + self.position(positions)
-        return self.norm(x)
+        return dropout(self.norm(x), self.dropout_rate, dropout_key, site=0)
 
 
 class SelfAttention(nnx.Module):
@@ -94,6 +116,7 @@ class SelfAttention(nnx.Module):
         self.key = make.linear(cfg.hidden_size, cfg.hidden_size)
         self.value = make.linear(cfg.hidden_size, cfg.hidden_size)
         self.out = make.linear(cfg.hidden_size, cfg.hidden_size)
+        self.dropout_rate = cfg.attention_probs_dropout_prob
 
     def _projections(self, x: Float[Array, "B L D"]) -> tuple[Float[Array, "B H L K"], ...]:
         """q, k, v from one [D, 3D] matmul (a larger GEMM runs closer to peak), split into heads."""
@@ -104,7 +127,10 @@ class SelfAttention(nnx.Module):
         heads = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
         return heads[0], heads[1], heads[2]  # each [B, H, L, K]
 
-    def __call__(self, x: Float[Array, "B L D"], key_mask: Bool[Array, "B L"]) -> Float[Array, "B L D"]:
+    def __call__(
+        self, x: Float[Array, "B L D"], key_mask: Bool[Array, "B L"], dropout_key: jax.Array | None = None
+    ) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"]]:
+        """The attention output and the attention probabilities (before dropout)."""
         q, k, v = self._projections(x)  # [B, H, L, K]
         q = q * jnp.asarray(1.0 / math.sqrt(self.head_dim), q.dtype)  # exact for power-of-two head sizes
         # key_mask[b, t] says whether key t of row b is a real token; padding keys get a large
@@ -113,10 +139,11 @@ class SelfAttention(nnx.Module):
         logits = jnp.matmul(
             q, k.transpose(0, 1, 3, 2), precision=self.precision, preferred_element_type=jnp.float32
         ) + bias  # [B, H, Lq, Lk]
-        probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)  # float32 softmax
-        context = jnp.matmul(probs, v, precision=self.precision)  # [B, H, L, K]
+        probs = jax.nn.softmax(logits, axis=-1)  # float32 softmax
+        dropped = dropout(probs, self.dropout_rate, dropout_key, site=1).astype(self.dtype)
+        context = jnp.matmul(dropped, v, precision=self.precision)  # [B, H, L, K]
         batch, _, length, _ = context.shape
-        return self.out(context.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+        return self.out(context.transpose(0, 2, 1, 3).reshape(batch, length, -1)), probs
 
 
 class EncoderLayer(nnx.Module):
@@ -130,11 +157,16 @@ class EncoderLayer(nnx.Module):
         self.ffn_out = make.linear(cfg.intermediate_size, cfg.hidden_size)
         self.ln_ffn = make.layer_norm()
         self.activation = _ACTIVATIONS[cfg.hidden_act]
+        self.dropout_rate = cfg.hidden_dropout_prob
 
-    def __call__(self, x: Float[Array, "B L D"], key_mask: Bool[Array, "B L"]) -> Float[Array, "B L D"]:
-        x = self.ln_attn(x + self.attention(x, key_mask))
+    def __call__(
+        self, x: Float[Array, "B L D"], key_mask: Bool[Array, "B L"], dropout_key: jax.Array | None = None
+    ) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"]]:
+        """The layer output and its attention probabilities."""
+        attended, probs = self.attention(x, key_mask, dropout_key)
+        x = self.ln_attn(x + dropout(attended, self.dropout_rate, dropout_key, site=2))
         h = self.ffn_out(self.activation(self.ffn_in(x)))  # [B, L, I] -> [B, L, D]
-        return self.ln_ffn(x + h)
+        return self.ln_ffn(x + dropout(h, self.dropout_rate, dropout_key, site=3)), probs
 
 
 class BertModel(nnx.Module):
@@ -154,12 +186,53 @@ class BertModel(nnx.Module):
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         precision: jax.lax.Precision | None = None,
+        remat: bool = False,
         rngs: nnx.Rngs,
     ):
         self.cfg = cfg
+        self.remat = remat
         make = _Layers(cfg, dtype, param_dtype, precision or default_precision(dtype), rngs)
         self.embeddings = Embeddings(make)
         self.layers = nnx.List([EncoderLayer(make) for _ in range(cfg.num_hidden_layers)])
+
+    def forward(
+        self,
+        input_ids: Int[Array, "B L"],
+        attention_mask: Int[Array, "B L"] | Bool[Array, "B L"],
+        token_type_ids: Int[Array, "B L"] | None = None,
+        *,
+        deterministic: bool = True,
+        dropout_key: jax.Array | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BertOutput:
+        """The encoder, with training dropout and introspection when asked.
+
+        Args:
+          deterministic: True (inference) ignores dropout; False applies the config's dropout rates and
+            needs `dropout_key`, from which every layer and call site derives its own key.
+          output_hidden_states: also return the embeddings output and every layer's output.
+          output_attentions: also return every layer's attention probabilities `[B, H, L, L]`.
+        """
+        if not deterministic and dropout_key is None:
+            raise ValueError("deterministic=False (training) needs a dropout_key, e.g. jax.random.key(0)")
+        key = None if deterministic else dropout_key
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        key_mask = attention_mask.astype(bool)
+        layer_key = (lambda i: None) if key is None else (lambda i: jax.random.fold_in(key, i + 1))  # noqa: E731
+        run_layer = nnx.remat(EncoderLayer.__call__) if self.remat else EncoderLayer.__call__
+        x = self.embeddings(input_ids, token_type_ids, None if key is None else jax.random.fold_in(key, 0))
+        hidden, attentions = [x], []
+        for i, layer in enumerate(self.layers):
+            x, probs = run_layer(layer, x, key_mask, layer_key(i))
+            hidden.append(x)
+            attentions.append(probs)
+        return BertOutput(
+            last_hidden_state=x.astype(jnp.float32),
+            hidden_states=tuple(h.astype(jnp.float32) for h in hidden) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
+        )
 
     def __call__(
         self,
@@ -167,10 +240,5 @@ class BertModel(nnx.Module):
         attention_mask: Int[Array, "B L"] | Bool[Array, "B L"],
         token_type_ids: Int[Array, "B L"] | None = None,
     ) -> Float[Array, "B L D"]:
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
-        key_mask = attention_mask.astype(bool)
-        x = self.embeddings(input_ids, token_type_ids)
-        for layer in self.layers:
-            x = layer(x, key_mask)
-        return x.astype(jnp.float32)
+        """Inference: token ids -> last hidden state `[B, L, D]` (float32)."""
+        return self.forward(input_ids, attention_mask, token_type_ids).last_hidden_state

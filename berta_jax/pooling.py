@@ -57,25 +57,33 @@ def embed(
     *,
     pooling: str = "mean",
     normalize: bool = True,
+    dropout_key=None,
 ) -> Float[Array, "B D"]:
-    """Sentence embeddings from token ids: encoder, pooling over `pool_mask` (default: attention mask), L2 norm."""
-    hidden = model(input_ids, attention_mask, token_type_ids)
+    """Sentence embeddings from token ids: encoder, pooling over `pool_mask` (default: attention mask), L2 norm.
+
+    A `dropout_key` switches the encoder to training mode (dropout at the config's rates).
+    """
+    hidden = model.forward(
+        input_ids, attention_mask, token_type_ids, deterministic=dropout_key is None, dropout_key=dropout_key
+    ).last_hidden_state
     pooled = pool(hidden, (attention_mask if pool_mask is None else pool_mask).astype(bool), pooling)
     return l2_normalize(pooled) if normalize else pooled
 
 
 def make_embed_fn(graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: bool = True) -> Callable:
-    """A pure `fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None) -> [B, D]`.
+    """A pure `fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None)
+    -> [B, D]`.
 
     `params` is the `nnx.State` from `nnx.split(model)`; pass it as an argument
     (not a closure) so jit does not bake the weights into the program and grad
     can differentiate with respect to it.
     """
 
-    def embed_fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None):
+    def embed_fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None):
         model = nnx.merge(graphdef, params)
         return embed(
-            model, input_ids, attention_mask, token_type_ids, pool_mask, pooling=pooling, normalize=normalize
+            model, input_ids, attention_mask, token_type_ids, pool_mask,
+            pooling=pooling, normalize=normalize, dropout_key=dropout_key,
         )
 
     return embed_fn

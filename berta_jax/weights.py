@@ -20,9 +20,11 @@ from berta_jax.model import BertModel
 from convert.checkpoint import FlatParams, check_params, read_params
 
 
-def _abstract(cfg: BertConfig, dtype, param_dtype, precision) -> BertModel:
+def _abstract(cfg: BertConfig, dtype, param_dtype, precision, remat: bool = False) -> BertModel:
     return nnx.eval_shape(
-        lambda: BertModel(cfg, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=nnx.Rngs(0))
+        lambda: BertModel(
+            cfg, dtype=dtype, param_dtype=param_dtype, precision=precision, remat=remat, rngs=nnx.Rngs(0)
+        )
     )
 
 
@@ -56,10 +58,14 @@ def build_model(
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     precision: jax.lax.Precision | None = None,
+    remat: bool = False,
 ) -> BertModel:
-    """A `BertModel` holding `params` (checked against `cfg` first), cast to `param_dtype`."""
+    """A `BertModel` holding `params` (checked against `cfg` first), cast to `param_dtype`.
+
+    `remat=True` rematerialises each layer in the backward pass (less memory for long sequences).
+    """
     check_params(params, param_shapes(cfg), source)
-    graphdef, state = nnx.split(_abstract(cfg, dtype, param_dtype, precision))
+    graphdef, state = nnx.split(_abstract(cfg, dtype, param_dtype, precision, remat))
     arrays = {k: jnp.asarray(np.asarray(v), dtype=param_dtype) for k, v in params.items()}
     nnx.replace_by_pure_dict(state, _nest(arrays))
     return nnx.merge(graphdef, state)
@@ -78,7 +84,7 @@ def load_model(
     return build_model(cfg, params, source, dtype=dtype, param_dtype=param_dtype, precision=precision)
 
 
-def flat_params(model: BertModel) -> FlatParams:
-    """The model's parameters as a flat dict of numpy arrays (for saving and conversion)."""
-    _, state = nnx.split(model, nnx.Param)
+def flat_params(model_or_state: BertModel | nnx.State) -> FlatParams:
+    """Parameters (of a model, or an `nnx.State` such as trained params) as a flat dict of numpy arrays."""
+    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.split(model_or_state, nnx.Param)[1]
     return {_dotted(path): np.asarray(var[...]) for path, var in nnx.to_flat_state(state)}

@@ -93,3 +93,14 @@ def flax_folder_to_hf(src: str | Path, dst: str | Path) -> Path:
     _copy_side_files(src, dst)
     _write_and_verify(dst / HF_WEIGHTS, {**flax_to_hf(params), **extras}, {"format": "pt"})
     return dst / HF_WEIGHTS
+
+
+def write_hf_folder(params: dict[str, np.ndarray], cfg: BertConfig, dst: str | Path, side_files_from: str | Path) -> Path:
+    """Save Flax parameters (e.g. after fine-tuning in JAX) as an HF folder, with the source's tokenizer and
+    sentence-transformers files, so transformers and sentence-transformers load it."""
+    dst = Path(dst)
+    check_params(params, param_shapes(cfg), "parameters to save")
+    dst.mkdir(parents=True, exist_ok=True)
+    _copy_side_files(Path(side_files_from), dst)
+    _write_and_verify(dst / HF_WEIGHTS, flax_to_hf(params), {"format": "pt"})
+    return dst / HF_WEIGHTS

@@ -1,0 +1,148 @@
+"""Training mode, introspection, and gradient parity with PyTorch autograd.
+
+Gradient bar (issue 5): with dropout off, the gradient of an in-batch contrastive loss over
+query/document pairs (BERTA's search_query / search_document prompts) with respect to every parameter
+matches PyTorch; per tensor, ||g_jax - g_torch||_F / max(||g_torch||_F, 1e-3 G) <= 1e-4 (float32), where
+G is the norm of the whole torch gradient. The floor matters only for tensors whose true gradient is zero:
+the attention key bias (softmax ignores a shift shared by all keys) gets rounding noise on both sides.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from berta_jax import Encoder, flat_params, make_embed_fn
+from convert.checkpoint import flax_to_hf
+from tests.conftest import torch_bert
+from tests.texts import CARD_TEXTS, LONG, MIXED
+
+GRAD_REL_TOL = 1e-4
+QUERIES = ["Сколько программистов нужно?", "What is the capital of Russia?", "Где лечат людей?", "Кот на крыше"]
+DOCUMENTS = ["Три программиста.", "Moscow is the capital of Russia.", "Людей лечат в больнице врачи.",
+             "The cat sits on the roof of the house."]
+
+
+def _padded(encoder: Encoder, texts, prompt):
+    tokens = encoder.tokenizer(texts, prompt=prompt)
+    length = int(tokens.lengths.max())
+    ids = np.zeros((len(texts), length), np.int32)
+    mask = np.zeros_like(ids)
+    for r, row in enumerate(tokens.input_ids):
+        ids[r, : len(row)], mask[r, : len(row)] = row, 1
+    return ids, mask
+
+
+def _contrastive_jax(q, d, scale=20.0):
+    logits = scale * q @ d.T
+    return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diag(logits))
+
+
+def _grad_errors(encoder: Encoder, folder) -> dict[str, float]:
+    q_ids, q_mask = _padded(encoder, QUERIES, "search_query: ")
+    d_ids, d_mask = _padded(encoder, DOCUMENTS, "search_document: ")
+    fn = make_embed_fn(encoder.graphdef, pooling="mean", normalize=True)
+
+    def loss(params):
+        return _contrastive_jax(fn(params, q_ids, q_mask), fn(params, d_ids, d_mask))
+
+    jax_loss, grads = jax.jit(jax.value_and_grad(loss))(encoder.params)
+    jax_grads = flax_to_hf(flat_params(grads))
+
+    model = torch_bert(folder).train(False)
+    for p in model.parameters():
+        p.grad = None
+
+    def embed(ids, mask):
+        m = torch.from_numpy(mask).float()
+        h = model(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long()).last_hidden_state
+        pooled = (h * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    q, d = embed(q_ids, q_mask), embed(d_ids, d_mask)
+    torch_loss = torch.nn.functional.cross_entropy(20.0 * q @ d.T, torch.arange(len(QUERIES)))
+    torch_loss.backward()
+    assert abs(float(jax_loss) - torch_loss.item()) <= 1e-5
+    # the pooler is not part of the sentence embedding: no gradient on either side
+    ref = {n: p.grad.numpy() for n, p in model.named_parameters() if not n.startswith("pooler.")}
+    floor = 1e-3 * np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in ref.values()))
+    errors = {n: float(np.linalg.norm(jax_grads[n] - g) / max(np.linalg.norm(g), floor)) for n, g in ref.items()}
+    assert set(errors) == set(jax_grads)
+    return errors
+
+
+@pytest.mark.parametrize("which", ["tiny_bert_dir", "minilm_dir"])
+def test_contrastive_loss_gradients_match_pytorch_autograd(which, request):
+    folder = request.getfixturevalue(which)
+    errors = _grad_errors(Encoder.from_pretrained(folder), folder)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= GRAD_REL_TOL, f"{worst}: relative error {errors[worst]:.2e}"
+
+
+def test_hidden_states_and_attentions_match_transformers(minilm_dir):
+    encoder = Encoder.from_pretrained(minilm_dir)
+    texts = [CARD_TEXTS[0], "short", MIXED[-1]]
+    batch = encoder.tokenizer.hf(texts, padding=True, truncation=True, max_length=128, return_tensors="np")
+    ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)
+    out = encoder.model.forward(ids, mask, output_hidden_states=True, output_attentions=True)
+    with torch.no_grad():
+        ref = torch_bert(minilm_dir)(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
+                                     output_hidden_states=True, output_attentions=True)
+    real = mask.astype(bool)
+    assert len(out.hidden_states) == len(ref.hidden_states) == 7 and len(out.attentions) == 6
+    for ours, theirs in zip(out.hidden_states, ref.hidden_states):
+        assert np.abs(np.asarray(ours)[real] - theirs.numpy()[real]).max() <= 1e-4
+    for ours, theirs in zip(out.attentions, ref.attentions):
+        ours, theirs = np.asarray(ours), theirs.numpy()
+        assert ours.shape == theirs.shape == (3, 12, ids.shape[1], ids.shape[1])
+        rows = real[:, None, :, None]  # real query rows; padding keys have ~0 probability in both
+        assert np.abs(np.where(rows, ours - theirs, 0)).max() <= 1e-5
+
+
+def test_dropout_only_in_training_mode(tiny_bert_dir):
+    encoder = Encoder.from_pretrained(tiny_bert_dir)
+    assert encoder.config.hidden_dropout_prob == 0.1  # transformers' default, read from config.json
+    model = encoder.model
+    ids, mask = np.array([[2, 40, 50, 3, 0]], np.int32), np.array([[1, 1, 1, 1, 0]], np.int32)
+    inference = np.asarray(model(ids, mask))
+    np.testing.assert_array_equal(np.asarray(model.forward(ids, mask, deterministic=True, dropout_key=jax.random.key(1)).last_hidden_state), inference)
+    a = np.asarray(model.forward(ids, mask, deterministic=False, dropout_key=jax.random.key(1)).last_hidden_state)
+    b = np.asarray(model.forward(ids, mask, deterministic=False, dropout_key=jax.random.key(1)).last_hidden_state)
+    c = np.asarray(model.forward(ids, mask, deterministic=False, dropout_key=jax.random.key(2)).last_hidden_state)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - inference).max() > 1e-3 and np.abs(a - c).max() > 1e-3
+    assert np.isfinite(a).all()
+    with pytest.raises(ValueError, match="needs a dropout_key"):
+        model.forward(ids, mask, deterministic=False)
+
+
+def test_remat_gives_the_same_values_and_gradients(tiny_bert_dir):
+    from flax import nnx
+
+    from berta_jax import BertConfig, build_model
+    from convert.checkpoint import read_params
+
+    cfg = BertConfig.from_json(tiny_bert_dir / "config.json")
+    params, source = read_params(tiny_bert_dir)
+    plain = build_model(cfg, params, source)
+    remat = build_model(cfg, params, source, remat=True)
+    ids, mask = np.array([[2, 40, 50, 3]], np.int32), np.ones((1, 4), np.int32)
+
+    def loss(model):
+        return jnp.sum(model.forward(ids, mask, deterministic=False, dropout_key=jax.random.key(0)).last_hidden_state ** 2)
+
+    g_plain = nnx.grad(loss)(plain)
+    g_remat = nnx.grad(loss)(remat)
+    for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(g_plain)), nnx.to_flat_state(nnx.state(g_remat))):
+        np.testing.assert_allclose(np.asarray(a[...]), np.asarray(b[...]), rtol=1e-5, atol=1e-6, err_msg=str(p))
+
+
+def test_truncated_long_texts_train_without_nan(tiny_bert_dir):
+    encoder = Encoder.from_pretrained(tiny_bert_dir)
+    ids, mask = _padded(encoder, LONG + [""], "")
+    fn = make_embed_fn(encoder.graphdef)
+    grads = jax.grad(lambda p: jnp.sum(fn(p, ids, mask, dropout_key=jax.random.key(3))[0]))(encoder.params)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
