@@ -98,9 +98,18 @@ def flax_folder_to_hf(src: str | Path, dst: str | Path) -> Path:
 def write_hf_folder(params: dict[str, np.ndarray], cfg: BertConfig, dst: str | Path, side_files_from: str | Path) -> Path:
     """Save Flax parameters (e.g. after fine-tuning in JAX) as an HF folder, with the source's tokenizer and
     sentence-transformers files, so transformers and sentence-transformers load it."""
-    dst = Path(dst)
+    dst, src = Path(dst), Path(side_files_from)
     check_params(params, param_shapes(cfg), "parameters to save")
+    extras = _extras(src)  # the source's pooler / heads, unchanged, so transformers finds every tensor
     dst.mkdir(parents=True, exist_ok=True)
-    _copy_side_files(Path(side_files_from), dst)
-    _write_and_verify(dst / HF_WEIGHTS, flax_to_hf(params), {"format": "pt"})
+    _copy_side_files(src, dst)
+    _write_and_verify(dst / HF_WEIGHTS, {**flax_to_hf(params), **extras}, {"format": "pt"})
     return dst / HF_WEIGHTS
+
+
+def _extras(folder: Path) -> dict[str, np.ndarray]:
+    """The tensors a model folder carries beside the encoder (pooler, heads, position ids)."""
+    if (folder / FLAX_WEIGHTS).exists():
+        return read_flax_file(folder / FLAX_WEIGHTS)[1]
+    tensors, source = read_hf_tensors(folder)
+    return hf_to_flax(tensors, source)[1]

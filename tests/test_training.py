@@ -146,3 +146,104 @@ def test_truncated_long_texts_train_without_nan(tiny_bert_dir):
     fn = make_embed_fn(encoder.graphdef)
     grads = jax.grad(lambda p: jnp.sum(fn(p, ids, mask, dropout_key=jax.random.key(3))[0]))(encoder.params)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
+
+
+# --- the fine-tune example and what it saves -------------------------------------------------------
+
+
+def _example():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "finetune.py"
+    spec = importlib.util.spec_from_file_location("finetune_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_finetune_example_lowers_the_loss_and_round_trips_to_sentence_transformers(minilm_dir, tmp_path):
+    example = _example()
+    result = example.finetune(str(minilm_dir), str(tmp_path / "tuned"), steps=16, batch_size=8, log=lambda _: None)
+    losses = result["losses"]
+    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
+    assert example.check_with_sentence_transformers(result["saved"], QUERIES + DOCUMENTS) <= 1e-5
+    from safetensors.numpy import load_file
+
+    saved = load_file(str(result["saved"] / "model.safetensors"))
+    original = load_file(str(minilm_dir / "model.safetensors"))
+    assert set(saved) == set(original)  # pooler and position ids carried through, nothing missing
+    assert not np.array_equal(saved["encoder.layer.0.output.dense.weight"], original["encoder.layer.0.output.dense.weight"])
+
+
+def test_nan_loss_stops_with_the_step(minilm_dir, tmp_path):
+    with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
+        _example().finetune(str(minilm_dir), str(tmp_path / "x"), steps=3, batch_size=4, lr=float("nan"),
+                            log=lambda _: None)
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint(minilm_dir, tmp_path, monkeypatch):
+    import os
+
+    from berta_jax import BertConfig
+    from convert.checkpoint import read_params
+    from convert.folders import write_hf_folder
+
+    cfg = BertConfig.from_json(minilm_dir / "config.json")
+    params, _ = read_params(minilm_dir)
+    write_hf_folder(params, cfg, tmp_path / "ckpt", side_files_from=minilm_dir)
+    good = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
+
+    def killed(*_):
+        raise KeyboardInterrupt("killed during save")
+
+    monkeypatch.setattr(os, "replace", killed)
+    changed = {k: v + 1.0 for k, v in params.items()}
+    with pytest.raises(KeyboardInterrupt):
+        write_hf_folder(changed, cfg, tmp_path / "ckpt", side_files_from=minilm_dir)
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == good
+    assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.endswith(".tmp")]
+
+
+_SHARDED = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+sys.path.insert(0, {repo!r})
+from berta_jax import Encoder, make_embed_fn
+from tests.test_training import QUERIES, DOCUMENTS, _padded, _contrastive_jax
+enc = Encoder.from_pretrained({model!r}, compilation_cache=False)
+mesh = Mesh(np.array(jax.devices()), ("model",))
+def spec(x):  # the last (hidden / output) axis split over the 4 devices where it divides, else replicated
+    return NamedSharding(mesh, P(*([None] * (x.ndim - 1)), "model") if x.shape[-1] % 4 == 0 else P())
+sharded = jax.tree_util.tree_map(lambda x: jax.device_put(x, spec(x)), enc.params)
+n_sharded = sum(len(x.sharding.device_set) == 4 and not x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(sharded))
+fn = make_embed_fn(enc.graphdef)
+q, qm = _padded(enc, QUERIES, "search_query: "); d, dm = _padded(enc, DOCUMENTS, "search_document: ")
+loss = lambda p: _contrastive_jax(fn(p, q, qm), fn(p, d, dm))
+out = {{}}
+for name, params in (("plain", enc.params), ("sharded", sharded)):
+    e = jax.jit(fn)(params, q, qm)
+    g = jax.jit(jax.grad(loss))(params)
+    out[name] = (np.asarray(e), [np.asarray(x) for x in jax.tree_util.tree_leaves(g)])
+emb = float(np.abs(out["plain"][0] - out["sharded"][0]).max())
+floor = 1e-3 * np.sqrt(sum(np.sum(a.astype(np.float64) ** 2) for a in out["plain"][1]))  # as in the torch test
+grad = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), floor)) for a, b in zip(out["plain"][1], out["sharded"][1]))
+print(json.dumps(dict(devices=len(jax.devices()), n_sharded=n_sharded, emb=emb, grad=grad)))
+"""
+
+
+def test_parameters_sharded_on_the_hidden_axis_give_the_same_numbers(minilm_dir):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = _SHARDED.format(repo=str(Path(__file__).resolve().parent.parent), model=str(minilm_dir))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 4 and result["n_sharded"] > 50
+    assert result["emb"] <= 1e-6 and result["grad"] <= 1e-5
