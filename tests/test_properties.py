@@ -1,0 +1,173 @@
+"""Hypothesis: the checkpoint reader under mutated files, and encoder properties under random inputs.
+
+Bounded for CI (seconds); raise HYPOTHESIS_PROFILE=thorough for a longer search.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors import SafetensorError
+from safetensors.numpy import load as reference_load
+from safetensors.numpy import save as reference_save
+
+from berta_jax import CheckpointError, Encoder
+from convert.safetensors_io import read_safetensors
+
+settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.register_profile("thorough", max_examples=3000, deadline=None,
+                          suppress_health_check=[HealthCheck.function_scoped_fixture])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+_DTYPES = [np.float32, np.float16, np.int64, np.uint8]
+
+
+@st.composite
+def safetensors_bytes(draw) -> bytes:
+    n = draw(st.integers(0, 4))
+    tensors = {}
+    for i in range(n):
+        shape = tuple(draw(st.lists(st.integers(0, 4), max_size=3)))
+        dtype = draw(st.sampled_from(_DTYPES))
+        tensors[f"t{i}.{draw(st.sampled_from(['weight', 'bias']))}"] = (
+            np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape).astype(dtype)
+        )
+    return reference_save(tensors)
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    data = bytearray(draw(safetensors_bytes()))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "truncate", "append", "length"]))
+        if kind == "flip" and data:
+            i = draw(st.integers(0, len(data) - 1))
+            data[i] = draw(st.integers(0, 255))
+        elif kind == "truncate":
+            del data[draw(st.integers(0, len(data))):]
+        elif kind == "append":
+            data += draw(st.binary(max_size=16))
+        elif kind == "length" and len(data) >= 8:
+            data[:8] = draw(st.integers(0, 2**64 - 1)).to_bytes(8, "little")
+    return bytes(data)
+
+
+def _check_against_reference(data: bytes, path) -> None:
+    path.write_bytes(data)
+    try:
+        ours, _ = read_safetensors(path)
+    except CheckpointError as e:
+        assert str(path) in str(e)  # the error names the file
+        return
+    reference = reference_load(data)  # whatever we accept, the reference library reads the same way
+    assert sorted(ours) == sorted(reference)
+    for name, array in ours.items():
+        assert array.dtype == reference[name].dtype and array.shape == reference[name].shape
+        assert np.array_equal(array, reference[name])
+
+
+@given(data=safetensors_bytes())
+def test_valid_files_read_exactly_as_the_safetensors_library(tmp_path, data):
+    path = tmp_path / "valid.safetensors"
+    path.write_bytes(data)
+    ours, _ = read_safetensors(path)
+    assert sorted(ours) == sorted(reference_load(data))
+    _check_against_reference(data, path)
+
+
+@given(data=mutated())
+def test_mutated_files_load_identically_or_fail_with_a_named_error(tmp_path, data):
+    path = tmp_path / "mutated.safetensors"
+    _check_against_reference(data, path)
+    try:
+        reference_load(data)
+        library_accepts = True
+    except SafetensorError:
+        library_accepts = False
+    if not library_accepts:  # never looser than the reference
+        with pytest.raises(CheckpointError):
+            read_safetensors(path)
+
+
+# --- encoder properties ----------------------------------------------------------------------------------
+
+_ALPHABET = st.sampled_from(list("abcxyz АБВабвгдеёжзийклмн .,!?-—\n\t") + ["  ", "Москва", "hello"])
+_TEXT = st.lists(_ALPHABET, max_size=25).map("".join)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_bert_dir):
+    return Encoder.from_pretrained(tiny_bert_dir)
+
+
+@settings(max_examples=25)
+@given(texts=st.lists(_TEXT, min_size=1, max_size=9), seed=st.integers(0, 2**16))
+def test_permuting_inputs_permutes_outputs(tiny, texts, seed):
+    order = np.random.default_rng(seed).permutation(len(texts))
+    out = tiny.encode(texts)
+    shuffled = tiny.encode([texts[i] for i in order])
+    assert np.abs(shuffled - out[order]).max() <= 1e-6
+
+
+@settings(max_examples=25)
+@given(texts=st.lists(_TEXT, min_size=1, max_size=9), batch_size=st.integers(1, 9), extra=st.lists(_TEXT, max_size=5))
+def test_batch_size_and_company_do_not_change_embeddings(tiny, texts, batch_size, extra):
+    alone = tiny.encode(texts)
+    together = tiny.encode(extra + texts, batch_size=batch_size)[len(extra):]
+    assert np.abs(together - alone).max() <= 1e-6
+
+
+@settings(max_examples=25)
+@given(text=_TEXT, copies=st.integers(2, 5), others=st.lists(_TEXT, max_size=4))
+def test_duplicated_texts_give_identical_rows(tiny, text, copies, others):
+    out = tiny.encode([text] * copies + others)
+    assert all(np.array_equal(out[0], out[i]) for i in range(1, copies))
+
+
+@settings(max_examples=25)
+@given(texts=st.lists(_TEXT, min_size=1, max_size=9), normalize=st.booleans())
+def test_outputs_are_finite_and_unit_norm_when_normalised(tiny, texts, normalize):
+    out = tiny.encode(texts, normalize=normalize)
+    assert np.isfinite(out).all()
+    if normalize:
+        np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+# --- crash injection: kill -9 a writer at random moments ----------------------------------------------------
+
+_WRITER = """
+import sys, numpy as np
+sys.path.insert(0, {repo!r})
+from convert.safetensors_io import write_safetensors
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    write_safetensors({path!r}, {{"w": np.full((4_000_000,), i % 2, np.float32)}}, {{"format": "pt"}})
+"""
+
+
+def test_kill_9_during_writes_leaves_a_whole_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    target = tmp_path / "model.safetensors"
+    code = _WRITER.format(repo=str(Path(__file__).resolve().parent.parent), path=str(target))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3 + rng.random() * 0.7)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if target.exists():
+            tensors, _ = read_safetensors(target)  # never torn: a complete old or new file
+            assert tensors["w"].shape == (4_000_000,) and len(np.unique(tensors["w"])) == 1
+    assert target.exists()
