@@ -3,6 +3,7 @@
   berta-jax demo [--model M]           the model card's prompt pairs and their cosines
   berta-jax convert SRC DST            HF / sentence-transformers folder -> berta-jax (Flax) folder
   berta-jax convert --to hf SRC DST    berta-jax folder -> HF folder (transformers, sentence-transformers)
+  berta-jax parity --model M           per-layer differences from PyTorch; non-zero exit above tolerance
 """
 
 from __future__ import annotations
@@ -95,6 +96,29 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parity(args: argparse.Namespace) -> int:
+    from berta_jax.parity import DEFAULT_TEXTS, parity_report, read_texts
+
+    try:
+        texts = read_texts(args.texts) if args.texts else list(DEFAULT_TEXTS)
+        report = parity_report(args.model, texts, prompt=args.prompt, prompt_name=args.prompt_name)
+    except (RuntimeError, ValueError) as e:
+        print(f"berta-jax parity: error: {e}", file=sys.stderr)
+        return 2
+    print(f"model: {args.model}; {len(texts)} texts; float32, CPU reference: transformers BertModel (eager)")
+    for i, diff in enumerate(report.layer_max_abs):
+        name = "embeddings" if i == 0 else f"layer {i}"
+        print(f"  {name:<12} hidden states max abs diff {diff:.3e}")
+    if report.embedding_max_abs is None:
+        print("  sentence embeddings: sentence-transformers not installed, skipped")
+    else:
+        print(f"  sentence embeddings vs sentence-transformers: max abs diff {report.embedding_max_abs:.3e}, "
+              f"cosine min {report.cosine_min:.7f} mean {report.cosine_mean:.7f}")
+    ok = report.passed(args.tolerance, args.embedding_tolerance)
+    print("PASS" if ok else f"FAIL: above tolerance (hidden {args.tolerance:g}, embeddings {args.embedding_tolerance:g})")
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="berta-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -122,6 +146,25 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("dst", help="destination folder (created; may equal src)")
     conv.add_argument("--to", choices=("flax", "hf"), default="flax", help="target layout (default: flax)")
     conv.set_defaults(func=_convert)
+
+    par = sub.add_parser(
+        "parity",
+        help="compare berta-jax with PyTorch layer by layer",
+        description="Run transformers (PyTorch, float32, CPU) and berta-jax on the same texts; print the max abs "
+        "difference of every layer's hidden states and the cosine stats of the sentence embeddings against "
+        "sentence-transformers; exit 1 above the tolerances. Needs torch.\n\n"
+        "examples:\n  berta-jax parity --model ./my-finetuned-bert\n"
+        "  berta-jax parity --model sergeyzh/BERTA --texts sample.txt --prompt-name search_query --tolerance 1e-4",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    par.add_argument("--model", required=True, help="model folder or hub id")
+    par.add_argument("--texts", help="UTF-8 file, one text per line (default: a few built-in ru/en sentences)")
+    group = par.add_mutually_exclusive_group()
+    group.add_argument("--prompt-name", help="a prompt defined by the model (default: its default prompt)")
+    group.add_argument("--prompt", help="a literal prefix ('' for none)")
+    par.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff of hidden states (default 1e-4)")
+    par.add_argument("--embedding-tolerance", type=float, default=1e-5, help="max abs diff of embeddings (default 1e-5)")
+    par.set_defaults(func=_parity)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -67,6 +68,7 @@ class Encoder:
         sentence: SentenceConfig,
         *,
         name: str = "",
+        folder: Path | None = None,
         devices: Sequence[jax.Device] | None = None,
         max_batch_tokens: int | None = None,
     ):
@@ -75,6 +77,7 @@ class Encoder:
         self.tokenizer = tokenizer
         self.sentence = sentence
         self.name = name
+        self.folder = folder  # the model folder it was loaded from (a hub snapshot for hub ids)
         self.graphdef, self.params = nnx.split(model)
         self.devices = list(devices) if devices is not None else jax.local_devices()
         if max_batch_tokens is None:
@@ -133,7 +136,8 @@ class Encoder:
         tokenizer = TextTokenizer.from_folder(folder, sentence.max_seq_length, cfg.vocab_size)
         model = load_model(folder, cfg, dtype=dtype, param_dtype=param_dtype)
         return cls(
-            model, tokenizer, sentence, name=str(name_or_path), devices=devices, max_batch_tokens=max_batch_tokens
+            model, tokenizer, sentence, name=str(name_or_path), folder=folder, devices=devices,
+            max_batch_tokens=max_batch_tokens,
         )
 
     @property

@@ -86,3 +86,40 @@ def test_model_card_cosines_with_real_berta_weights():
     q = encoder.encode_query([CARD_PAIRS[2][1]])[0]
     d = encoder.encode_document([CARD_PAIRS[2][3]])[0]
     assert abs(float(q @ d) - 0.7839136) <= 1e-4
+
+
+def _parity(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "berta_jax", "parity", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_parity_command_reports_every_layer_and_passes_on_a_faithful_port(minilm_dir):
+    done = _parity("--model", str(minilm_dir))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert sum("hidden states max abs diff" in line for line in lines) == 7  # embeddings + 6 layers
+    assert lines[-1] == "PASS"
+
+
+def test_parity_command_finds_the_layer_a_bad_port_breaks(tiny_bert_dir, tmp_path):
+    from convert.folders import hf_folder_to_flax
+    from convert.safetensors_io import read_safetensors, write_safetensors
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_bert_dir, folder)
+    hf_folder_to_flax(folder, folder)  # berta-jax now reads flax_model.safetensors, PyTorch model.safetensors
+    tensors, meta = read_safetensors(folder / "flax_model.safetensors")
+    tensors = {k: np.array(v) for k, v in tensors.items()}
+    tensors["layers.1.ffn_out.kernel"] *= 1.05  # a porting bug in the second layer
+    write_safetensors(folder / "flax_model.safetensors", tensors, meta)
+    done = _parity("--model", str(folder))
+    assert done.returncode == 1 and done.stdout.splitlines()[-1].startswith("FAIL")
+    diffs = [float(line.split()[-1]) for line in done.stdout.splitlines() if "hidden states max abs diff" in line]
+    assert diffs[0] < 1e-5 and diffs[1] < 1e-5 and diffs[2] > 1e-4  # exact up to layer 1, broken at layer 2
+
+
+def test_parity_texts_file_errors_name_the_line(tiny_bert_dir, tmp_path):
+    bad = tmp_path / "texts.txt"
+    bad.write_bytes("ok\nтоже ok\n".encode() + b"bad \xff byte\n")
+    done = _parity("--model", str(tiny_bert_dir), "--texts", str(bad))
+    assert done.returncode == 2 and "line 3: not valid UTF-8" in done.stderr
