@@ -14,8 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from berta_jax import CheckpointError, ConfigError, Encoder
+from berta_jax import CheckpointError, ConfigError, Encoder, flat_params
 from convert import mapping
+from convert.checkpoint import flax_to_hf
 from convert.folders import flax_folder_to_hf, hf_folder_to_flax
 from tests.checkpoints import random_bert_state
 
@@ -127,6 +128,30 @@ def test_bert_prefix_and_heads_of_a_pretraining_checkpoint(tiny_bert_dir, tmp_pa
     flax_folder_to_hf(tmp_path / "flax", tmp_path / "back")
     back = load_file(str(tmp_path / "back" / "model.safetensors"))
     assert "cls.predictions.bias" in back and "embeddings.word_embeddings.weight" in back
+
+
+def test_sentence_transformers_module_prefix(tiny_bert_dir, tmp_path):
+    src = _copy(tiny_bert_dir, tmp_path)
+
+    def add_prefix(t):
+        for k in list(t):
+            t["0.auto_model." + k] = t.pop(k)
+
+    _rewrite_weights(src, add_prefix)
+    np.testing.assert_array_equal(
+        Encoder.from_pretrained(src).encode(["тест"]), Encoder.from_pretrained(tiny_bert_dir).encode(["тест"])
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_storage_is_upcast_exactly(tiny_bert_dir, tmp_path, dtype):
+    src = _copy(tiny_bert_dir, tmp_path)
+    _rewrite_weights(src, lambda t: t.update({k: v.to(dtype) for k, v in t.items()}))
+    stored = load_file(str(src / "model.safetensors"))
+    loaded = flax_to_hf(flat_params(Encoder.from_pretrained(src).model))
+    for name, array in loaded.items():
+        assert array.dtype == np.float32
+        np.testing.assert_array_equal(array, stored[name].float().numpy(), err_msg=name)
 
 
 def test_sharded_checkpoint_loads_like_the_single_file(tiny_bert_dir, tmp_path):
@@ -255,6 +280,10 @@ def _raw_safetensors(header: dict, data: bytes) -> bytes:
         (_raw_safetensors({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12), "overlaps"),
         (struct.pack("<Q", len(_DUPLICATE)) + _DUPLICATE + b"\0" * 4, "duplicate tensor name 'a'"),
+        (struct.pack("<Q", 9) + b"not json!", "not valid UTF-8 JSON"),
+        (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
+        (_raw_safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8), "gap of 4 bytes"),
+        (_raw_safetensors({"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, b"\0" * 8), "does not match"),
     ],
 )
 def test_corrupt_weight_files_are_named(tiny_bert_dir, tmp_path, content, expected):
