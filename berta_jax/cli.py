@@ -4,12 +4,14 @@
   berta-jax convert SRC DST            HF / sentence-transformers folder -> berta-jax (Flax) folder
   berta-jax convert --to hf SRC DST    berta-jax folder -> HF folder (transformers, sentence-transformers)
   berta-jax parity --model M           per-layer differences from PyTorch; non-zero exit above tolerance
+  berta-jax encode IN... -o OUT --model M   embed corpus files into .npy / .parquet, resumable
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from berta_jax.errors import BertaJaxError, ModelNotFoundError
 
@@ -119,6 +121,48 @@ def _parity(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _encode(args: argparse.Namespace) -> int:
+    from berta_jax.encoder import Encoder
+    from berta_jax.job import JobOptions, run_job
+
+    encoder = Encoder.from_pretrained(args.model)
+    prompt = encoder.sentence.resolve_prompt(args.prompt_name, args.prompt)
+    options = JobOptions(
+        text_field=args.text_field, id_field=args.id_field, prompt=prompt, precision=args.precision,
+        truncate_dim=args.truncate_dim, chunk_rows=args.chunk_rows, on_error=args.on_error,
+    )
+    bar = None
+    if not args.quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" texts", desc="embedding")
+    last = {"rows": 0, "time": time.perf_counter()}
+
+    def progress(rows: int, chunks: int) -> None:
+        if bar is not None:
+            bar.update(rows - bar.n)
+        elif not args.quiet and time.perf_counter() - last["time"] >= args.log_every:
+            print(f"embedded {rows} texts ({chunks} chunks)", file=sys.stderr, flush=True)
+            last["time"] = time.perf_counter()
+
+    summary = run_job(encoder, args.inputs, args.output, options, resume=args.resume, overwrite=args.overwrite,
+                      progress=progress)
+    if bar is not None:
+        bar.close()
+    if summary.already_complete:
+        print(f"{summary.output} is already complete for these inputs, model, prompt and options "
+              f"({summary.rows} texts); nothing to do")
+        return 0
+    if summary.interrupted:
+        print(f"interrupted after {summary.rows} texts; committed chunks are kept: rerun with --resume", file=sys.stderr)
+        return 130
+    rate = summary.rows / summary.seconds if summary.seconds else 0.0
+    print(f"wrote {summary.output}: {summary.rows} texts ({summary.chunks_resumed} chunks resumed), "
+          f"{summary.skipped} skipped, {summary.truncated} truncated at {encoder.sentence.max_seq_length} tokens, "
+          f"{rate:.1f} texts/s")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="berta-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +209,39 @@ def build_parser() -> argparse.ArgumentParser:
     par.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff of hidden states (default 1e-4)")
     par.add_argument("--embedding-tolerance", type=float, default=1e-5, help="max abs diff of embeddings (default 1e-5)")
     par.set_defaults(func=_parity)
+
+    enc = sub.add_parser(
+        "encode",
+        help="embed corpus files into one .npy or .parquet file (resumable)",
+        description="Embed every row of the inputs (.txt, .jsonl, .csv, .parquet, .txt.gz, .jsonl.gz) into OUTPUT "
+        "(.npy: float rows in input order; .parquet: row, id, embedding). Work is committed in chunks; after a "
+        "crash, --resume continues and the result is byte-identical to an uninterrupted run.\n\n"
+        "examples:\n  berta-jax encode examples/sample.txt -o sample.npy --model sergeyzh/BERTA\n"
+        "  berta-jax encode docs.jsonl.gz -o docs.parquet --model ./BERTA --text-field body --id-field id "
+        "--prompt-name search_document\n"
+        "  berta-jax encode a.csv b.csv -o out.npy --model ./BERTA --text-column text --on-error skip --resume",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    enc.add_argument("inputs", nargs="+", help="input files")
+    enc.add_argument("-o", "--output", required=True, help="output file, .npy or .parquet")
+    enc.add_argument("--model", required=True, help="model folder or hub id")
+    prompt = enc.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt-name", help="a prompt defined by the model (default: its default prompt)")
+    prompt.add_argument("--prompt", help="a literal prefix ('' for none)")
+    enc.add_argument("--text-field", "--text-column", dest="text_field", default="text",
+                     help="jsonl field / csv or parquet column holding the text (default: text)")
+    enc.add_argument("--id-field", "--id-column", dest="id_field", help="field or column carried to parquet output")
+    enc.add_argument("--precision", choices=("float32", "float16", "binary", "ubinary"), default="float32",
+                     help="stored precision (binary/ubinary as sentence-transformers' quantize_embeddings)")
+    enc.add_argument("--truncate-dim", type=int, help="keep the first N dimensions")
+    enc.add_argument("--chunk-rows", type=int, default=10_000, help="rows per committed chunk (default 10000)")
+    enc.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                     help="a bad row stops the job (default) or is skipped: zero row, listed in OUTPUT.skipped.jsonl")
+    enc.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    enc.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    enc.add_argument("--quiet", action="store_true", help="no progress output")
+    enc.add_argument("--log-every", type=float, default=30.0, help=argparse.SUPPRESS)
+    enc.set_defaults(func=_encode)
     return parser
 
 

@@ -11,11 +11,13 @@ ml_dtypes), so nothing is copied or converted until the caller asks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import ml_dtypes
 import numpy as np
@@ -166,11 +168,21 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace `path` with `data` so readers see the old file or the new one, never a torn one."""
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file that appears at `path` only when the block ends without error: written to a temporary
+    file in the same folder, fsynced, renamed over `path`, the folder fsynced. On error the temporary file
+    is removed and any previous `path` is untouched."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -1,0 +1,296 @@
+"""The batch embedding job: corpus files in, one embeddings file out, resumable after any crash.
+
+Rows stream from the inputs in chunks of `chunk_rows`. Each chunk's embeddings are written to
+`OUTPUT.parts/part-NNNNNN.npy` (temporary file, fsync, rename) and then recorded in
+`OUTPUT.parts/manifest.json` (the same way), so after a crash or `kill -9` the manifest names exactly the
+chunks that are complete. `resume=True` skips them and continues; the final file is assembled from the
+parts once all are done and is byte-identical to an uninterrupted run. The manifest holds a fingerprint of
+inputs, model, prompt and options; resuming against a change is refused with what changed.
+Skipped rows (`on_error="skip"`) keep row alignment: their row is all zeros and the sidecar
+`OUTPUT.skipped.jsonl` lists file, line and reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from berta_jax.errors import BertaJaxError, TruncationWarning
+from berta_jax.inputs import Row, read_rows
+from convert.safetensors_io import atomic_open, atomic_write_bytes
+
+OUTPUT_FORMATS = (".npy", ".parquet")
+PRECISIONS = ("float32", "float16", "binary", "ubinary")
+
+
+class JobError(BertaJaxError, RuntimeError):
+    """The job cannot start or continue (existing output, changed inputs on resume, a held lock...)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    text_field: str = "text"
+    id_field: str | None = None
+    prompt: str = ""
+    precision: str = "float32"
+    truncate_dim: int | None = None
+    chunk_rows: int = 10_000
+    on_error: str = "raise"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+        if self.chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {self.chunk_rows}")
+        if self.truncate_dim is not None and self.truncate_dim < 1:
+            raise ValueError(f"truncate_dim must be positive, got {self.truncate_dim}")
+
+
+@dataclasses.dataclass
+class JobSummary:
+    rows: int = 0
+    skipped: int = 0
+    truncated: int = 0
+    chunks_done: int = 0
+    chunks_resumed: int = 0
+    seconds: float = 0.0
+    output: str = ""
+    interrupted: bool = False
+    already_complete: bool = False
+
+
+def _file_identity(path: Path) -> dict:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def fingerprint(inputs: list[Path], model_folder: Path, options: JobOptions) -> dict:
+    """What the output depends on, component by component (compared on resume)."""
+    model_files = sorted(p for p in model_folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    model_hash = hashlib.sha256(
+        json.dumps([(str(p.relative_to(model_folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in model_files])
+        .encode()
+    ).hexdigest()
+    return {
+        "inputs": [_file_identity(p) for p in inputs],
+        "model": {"folder": str(model_folder.resolve()), "files": model_hash},
+        "prompt": options.prompt,
+        "options": {k: v for k, v in dataclasses.asdict(options).items() if k != "prompt"},
+    }
+
+
+def _postprocess(vectors: np.ndarray, options: JobOptions) -> np.ndarray:
+    if options.truncate_dim is not None:
+        vectors = vectors[:, : options.truncate_dim]
+    if options.precision == "float16":
+        return vectors.astype(np.float16)
+    if options.precision in ("binary", "ubinary"):  # sentence-transformers' quantize_embeddings rules
+        packed = np.packbits(vectors > 0, axis=-1)
+        return (packed.astype(np.int16) - 128).astype(np.int8) if options.precision == "binary" else packed
+    return vectors.astype(np.float32)
+
+
+def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class _Lock:
+    """An O_EXCL lock file next to the output: a second run on the same output fails fast."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            raise JobError(
+                f"{self.path} exists: another run is writing this output (or one was killed: delete the lock "
+                "file if no run is active)"
+            ) from None
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return self
+
+    def __exit__(self, *exc):
+        self.path.unlink(missing_ok=True)
+
+
+def run_job(
+    encoder,
+    inputs: list[str | Path],
+    output: str | Path,
+    options: JobOptions,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> JobSummary:
+    """Embed every row of `inputs` into `output` (.npy or .parquet); see the module docstring."""
+    inputs = [Path(p) for p in inputs]
+    output = Path(output)
+    if output.suffix not in OUTPUT_FORMATS:
+        raise JobError(f"{output}: the output must end in {' or '.join(OUTPUT_FORMATS)}")
+    if output.is_dir():
+        raise JobError(f"{output} is a directory; give a file name ending in .npy or .parquet")
+    parts = output.with_name(output.name + ".parts")
+    manifest_path = parts / "manifest.json"
+    skipped_path = output.with_name(output.name + ".skipped.jsonl")
+    truncated_path = output.with_name(output.name + ".truncated.jsonl")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with _Lock(output.with_name(output.name + ".lock")):
+        expected = fingerprint(inputs, Path(encoder.folder), options)
+        manifest = _start(output, parts, manifest_path, expected, resume, overwrite)
+        summary = JobSummary(output=str(output))
+        if manifest.get("complete"):  # same command again: nothing to do once the output is verified
+            if not output.exists():
+                _assemble(output, parts, manifest["chunks"], options, encoder.hidden_size)
+            summary.rows, summary.chunks_resumed, summary.already_complete = manifest["rows"], manifest["chunks"], True
+            return summary
+        stop = {"now": False}
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True)) if _main_thread() else None
+        start = time.perf_counter()
+        try:
+            rows = (row for path in inputs for row in read_rows(
+                path, text_field=options.text_field, id_field=options.id_field, on_error=options.on_error))
+            for index, chunk in enumerate(_chunks(rows, options.chunk_rows)):
+                if index < manifest["chunks"]:
+                    summary.chunks_resumed += 1
+                    summary.rows += len(chunk)
+                    continue
+                _embed_chunk(encoder, chunk, index, parts, options, summary, skipped_path, truncated_path)
+                manifest.update(chunks=index + 1, rows=summary.rows)
+                atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+                if progress:
+                    progress(summary.rows, summary.chunks_done)
+                if stop["now"]:
+                    summary.interrupted = True
+                    return summary
+            _assemble(output, parts, manifest["chunks"], options, encoder.hidden_size)
+            manifest.update(complete=True, rows=summary.rows)
+            atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            summary.seconds = time.perf_counter() - start
+        return summary
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _start(output: Path, parts: Path, manifest_path: Path, expected: dict, resume: bool, overwrite: bool) -> dict:
+    if manifest_path.exists() and not overwrite:
+        manifest = json.loads(manifest_path.read_text())
+        changed = [k for k in ("inputs", "model", "prompt", "options") if manifest["fingerprint"].get(k) != expected[k]]
+        if changed:
+            raise JobError(
+                f"{output}: an earlier run with different {', '.join(changed)} wrote here; pass --overwrite to "
+                "start again"
+            )
+        if manifest.get("complete") or resume:
+            return manifest
+        raise JobError(f"{output}: an unfinished run is there; pass --resume to continue it or --overwrite")
+    if output.exists() and not overwrite:
+        raise JobError(f"{output} exists; pass --overwrite to replace it")
+    if parts.exists():
+        for p in parts.iterdir():
+            p.unlink()
+    parts.mkdir(parents=True, exist_ok=True)
+    for sidecar in (output.with_name(output.name + ".skipped.jsonl"), output.with_name(output.name + ".truncated.jsonl")):
+        sidecar.unlink(missing_ok=True)
+    manifest = {"fingerprint": expected, "chunks": 0, "rows": 0, "complete": False}
+    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+    return manifest
+
+
+def _embed_chunk(encoder, chunk: list[Row], index: int, parts: Path, options: JobOptions, summary: JobSummary,
+                 skipped_path: Path, truncated_path: Path) -> None:
+    good = [i for i, row in enumerate(chunk) if row.error is None]
+    with warnings.catch_warnings():  # the job counts and lists truncated rows itself
+        warnings.simplefilter("ignore", TruncationWarning)
+        result = encoder.encode_detailed([chunk[i].text for i in good], prompt=options.prompt)
+    vectors = np.zeros((len(chunk), encoder.hidden_size), np.float32)
+    vectors[good] = result.embeddings
+    out = _postprocess(vectors, options)
+    buffer = _npy_bytes(out)
+    atomic_write_bytes(parts / f"part-{index:06d}.npy", buffer)
+    ids = [row.id for row in chunk]
+    atomic_write_bytes(parts / f"ids-{index:06d}.json", json.dumps(ids).encode())
+    skipped = [{"file": r.source, "line": r.line, "reason": r.error} for r in chunk if r.error is not None]
+    truncated = [{"file": chunk[i].source, "line": chunk[i].line} for i, t in zip(good, result.truncated) if t]
+    _append_sidecar(skipped_path, index, skipped)
+    _append_sidecar(truncated_path, index, truncated)
+    summary.rows += len(chunk)
+    summary.skipped += len(skipped)
+    summary.truncated += len(truncated)
+    summary.chunks_done += 1
+
+
+def _append_sidecar(path: Path, index: int, records: list[dict]) -> None:
+    """Per-chunk sidecar records, rewritten atomically with this chunk's lines (idempotent on resume)."""
+    existing = []
+    if path.exists():
+        existing = [json.loads(line) for line in path.read_text().splitlines() if line]
+    existing = [r for r in existing if r["chunk"] < index] + [dict(r, chunk=index) for r in records]
+    if existing:
+        atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing).encode())
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _assemble(output: Path, parts: Path, chunks: int, options: JobOptions, hidden: int) -> None:
+    """Stream the parts into the final file (memory stays at one part), committed atomically."""
+    arrays = [np.load(parts / f"part-{i:06d}.npy", mmap_mode="r") for i in range(chunks)]
+    width = options.truncate_dim or hidden
+    if options.precision in ("binary", "ubinary"):
+        width = -(-width // 8)
+    dtype = np.dtype({"float32": np.float32, "float16": np.float16, "binary": np.int8, "ubinary": np.uint8}[options.precision])
+    rows = sum(len(a) for a in arrays)
+    if output.suffix == ".npy":
+        with atomic_open(output) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                      "fortran_order": False, "shape": (rows, width)})
+            for array in arrays:
+                f.write(np.ascontiguousarray(array).tobytes())
+        return
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("row", pa.int64()), ("id", pa.string()),
+                        ("embedding", pa.list_(pa.from_numpy_dtype(dtype), width))])
+    with atomic_open(output) as f, pq.ParquetWriter(f, schema) as writer:
+        start = 0
+        for c, array in enumerate(arrays):
+            ids = json.loads((parts / f"ids-{c:06d}.json").read_text())
+            flat = pa.array(np.ascontiguousarray(array).reshape(-1), type=pa.from_numpy_dtype(dtype))
+            writer.write_table(pa.table({
+                "row": pa.array(range(start, start + len(array)), pa.int64()),
+                "id": pa.array(ids, pa.string()),
+                "embedding": pa.FixedSizeListArray.from_arrays(flat, width),
+            }, schema=schema))
+            start += len(array)

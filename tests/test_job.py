@@ -1,0 +1,212 @@
+"""The batch job end to end: the real `berta-jax encode` command on small files."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from berta_jax import Encoder
+from tests.texts import MIXED
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _encode(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "berta_jax", "encode", *args], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_bert_dir):
+    return Encoder.from_pretrained(tiny_bert_dir)
+
+
+TEXTS = [t.replace("\n", " ") for t in MIXED]
+
+
+def _write_inputs(folder: Path) -> dict[str, Path]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = "\n".join(TEXTS) + "\n"
+    records = "".join(json.dumps({"id": f"r{i}", "body": t}, ensure_ascii=False) + "\n" for i, t in enumerate(TEXTS))
+    files = {
+        "txt": folder / "in.txt", "txt.gz": folder / "in.txt.gz", "jsonl": folder / "in.jsonl",
+        "jsonl.gz": folder / "in.jsonl.gz", "csv": folder / "in.csv", "parquet": folder / "in.parquet",
+    }
+    files["txt"].write_text(lines, encoding="utf-8")
+    files["txt.gz"].write_bytes(gzip.compress(lines.encode()))
+    files["jsonl"].write_text(records, encoding="utf-8")
+    files["jsonl.gz"].write_bytes(gzip.compress(records.encode()))
+    import csv
+
+    with files["csv"].open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "body"])
+        writer.writerows([f"r{i}", t] for i, t in enumerate(TEXTS))
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(len(TEXTS))], "body": TEXTS}), files["parquet"],
+                   row_group_size=4)
+    return files
+
+
+@pytest.mark.parametrize("fmt", ["txt", "txt.gz", "jsonl", "jsonl.gz", "csv", "parquet"])
+def test_every_input_format_gives_the_embeddings_in_input_order(fmt, tmp_path, tiny, tiny_bert_dir):
+    files = _write_inputs(tmp_path / "in")
+    out = tmp_path / "out.npy"
+    field = [] if fmt.startswith("txt") else ["--text-field", "body"]
+    _encode(str(files[fmt]), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "5", *field)
+    got = np.load(out)
+    assert got.shape == (len(TEXTS), 16) and got.dtype == np.float32
+    assert np.abs(got - tiny.encode(TEXTS)).max() <= 1e-6
+
+
+def test_parquet_output_carries_ids_and_binary_precision_matches_sentence_transformers(tmp_path, tiny, tiny_bert_dir):
+    import pyarrow.parquet as pq
+    from sentence_transformers.quantization import quantize_embeddings
+
+    files = _write_inputs(tmp_path / "in")
+    out = tmp_path / "out.parquet"
+    _encode(str(files["jsonl"]), "-o", str(out), "--model", str(tiny_bert_dir), "--text-field", "body",
+            "--id-field", "id", "--precision", "binary", "--chunk-rows", "4")
+    table = pq.read_table(out)
+    assert table.column("row").to_pylist() == list(range(len(TEXTS)))
+    assert table.column("id").to_pylist() == [f"r{i}" for i in range(len(TEXTS))]
+    got = np.array(table.column("embedding").to_pylist(), dtype=np.int8)
+    np.testing.assert_array_equal(got, quantize_embeddings(tiny.encode(TEXTS), precision="binary"))
+
+
+def test_float16_and_truncate_dim(tmp_path, tiny, tiny_bert_dir):
+    files = _write_inputs(tmp_path / "in")
+    out = tmp_path / "out.npy"
+    _encode(str(files["txt"]), "-o", str(out), "--model", str(tiny_bert_dir), "--precision", "float16",
+            "--truncate-dim", "8")
+    got = np.load(out)
+    assert got.dtype == np.float16 and got.shape == (len(TEXTS), 8)
+    np.testing.assert_array_equal(got, tiny.encode(TEXTS)[:, :8].astype(np.float16))
+
+
+def _big_input(path: Path, n: int) -> Path:
+    rng = np.random.default_rng(0)
+    words = ["кот", "дом", "river", "city", "врачи", "program", "лампочка", "test"]
+    path.write_text("\n".join(" ".join(rng.choice(words, size=rng.integers(1, 12))) for _ in range(n)) + "\n")
+    return path
+
+
+def test_resume_after_kill_9_at_several_points_is_byte_identical(tmp_path, tiny_bert_dir):
+    source = _big_input(tmp_path / "big.txt", 3000)
+    reference = tmp_path / "reference.npy"
+    _encode(str(source), "-o", str(reference), "--model", str(tiny_bert_dir), "--chunk-rows", "100")
+    out = tmp_path / "out.npy"
+    manifest = tmp_path / "out.npy.parts" / "manifest.json"
+    args = [sys.executable, "-m", "berta_jax", "encode", str(source), "-o", str(out), "--model", str(tiny_bert_dir),
+            "--chunk-rows", "100", "--resume", "--quiet"]
+    killed_at = []
+    for target in (3, 11, 20):
+        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if manifest.exists() and json.loads(manifest.read_text())["chunks"] >= target:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        (tmp_path / "out.npy.lock").unlink(missing_ok=True)  # a killed run leaves its lock behind
+        killed_at.append(json.loads(manifest.read_text())["chunks"])
+        assert not out.exists()
+    assert killed_at == sorted(killed_at) and killed_at[-1] < 30
+    done = _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "100", "--resume")
+    assert f"({killed_at[-1]} chunks resumed)" in done.stdout
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_existing_output_changed_inputs_and_held_lock_are_refused(tmp_path, tiny_bert_dir):
+    files = _write_inputs(tmp_path / "in")
+    out = tmp_path / "out.npy"
+    base = [str(files["txt"]), "-o", str(out), "--model", str(tiny_bert_dir)]
+    _encode(*base)
+    first = out.read_bytes()
+    again = _encode(*base)  # the same command again: verified no-op
+    assert "already complete" in again.stdout and out.read_bytes() == first
+    foreign = tmp_path / "foreign.npy"
+    foreign.write_bytes(b"someone else's file")
+    refused = _encode(str(files["txt"]), "-o", str(foreign), "--model", str(tiny_bert_dir), check=False)
+    assert refused.returncode == 2 and "pass --overwrite" in refused.stderr
+    assert foreign.read_bytes() == b"someone else's file"
+    files["txt"].write_text("changed\n")
+    changed = _encode(*base, "--resume", check=False)
+    assert changed.returncode == 2 and "different inputs" in changed.stderr
+    assert out.read_bytes() == first  # untouched
+    (tmp_path / "out.npy.lock").write_text("123")
+    locked = _encode(*base, "--overwrite", check=False)
+    assert locked.returncode == 2 and "another run is writing this output" in locked.stderr
+    (tmp_path / "out.npy.lock").unlink()
+    _encode(*base, "--overwrite")
+    assert np.load(out).shape == (1, 16)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"good line\nbad \xff line\n", "in.jsonl:2: not valid UTF-8"),
+        (b'{"text": "ok"}\n{"text": broken\n', "in.jsonl:2: not valid JSON"),
+        (b'{"text": "ok"}\n{"other": "x"}\n', "in.jsonl:2: 'text' is missing or null"),
+        (b'{"text": "ok"}\n{"text": null}\n', "in.jsonl:2: 'text' is missing or null"),
+        (b'{"text": "ok"}\n{"text": 42}\n', "in.jsonl:2: 'text' is int, not a string"),
+    ],
+)
+def test_bad_rows_stop_with_file_and_line_or_are_skipped_and_listed(content, message, tmp_path, tiny_bert_dir):
+    if b"good line" in content:
+        content = b'{"text": "good line"}\n{"text": "bad \xff line"}\n'
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(content + b'{"text": "last"}\n')
+    out = tmp_path / "out.npy"
+    failed = _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), check=False)
+    assert failed.returncode == 2 and message in failed.stderr and "Traceback" not in failed.stderr
+    assert not out.exists()
+    done = _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--on-error", "skip", "--overwrite")
+    assert "1 skipped" in done.stdout
+    got = np.load(out)
+    assert got.shape == (3, 16) and not got[1].any() and got[0].any() and got[2].any()  # alignment kept
+    listed = [json.loads(line) for line in (tmp_path / "out.npy.skipped.jsonl").read_text().splitlines()]
+    assert [(Path(r["file"]).name, r["line"]) for r in listed] == [("in.jsonl", 2)]
+
+
+def test_empty_input_gives_an_empty_valid_output(tmp_path, tiny_bert_dir):
+    source = tmp_path / "empty.txt"
+    source.write_text("")
+    for suffix in (".npy", ".parquet"):
+        out = tmp_path / f"out{suffix}"
+        _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir))
+    assert np.load(tmp_path / "out.npy").shape == (0, 16)
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 0
+
+
+def test_lines_split_on_newline_only(tmp_path, tiny, tiny_bert_dir):
+    source = tmp_path / "in.txt"
+    texts = ["first\u2028still first", "second\u0085still second", "third\r"]
+    source.write_bytes(("\n".join(texts) + "\n").encode())
+    out = tmp_path / "out.npy"
+    _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir))
+    got = np.load(out)
+    assert got.shape == (3, 16)
+    assert np.abs(got - tiny.encode(["first\u2028still first", "second\u0085still second", "third"])).max() <= 1e-6
+
+
+def test_encode_help_shows_examples():
+    done = subprocess.run([sys.executable, "-m", "berta_jax", "encode", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "examples:" in done.stdout and "--resume" in done.stdout
