@@ -121,7 +121,22 @@ def _parity(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _distributed(args: argparse.Namespace) -> tuple[int, int, object]:
+    """Join JAX's multi-host runtime when asked: (process index, process count, barrier)."""
+    if not (args.distributed or args.coordinator):
+        return 0, 1, None
+    import jax
+    from jax.experimental import multihost_utils
+
+    if args.coordinator:
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    else:  # TPU pods, SLURM and similar: JAX finds the cluster itself
+        jax.distributed.initialize()
+    return jax.process_index(), jax.process_count(), multihost_utils.sync_global_devices
+
+
 def _encode(args: argparse.Namespace) -> int:
+    process_index, process_count, barrier = _distributed(args)  # before any JAX array exists
     from berta_jax.encoder import Encoder
     from berta_jax.job import JobOptions, run_job
 
@@ -146,7 +161,7 @@ def _encode(args: argparse.Namespace) -> int:
             last["time"] = time.perf_counter()
 
     summary = run_job(encoder, args.inputs, args.output, options, resume=args.resume, overwrite=args.overwrite,
-                      progress=progress)
+                      progress=progress, process_index=process_index, process_count=process_count, barrier=barrier)
     if bar is not None:
         bar.close()
     if summary.already_complete:
@@ -156,6 +171,9 @@ def _encode(args: argparse.Namespace) -> int:
     if summary.interrupted:
         print(f"interrupted after {summary.rows} texts; committed chunks are kept: rerun with --resume", file=sys.stderr)
         return 130
+    if process_index != 0:
+        print(f"process {process_index}: embedded its {summary.chunks_done} chunks; process 0 wrote {summary.output}")
+        return 0
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     print(f"wrote {summary.output}: {summary.rows} texts ({summary.chunks_resumed} chunks resumed), "
           f"{summary.skipped} skipped, {summary.truncated} truncated at {encoder.sentence.max_seq_length} tokens, "
@@ -219,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         "examples:\n  berta-jax encode examples/sample.txt -o sample.npy --model sergeyzh/BERTA\n"
         "  berta-jax encode docs.jsonl.gz -o docs.parquet --model ./BERTA --text-field body --id-field id "
         "--prompt-name search_document\n"
-        "  berta-jax encode a.csv b.csv -o out.npy --model ./BERTA --text-column text --on-error skip --resume",
+        "  berta-jax encode a.csv b.csv -o out.npy --model ./BERTA --text-column text --on-error skip --resume\n"
+        "  berta-jax encode big.txt -o big.npy --model ./BERTA --distributed     # on every host of a TPU pod",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     enc.add_argument("inputs", nargs="+", help="input files")
@@ -241,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--overwrite", action="store_true", help="replace an existing output")
     enc.add_argument("--quiet", action="store_true", help="no progress output")
     enc.add_argument("--log-every", type=float, default=30.0, help=argparse.SUPPRESS)
+    multi = enc.add_argument_group("several hosts (jax.distributed): each process embeds its share of the chunks, "
+                                   "process 0 writes the one output")
+    multi.add_argument("--distributed", action="store_true", help="join the cluster JAX detects (TPU pod, SLURM)")
+    multi.add_argument("--coordinator", help="HOST:PORT of process 0, for an explicit cluster")
+    multi.add_argument("--num-processes", type=int, help="with --coordinator")
+    multi.add_argument("--process-id", type=int, help="with --coordinator")
     enc.set_defaults(func=_encode)
     return parser
 

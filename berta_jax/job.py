@@ -142,50 +142,75 @@ def run_job(
     resume: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+    barrier: Callable[[str], None] | None = None,
 ) -> JobSummary:
-    """Embed every row of `inputs` into `output` (.npy or .parquet); see the module docstring."""
+    """Embed every row of `inputs` into `output` (.npy or .parquet); see the module docstring.
+
+    With several processes (`jax.distributed`), process p embeds chunks p, p + n, p + 2n, ... into the
+    shared parts folder and keeps its own manifest; after `barrier`, process 0 assembles the one output,
+    identical to a single-process run.
+    """
     inputs = [Path(p) for p in inputs]
     output = Path(output)
     if output.suffix not in OUTPUT_FORMATS:
         raise JobError(f"{output}: the output must end in {' or '.join(OUTPUT_FORMATS)}")
     if output.is_dir():
         raise JobError(f"{output} is a directory; give a file name ending in .npy or .parquet")
+    if process_count > 1 and barrier is None:
+        raise ValueError("several processes need a barrier (e.g. jax.experimental.multihost_utils.sync_global_devices)")
+    barrier = barrier or (lambda _: None)
     parts = output.with_name(output.name + ".parts")
-    manifest_path = parts / "manifest.json"
-    skipped_path = output.with_name(output.name + ".skipped.jsonl")
-    truncated_path = output.with_name(output.name + ".truncated.jsonl")
+    suffix = "" if process_count == 1 else f"-{process_index}-of-{process_count}"
+    manifest_path = parts / f"manifest{suffix}.json"
+    complete_path = parts / "complete.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    with _Lock(output.with_name(output.name + ".lock")):
+    summary = JobSummary(output=str(output))
+    with _Lock(output.with_name(f"{output.name}.lock{suffix}")):
         expected = fingerprint(inputs, Path(encoder.folder), options)
-        manifest = _start(output, parts, manifest_path, expected, resume, overwrite)
-        summary = JobSummary(output=str(output))
-        if manifest.get("complete"):  # same command again: nothing to do once the output is verified
-            if not output.exists():
-                _assemble(output, parts, manifest["chunks"], options, encoder.hidden_size)
-            summary.rows, summary.chunks_resumed, summary.already_complete = manifest["rows"], manifest["chunks"], True
+        if process_index == 0:
+            done = _check_existing(output, parts, complete_path, manifest_path, expected, resume, overwrite)
+        barrier("berta-jax-start")
+        if process_index != 0:
+            done = _read_complete(complete_path, expected)
+        if done is not None:  # same command again: nothing to do once the output is verified
+            if process_index == 0 and not output.exists():
+                _assemble(output, parts, done["chunks"], options, encoder.hidden_size)
+            summary.rows, summary.chunks_resumed, summary.already_complete = done["rows"], done["chunks"], True
             return summary
+        manifest = _read_manifest(manifest_path, expected) if resume else None
+        manifest = manifest or {"fingerprint": expected, "chunks": 0}
         stop = {"now": False}
         previous = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True)) if _main_thread() else None
         start = time.perf_counter()
         try:
             rows = (row for path in inputs for row in read_rows(
                 path, text_field=options.text_field, id_field=options.id_field, on_error=options.on_error))
+            total_chunks = 0
             for index, chunk in enumerate(_chunks(rows, options.chunk_rows)):
-                if index < manifest["chunks"]:
+                total_chunks = index + 1
+                if index % process_count != process_index:
+                    continue
+                if index // process_count < manifest["chunks"]:
                     summary.chunks_resumed += 1
                     summary.rows += len(chunk)
                     continue
-                _embed_chunk(encoder, chunk, index, parts, options, summary, skipped_path, truncated_path)
-                manifest.update(chunks=index + 1, rows=summary.rows)
+                _embed_chunk(encoder, chunk, index, parts, options, summary)
+                manifest["chunks"] = index // process_count + 1
                 atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
                 if progress:
                     progress(summary.rows, summary.chunks_done)
                 if stop["now"]:
                     summary.interrupted = True
                     return summary
-            _assemble(output, parts, manifest["chunks"], options, encoder.hidden_size)
-            manifest.update(complete=True, rows=summary.rows)
-            atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+            barrier("berta-jax-done")
+            if process_index == 0:
+                totals = _assemble(output, parts, total_chunks, options, encoder.hidden_size)
+                summary.rows, summary.skipped, summary.truncated = totals
+                atomic_write_bytes(complete_path, json.dumps(
+                    {"fingerprint": expected, "chunks": total_chunks, "rows": summary.rows}).encode())
+            barrier("berta-jax-assembled")
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -199,62 +224,73 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _start(output: Path, parts: Path, manifest_path: Path, expected: dict, resume: bool, overwrite: bool) -> dict:
-    if manifest_path.exists() and not overwrite:
-        manifest = json.loads(manifest_path.read_text())
-        changed = [k for k in ("inputs", "model", "prompt", "options") if manifest["fingerprint"].get(k) != expected[k]]
+def _changed(recorded: dict, expected: dict) -> list[str]:
+    return [k for k in ("inputs", "model", "prompt", "options") if recorded.get(k) != expected[k]]
+
+
+def _read_complete(path: Path, expected: dict) -> dict | None:
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return record if not _changed(record["fingerprint"], expected) else None
+
+
+def _read_manifest(path: Path, expected: dict) -> dict | None:
+    if not path.exists():
+        return None
+    manifest = json.loads(path.read_text())
+    return manifest if not _changed(manifest["fingerprint"], expected) else None
+
+
+def _check_existing(output: Path, parts: Path, complete_path: Path, manifest_path: Path, expected: dict,
+                    resume: bool, overwrite: bool) -> dict | None:
+    """Process 0: refuse what must not be overwritten; return the completion record for a no-op rerun."""
+    if not overwrite and parts.exists():
+        recorded = [json.loads(p.read_text())["fingerprint"] for p in sorted(parts.glob("*.json"))
+                    if p.name.startswith(("manifest", "complete"))]
+        changed = sorted({k for r in recorded for k in _changed(r, expected)})
         if changed:
             raise JobError(
                 f"{output}: an earlier run with different {', '.join(changed)} wrote here; pass --overwrite to "
                 "start again"
             )
-        if manifest.get("complete") or resume:
-            return manifest
-        raise JobError(f"{output}: an unfinished run is there; pass --resume to continue it or --overwrite")
+        done = _read_complete(complete_path, expected)
+        if done is not None or resume:
+            return done
+        if recorded:
+            raise JobError(f"{output}: an unfinished run is there; pass --resume to continue it or --overwrite")
     if output.exists() and not overwrite:
         raise JobError(f"{output} exists; pass --overwrite to replace it")
     if parts.exists():
         for p in parts.iterdir():
             p.unlink()
     parts.mkdir(parents=True, exist_ok=True)
-    for sidecar in (output.with_name(output.name + ".skipped.jsonl"), output.with_name(output.name + ".truncated.jsonl")):
-        sidecar.unlink(missing_ok=True)
-    manifest = {"fingerprint": expected, "chunks": 0, "rows": 0, "complete": False}
-    atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
-    return manifest
+    return None
 
 
-def _embed_chunk(encoder, chunk: list[Row], index: int, parts: Path, options: JobOptions, summary: JobSummary,
-                 skipped_path: Path, truncated_path: Path) -> None:
+def _embed_chunk(encoder, chunk: list[Row], index: int, parts: Path, options: JobOptions, summary: JobSummary) -> None:
     good = [i for i, row in enumerate(chunk) if row.error is None]
     with warnings.catch_warnings():  # the job counts and lists truncated rows itself
         warnings.simplefilter("ignore", TruncationWarning)
         result = encoder.encode_detailed([chunk[i].text for i in good], prompt=options.prompt)
     vectors = np.zeros((len(chunk), encoder.hidden_size), np.float32)
     vectors[good] = result.embeddings
-    out = _postprocess(vectors, options)
-    buffer = _npy_bytes(out)
-    atomic_write_bytes(parts / f"part-{index:06d}.npy", buffer)
-    ids = [row.id for row in chunk]
-    atomic_write_bytes(parts / f"ids-{index:06d}.json", json.dumps(ids).encode())
     skipped = [{"file": r.source, "line": r.line, "reason": r.error} for r in chunk if r.error is not None]
     truncated = [{"file": chunk[i].source, "line": chunk[i].line} for i, t in zip(good, result.truncated) if t]
-    _append_sidecar(skipped_path, index, skipped)
-    _append_sidecar(truncated_path, index, truncated)
+    side = {"ids": [row.id for row in chunk], "skipped": skipped, "truncated": truncated}
+    atomic_write_bytes(parts / f"rows-{index:06d}.json", json.dumps(side, ensure_ascii=False).encode())
+    atomic_write_bytes(parts / f"part-{index:06d}.npy", _npy_bytes(_postprocess(vectors, options)))
     summary.rows += len(chunk)
     summary.skipped += len(skipped)
     summary.truncated += len(truncated)
     summary.chunks_done += 1
 
 
-def _append_sidecar(path: Path, index: int, records: list[dict]) -> None:
-    """Per-chunk sidecar records, rewritten atomically with this chunk's lines (idempotent on resume)."""
-    existing = []
-    if path.exists():
-        existing = [json.loads(line) for line in path.read_text().splitlines() if line]
-    existing = [r for r in existing if r["chunk"] < index] + [dict(r, chunk=index) for r in records]
-    if existing:
-        atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing).encode())
+def _write_sidecar(path: Path, records: list[dict]) -> None:
+    if records:
+        atomic_write_bytes(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -263,9 +299,15 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _assemble(output: Path, parts: Path, chunks: int, options: JobOptions, hidden: int) -> None:
-    """Stream the parts into the final file (memory stays at one part), committed atomically."""
+def _assemble(output: Path, parts: Path, chunks: int, options: JobOptions, hidden: int) -> tuple[int, int, int]:
+    """Stream the parts into the final file (memory stays at one part), committed atomically; write the
+    skipped / truncated sidecars. Returns (rows, skipped, truncated)."""
     arrays = [np.load(parts / f"part-{i:06d}.npy", mmap_mode="r") for i in range(chunks)]
+    sides = [json.loads((parts / f"rows-{i:06d}.json").read_text()) for i in range(chunks)]
+    skipped = [r for side in sides for r in side["skipped"]]
+    truncated = [r for side in sides for r in side["truncated"]]
+    _write_sidecar(output.with_name(output.name + ".skipped.jsonl"), skipped)
+    _write_sidecar(output.with_name(output.name + ".truncated.jsonl"), truncated)
     width = options.truncate_dim or hidden
     if options.precision in ("binary", "ubinary"):
         width = -(-width // 8)
@@ -277,7 +319,7 @@ def _assemble(output: Path, parts: Path, chunks: int, options: JobOptions, hidde
                                                       "fortran_order": False, "shape": (rows, width)})
             for array in arrays:
                 f.write(np.ascontiguousarray(array).tobytes())
-        return
+        return rows, len(skipped), len(truncated)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -285,8 +327,8 @@ def _assemble(output: Path, parts: Path, chunks: int, options: JobOptions, hidde
                         ("embedding", pa.list_(pa.from_numpy_dtype(dtype), width))])
     with atomic_open(output) as f, pq.ParquetWriter(f, schema) as writer:
         start = 0
-        for c, array in enumerate(arrays):
-            ids = json.loads((parts / f"ids-{c:06d}.json").read_text())
+        for array, side in zip(arrays, sides):
+            ids = side["ids"]
             flat = pa.array(np.ascontiguousarray(array).reshape(-1), type=pa.from_numpy_dtype(dtype))
             writer.write_table(pa.table({
                 "row": pa.array(range(start, start + len(array)), pa.int64()),
@@ -294,3 +336,4 @@ def _assemble(output: Path, parts: Path, chunks: int, options: JobOptions, hidde
                 "embedding": pa.FixedSizeListArray.from_arrays(flat, width),
             }, schema=schema))
             start += len(array)
+    return rows, len(skipped), len(truncated)

@@ -210,3 +210,49 @@ def test_lines_split_on_newline_only(tmp_path, tiny, tiny_bert_dir):
 def test_encode_help_shows_examples():
     done = subprocess.run([sys.executable, "-m", "berta_jax", "encode", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "examples:" in done.stdout and "--resume" in done.stdout
+
+
+def test_two_processes_with_jax_distributed_match_one_process(tmp_path, tiny_bert_dir):
+    import socket
+
+    source = _big_input(tmp_path / "in.txt", 230)
+    single = tmp_path / "single.npy"
+    _encode(str(source), "-o", str(single), "--model", str(tiny_bert_dir), "--chunk-rows", "20")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "multi.npy"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "berta_jax", "encode", str(source), "-o", str(out), "--model", str(tiny_bert_dir),
+             "--chunk-rows", "20", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+             "--process-id", str(i)],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
+    assert "process 1: embedded its 6 chunks" in results[1][0]  # chunks 1, 3, ..., 11 of 12
+    assert out.read_bytes() == single.read_bytes()
+
+
+def test_ctrl_c_commits_the_current_chunk_and_resume_finishes(tmp_path, tiny_bert_dir):
+    source = _big_input(tmp_path / "big.txt", 3000)
+    reference = tmp_path / "reference.npy"
+    _encode(str(source), "-o", str(reference), "--model", str(tiny_bert_dir), "--chunk-rows", "100")
+    out = tmp_path / "out.npy"
+    manifest = tmp_path / "out.npy.parts" / "manifest.json"
+    proc = subprocess.Popen([sys.executable, "-m", "berta_jax", "encode", str(source), "-o", str(out), "--model",
+                             str(tiny_bert_dir), "--chunk-rows", "100", "--quiet"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["chunks"] >= 2):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "rerun with --resume" in err
+    assert not (tmp_path / "out.npy.lock").exists()  # a clean stop releases the lock
+    _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "100", "--resume")
+    assert out.read_bytes() == reference.read_bytes()
