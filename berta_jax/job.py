@@ -205,6 +205,9 @@ def run_job(
                     summary.interrupted = True
                     return summary
             barrier("berta-jax-done")
+            changed = [p for p, before in zip(inputs, expected["inputs"]) if _file_identity(p) != before]
+            if changed:
+                raise JobError(f"{changed[0]} changed while it was being embedded; rerun with --overwrite")
             if process_index == 0:
                 totals = _assemble(output, parts, total_chunks, options, encoder.hidden_size)
                 summary.rows, summary.skipped, summary.truncated = totals
