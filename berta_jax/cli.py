@@ -250,8 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--text-field", "--text-column", dest="text_field", default="text",
                      help="jsonl field / csv or parquet column holding the text (default: text)")
     enc.add_argument("--id-field", "--id-column", dest="id_field", help="field or column carried to parquet output")
-    enc.add_argument("--precision", choices=("float32", "float16", "binary", "ubinary"), default="float32",
-                     help="stored precision (binary/ubinary as sentence-transformers' quantize_embeddings)")
+    enc.add_argument("--precision", choices=("float32", "float16", "int8", "uint8", "binary", "ubinary"),
+                     default="float32", help="stored precision; int8/uint8/binary/ubinary follow sentence-transformers' "
+                     "quantize_embeddings (int8/uint8 ranges from the whole output)")
     enc.add_argument("--truncate-dim", type=int, help="keep the first N dimensions")
     enc.add_argument("--chunk-rows", type=int, default=10_000, help="rows per committed chunk (default 10000)")
     enc.add_argument("--on-error", choices=("raise", "skip"), default="raise",

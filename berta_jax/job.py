@@ -30,7 +30,9 @@ from berta_jax.inputs import Row, read_rows
 from convert.safetensors_io import atomic_open, atomic_write_bytes
 
 OUTPUT_FORMATS = (".npy", ".parquet")
-PRECISIONS = ("float32", "float16", "binary", "ubinary")
+PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
+_STORED = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "uint8": np.uint8,
+           "binary": np.int8, "ubinary": np.uint8}
 
 
 class JobError(BertaJaxError, RuntimeError):
@@ -94,6 +96,7 @@ def _postprocess(vectors: np.ndarray, options: JobOptions) -> np.ndarray:
         vectors = vectors[:, : options.truncate_dim]
     if options.precision == "float16":
         return vectors.astype(np.float16)
+    # int8 / uint8 need ranges over the whole output: the parts stay float32 and _assemble quantises
     if options.precision in ("binary", "ubinary"):  # sentence-transformers' quantize_embeddings rules
         packed = np.packbits(vectors > 0, axis=-1)
         return (packed.astype(np.int16) - 128).astype(np.int8) if options.precision == "binary" else packed
@@ -302,6 +305,25 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _int8_quantiser(arrays: list[np.ndarray], precision: str, output: Path):
+    """sentence-transformers' int8/uint8 rule, with ranges (per-dimension min and max) over every row."""
+    rows = sum(len(a) for a in arrays)
+    if rows == 0:
+        return None
+    if rows == 1:
+        raise JobError(f"{output}: {precision} quantisation needs ranges from more than one embedding")
+    low = np.min([a.min(axis=0) for a in arrays if len(a)], axis=0).astype(np.float32)
+    high = np.max([a.max(axis=0) for a in arrays if len(a)], axis=0).astype(np.float32)
+    steps = (high - low) / 255
+    steps = np.where(steps == 0, 1, steps)
+
+    def quantise(part: np.ndarray) -> np.ndarray:
+        q = np.clip(np.floor((np.asarray(part, np.float32) - low) / steps), 0, 255)
+        return q.astype(np.uint8) if precision == "uint8" else (q - 128).astype(np.int8)
+
+    return quantise
+
+
 def _assemble(output: Path, parts: Path, chunks: int, options: JobOptions, hidden: int) -> tuple[int, int, int]:
     """Stream the parts into the final file (memory stays at one part), committed atomically; write the
     skipped / truncated sidecars. Returns (rows, skipped, truncated)."""
@@ -314,8 +336,11 @@ def _assemble(output: Path, parts: Path, chunks: int, options: JobOptions, hidde
     width = options.truncate_dim or hidden
     if options.precision in ("binary", "ubinary"):
         width = -(-width // 8)
-    dtype = np.dtype({"float32": np.float32, "float16": np.float16, "binary": np.int8, "ubinary": np.uint8}[options.precision])
+    dtype = np.dtype(_STORED[options.precision])
     rows = sum(len(a) for a in arrays)
+    quantise = _int8_quantiser(arrays, options.precision, output) if options.precision in ("int8", "uint8") else None
+    if quantise is not None:
+        arrays = map(quantise, arrays)  # one part at a time, as the loops below write them
     if output.suffix == ".npy":
         with atomic_open(output) as f:
             np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype),
