@@ -160,8 +160,14 @@ def _encode(args: argparse.Namespace) -> int:
             print(f"embedded {rows} texts ({chunks} chunks)", file=sys.stderr, flush=True)
             last["time"] = time.perf_counter()
 
-    summary = run_job(encoder, args.inputs, args.output, options, resume=args.resume, overwrite=args.overwrite,
-                      progress=progress, process_index=process_index, process_count=process_count, barrier=barrier)
+    try:
+        summary = run_job(encoder, args.inputs, args.output, options, resume=args.resume, overwrite=args.overwrite,
+                          progress=progress, process_index=process_index, process_count=process_count,
+                          barrier=barrier)
+    except OSError as e:  # disk full, read-only folder, ...: committed chunks stay, temporary files are removed
+        print(f"berta-jax encode: error: {e.filename or args.output}: {e.strerror or e}; chunks committed so far "
+              "are kept, rerun with --resume once fixed", file=sys.stderr)
+        return 2
     if bar is not None:
         bar.close()
     if summary.already_complete:

@@ -275,3 +275,46 @@ def test_ctrl_c_commits_the_current_chunk_and_resume_finishes(tmp_path, tiny_ber
     assert not (tmp_path / "out.npy.lock").exists()  # a clean stop releases the lock
     _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "100", "--resume")
     assert out.read_bytes() == reference.read_bytes()
+
+
+_RSS = """
+import resource, runpy, sys
+sys.argv = ["berta-jax", "encode", *{args!r}]
+try:
+    runpy.run_module("berta_jax", run_name="__main__")
+except SystemExit as e:
+    assert not e.code, e.code
+print("maxrss_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_rss_kb(args: list[str]) -> int:
+    done = subprocess.run([sys.executable, "-c", _RSS.format(args=args)], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.split("maxrss_kb")[-1])
+
+
+def test_memory_stays_flat_as_the_input_grows(tmp_path, tiny_bert_dir):
+    small, large = _big_input(tmp_path / "small.txt", 20_000), _big_input(tmp_path / "large.txt", 200_000)
+    common = ["--model", str(tiny_bert_dir), "--quiet", "--chunk-rows", "5000"]
+    rss_small = _peak_rss_kb([str(small), "-o", str(tmp_path / "small.npy"), *common])
+    rss_large = _peak_rss_kb([str(large), "-o", str(tmp_path / "large.npy"), *common])
+    assert np.load(tmp_path / "large.npy", mmap_mode="r").shape == (200_000, 16)
+    assert rss_large - rss_small < 100_000, (rss_small, rss_large)  # 10x the rows, < 100 MB more
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path, tiny_bert_dir):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        target = blocker / "out.npy"  # a path under a regular file: no permission trick needed as root
+    else:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        target = ro / "out.npy"
+    source = tmp_path / "in.txt"
+    source.write_text("hello\n")
+    done = _encode(str(source), "-o", str(target), "--model", str(tiny_bert_dir), check=False)
+    assert done.returncode == 2 and "berta-jax encode: error:" in done.stderr and "Traceback" not in done.stderr
