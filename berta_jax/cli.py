@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from berta_jax.errors import BertaJaxError, ModelNotFoundError
 
@@ -146,18 +147,27 @@ def _encode(args: argparse.Namespace) -> int:
         text_field=args.text_field, id_field=args.id_field, prompt=prompt, precision=args.precision,
         truncate_dim=args.truncate_dim, chunk_rows=args.chunk_rows, on_error=args.on_error,
     )
+    from berta_jax.inputs import count_rows
+
+    counts = [count_rows(p) for p in args.inputs] if not args.quiet else [None]
+    total = sum(counts) if None not in counts else None
     bar = None
     if not args.quiet and sys.stderr.isatty():
         from tqdm import tqdm
 
-        bar = tqdm(unit=" texts", desc="embedding")
-    last = {"rows": 0, "time": time.perf_counter()}
+        bar = tqdm(total=total, unit=" texts", desc="embedding", dynamic_ncols=True)
+    start = time.perf_counter()
+    last = {"time": start}
 
-    def progress(rows: int, chunks: int) -> None:
+    def progress(summary) -> None:
+        elapsed = max(time.perf_counter() - start, 1e-9)
         if bar is not None:
-            bar.update(rows - bar.n)
+            bar.update(summary.rows - bar.n)
+            bar.set_postfix_str(f"{summary.tokens / elapsed:,.0f} tokens/s", refresh=False)
         elif not args.quiet and time.perf_counter() - last["time"] >= args.log_every:
-            print(f"embedded {rows} texts ({chunks} chunks)", file=sys.stderr, flush=True)
+            eta = f", ETA {(total - summary.rows) * elapsed / max(summary.rows, 1):.0f} s" if total else ""
+            print(f"embedded {summary.rows}{f'/{total}' if total else ''} texts, {summary.rows / elapsed:.1f} texts/s, "
+                  f"{summary.tokens / elapsed:,.0f} tokens/s{eta}", file=sys.stderr, flush=True)
             last["time"] = time.perf_counter()
 
     try:
@@ -170,6 +180,14 @@ def _encode(args: argparse.Namespace) -> int:
         return 2
     if bar is not None:
         bar.close()
+    if args.truncation_report and process_index == 0:
+        import shutil
+
+        listed = Path(summary.output).with_name(Path(summary.output).name + ".truncated.jsonl")
+        if listed.exists():
+            shutil.copyfile(listed, args.truncation_report)
+        else:
+            Path(args.truncation_report).write_text("")
     if summary.already_complete:
         print(f"{summary.output} is already complete for these inputs, model, prompt and options "
               f"({summary.rows} texts); nothing to do")
@@ -263,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--chunk-rows", type=int, default=10_000, help="rows per committed chunk (default 10000)")
     enc.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                      help="a bad row stops the job (default) or is skipped: zero row, listed in OUTPUT.skipped.jsonl")
+    enc.add_argument("--truncation-report", help="also write the list of texts cut at the context (JSON lines: file, "
+                     "line) to this file (always in OUTPUT.truncated.jsonl)")
     enc.add_argument("--resume", action="store_true", help="continue an interrupted run")
     enc.add_argument("--overwrite", action="store_true", help="replace an existing output")
     enc.add_argument("--quiet", action="store_true", help="no progress output")

@@ -61,6 +61,7 @@ class JobOptions:
 @dataclasses.dataclass
 class JobSummary:
     rows: int = 0
+    tokens: int = 0  # tokens fed to the model by this run (prompt and special tokens included)
     skipped: int = 0
     truncated: int = 0
     chunks_done: int = 0
@@ -144,7 +145,7 @@ def run_job(
     *,
     resume: bool = False,
     overwrite: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[JobSummary], None] | None = None,
     process_index: int = 0,
     process_count: int = 1,
     barrier: Callable[[str], None] | None = None,
@@ -203,7 +204,7 @@ def run_job(
                 manifest["chunks"] = index // process_count + 1
                 atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
                 if progress:
-                    progress(summary.rows, summary.chunks_done)
+                    progress(summary)
                 if stop["now"]:
                     summary.interrupted = True
                     return summary
@@ -287,6 +288,7 @@ def _embed_chunk(encoder, chunk: list[Row], index: int, parts: Path, options: Jo
     atomic_write_bytes(parts / f"rows-{index:06d}.json", json.dumps(side, ensure_ascii=False).encode())
     atomic_write_bytes(parts / f"part-{index:06d}.npy", _npy_bytes(_postprocess(vectors, options)))
     summary.rows += len(chunk)
+    summary.tokens += int(result.num_tokens.sum())
     summary.skipped += len(skipped)
     summary.truncated += len(truncated)
     summary.chunks_done += 1

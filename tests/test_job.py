@@ -318,3 +318,16 @@ def test_unwritable_output_folder_is_a_clear_error(tmp_path, tiny_bert_dir):
     source.write_text("hello\n")
     done = _encode(str(source), "-o", str(target), "--model", str(tiny_bert_dir), check=False)
     assert done.returncode == 2 and "berta-jax encode: error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_truncation_report_and_plain_progress_lines(tmp_path, tiny_bert_dir):
+    source = tmp_path / "in.txt"
+    long = "слово " * 200
+    source.write_text(f"short\n{long}\nalso short\n{long}\n")
+    out, report = tmp_path / "out.npy", tmp_path / "truncated.jsonl"
+    done = _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--truncation-report", str(report),
+                   "--chunk-rows", "1", "--log-every", "0")
+    assert "2 truncated at 32 tokens" in done.stdout
+    assert [json.loads(line)["line"] for line in report.read_text().splitlines()] == [2, 4]
+    progress = [line for line in done.stderr.splitlines() if line.startswith("embedded ")]
+    assert progress and "/4 texts" in progress[-1] and "tokens/s" in progress[-1] and "ETA" in progress[-1]
