@@ -105,7 +105,7 @@ def _parity(args: argparse.Namespace) -> int:
     try:
         texts = read_texts(args.texts) if args.texts else list(DEFAULT_TEXTS)
         report = parity_report(args.model, texts, prompt=args.prompt, prompt_name=args.prompt_name)
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, OSError) as e:
         print(f"berta-jax parity: error: {e}", file=sys.stderr)
         return 2
     print(f"model: {args.model}; {len(texts)} texts; float32, CPU reference: transformers BertModel (eager)")
@@ -120,6 +120,9 @@ def _parity(args: argparse.Namespace) -> int:
     ok = report.passed(args.tolerance, args.embedding_tolerance)
     print("PASS" if ok else f"FAIL: above tolerance (hidden {args.tolerance:g}, embeddings {args.embedding_tolerance:g})")
     return 0 if ok else 1
+
+
+from berta_jax.job import PRECISIONS  # noqa: E402  (light: numpy and the readers)
 
 
 def _distributed(args: argparse.Namespace) -> tuple[int, int, object]:
@@ -141,12 +144,16 @@ def _encode(args: argparse.Namespace) -> int:
     from berta_jax.encoder import Encoder
     from berta_jax.job import JobOptions, run_job
 
-    encoder = Encoder.from_pretrained(args.model)
-    prompt = encoder.sentence.resolve_prompt(args.prompt_name, args.prompt)
-    options = JobOptions(
-        text_field=args.text_field, id_field=args.id_field, prompt=prompt, precision=args.precision,
-        truncate_dim=args.truncate_dim, chunk_rows=args.chunk_rows, on_error=args.on_error,
-    )
+    try:
+        encoder = Encoder.from_pretrained(args.model)
+        prompt = encoder.sentence.resolve_prompt(args.prompt_name, args.prompt)
+        options = JobOptions(
+            text_field=args.text_field, id_field=args.id_field, prompt=prompt, precision=args.precision,
+            truncate_dim=args.truncate_dim, chunk_rows=args.chunk_rows, on_error=args.on_error,
+        )
+    except ValueError as e:
+        print(f"berta-jax encode: error: {e}", file=sys.stderr)
+        return 2
     from berta_jax.inputs import count_rows
 
     counts = [count_rows(p) for p in args.inputs] if not args.quiet else [None]
@@ -180,7 +187,7 @@ def _encode(args: argparse.Namespace) -> int:
         return 2
     if bar is not None:
         bar.close()
-    if args.truncation_report and process_index == 0:
+    if args.truncation_report and process_index == 0 and not summary.interrupted:
         import shutil
 
         listed = Path(summary.output).with_name(Path(summary.output).name + ".truncated.jsonl")
@@ -274,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--text-field", "--text-column", dest="text_field", default="text",
                      help="jsonl field / csv or parquet column holding the text (default: text)")
     enc.add_argument("--id-field", "--id-column", dest="id_field", help="field or column carried to parquet output")
-    enc.add_argument("--precision", choices=("float32", "float16", "int8", "uint8", "binary", "ubinary"),
+    enc.add_argument("--precision", choices=PRECISIONS,
                      default="float32", help="stored precision; int8/uint8/binary/ubinary follow sentence-transformers' "
                      "quantize_embeddings (int8/uint8 ranges from the whole output)")
     enc.add_argument("--truncate-dim", type=int, help="keep the first N dimensions")

@@ -133,7 +133,7 @@ class Encoder:
                 )
             overrides["max_seq_length"] = max_seq_length
         sentence = dataclasses.replace(sentence, **overrides)
-        tokenizer = TextTokenizer.from_folder(folder, sentence.max_seq_length, cfg.vocab_size)
+        tokenizer = TextTokenizer.from_folder(folder, sentence.max_seq_length, cfg.vocab_size, sentence.lowercase)
         model = load_model(folder, cfg, dtype=dtype, param_dtype=param_dtype)
         return cls(
             model, tokenizer, sentence, name=str(name_or_path), folder=folder, devices=devices,
@@ -227,19 +227,16 @@ class Encoder:
 
     def encode_query(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
         """Embed search queries with the model's own query prompt (`search_query: ` for BERTA)."""
-        kwargs.setdefault("prompt_name", self.sentence.retrieval_prompt_name("query"))
-        return self._encode_role(texts, kwargs)
+        return self._encode_role(texts, kwargs, "query")
 
     def encode_document(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
         """Embed documents with the model's own document prompt (`search_document: ` for BERTA)."""
-        kwargs.setdefault("prompt_name", self.sentence.retrieval_prompt_name("document"))
-        return self._encode_role(texts, kwargs)
+        return self._encode_role(texts, kwargs, "document")
 
-    def _encode_role(self, texts, kwargs) -> np.ndarray:
-        if kwargs.get("prompt_name") is None and "prompt" not in kwargs:
-            kwargs["prompt"] = ""  # the model has no prompts at all
-        if kwargs.get("prompt") is not None:
-            kwargs.pop("prompt_name", None)
+    def _encode_role(self, texts, kwargs, role: str) -> np.ndarray:
+        if "prompt_name" not in kwargs and "prompt" not in kwargs:  # the caller's choice wins
+            name = self.sentence.retrieval_prompt_name(role)  # None: the model has no prompts at all
+            kwargs["prompt_name" if name else "prompt"] = name or ""
         return self.encode(texts, **kwargs)
 
     def token_embeddings(self, input_ids, attention_mask, token_type_ids=None) -> jax.Array:

@@ -157,7 +157,13 @@ def count_rows(path: str | Path) -> int | None:
     """Rows in a file when cheap to know (for a progress bar's ETA): newline count of .txt/.jsonl, parquet
     metadata; None for compressed and csv files."""
     path = Path(path)
-    fmt = input_format(path)
+    try:
+        return _count_rows(path, input_format(path))
+    except Exception:  # a missing or damaged file: no total; reading it reports the real error
+        return None
+
+
+def _count_rows(path: Path, fmt: str) -> int | None:
     if fmt in (".txt", ".jsonl"):
         count, last = 0, b"\n"
         with path.open("rb") as f:

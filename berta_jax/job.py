@@ -26,13 +26,13 @@ from typing import Callable, Iterator
 import numpy as np
 
 from berta_jax.errors import BertaJaxError, TruncationWarning
-from berta_jax.inputs import Row, read_rows
+from berta_jax.inputs import InputError, Row, input_format, read_rows
 from convert.safetensors_io import atomic_open, atomic_write_bytes
 
 OUTPUT_FORMATS = (".npy", ".parquet")
-PRECISIONS = ("float32", "float16", "int8", "uint8", "binary", "ubinary")
 _STORED = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "uint8": np.uint8,
            "binary": np.int8, "ubinary": np.uint8}
+PRECISIONS = tuple(_STORED)
 
 
 class JobError(BertaJaxError, RuntimeError):
@@ -116,25 +116,28 @@ def _chunks(rows: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 
 class _Lock:
-    """An O_EXCL lock file next to the output: a second run on the same output fails fast."""
+    """An exclusive flock on a file next to the output: a second run on the same output fails fast, and
+    the kernel releases the lock when its process dies (kill -9 included), so --resume is never blocked."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.fd: int | None = None
 
     def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            raise JobError(
-                f"{self.path} exists: another run is writing this output (or one was killed: delete the lock "
-                "file if no run is active)"
-            ) from None
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise JobError(f"{self.path} is locked: another run is writing this output") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, str(os.getpid()).encode())
         return self
 
     def __exit__(self, *exc):
-        self.path.unlink(missing_ok=True)
+        os.close(self.fd)  # closing releases the lock; the file stays, harmless
 
 
 def run_job(
@@ -165,6 +168,12 @@ def run_job(
     if process_count > 1 and barrier is None:
         raise ValueError("several processes need a barrier (e.g. jax.experimental.multihost_utils.sync_global_devices)")
     barrier = barrier or (lambda _: None)
+    for path in inputs:  # before any lock, manifest or work: a typo in a path is a one-line error
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        input_format(path)
+    if options.truncate_dim is not None and options.truncate_dim > encoder.hidden_size:
+        raise JobError(f"--truncate-dim {options.truncate_dim} exceeds the model's {encoder.hidden_size} dimensions")
     parts = output.with_name(output.name + ".parts")
     suffix = "" if process_count == 1 else f"-{process_index}-of-{process_count}"
     manifest_path = parts / f"manifest{suffix}.json"
@@ -177,16 +186,19 @@ def run_job(
             done = _check_existing(output, parts, complete_path, manifest_path, expected, resume, overwrite)
         barrier("berta-jax-start")
         if process_index != 0:
-            done = _read_complete(complete_path, expected)
+            done = _read_record(complete_path, expected)
         if done is not None:  # same command again: nothing to do once the output is verified
             if process_index == 0 and not output.exists():
                 _assemble(output, parts, done["chunks"], options, encoder.hidden_size)
             summary.rows, summary.chunks_resumed, summary.already_complete = done["rows"], done["chunks"], True
             return summary
-        manifest = _read_manifest(manifest_path, expected) if resume else None
+        manifest = _read_record(manifest_path, expected) if resume else None
         manifest = manifest or {"fingerprint": expected, "chunks": 0}
         stop = {"now": False}
-        previous = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True)) if _main_thread() else None
+        # Ctrl-C finishes the current chunk. With several processes a lone stop would leave the others at the
+        # barrier, so there Ctrl-C interrupts at once (committed chunks still resume).
+        graceful = _main_thread() and process_count == 1
+        previous = signal.signal(signal.SIGINT, lambda *_: stop.update(now=True)) if graceful else None
         start = time.perf_counter()
         try:
             rows = (row for path in inputs for row in read_rows(
@@ -235,18 +247,12 @@ def _changed(recorded: dict, expected: dict) -> list[str]:
     return [k for k in ("inputs", "model", "prompt", "options") if recorded.get(k) != expected[k]]
 
 
-def _read_complete(path: Path, expected: dict) -> dict | None:
+def _read_record(path: Path, expected: dict) -> dict | None:
+    """A manifest or completion record, if present and written for the same fingerprint."""
     if not path.exists():
         return None
     record = json.loads(path.read_text())
     return record if not _changed(record["fingerprint"], expected) else None
-
-
-def _read_manifest(path: Path, expected: dict) -> dict | None:
-    if not path.exists():
-        return None
-    manifest = json.loads(path.read_text())
-    return manifest if not _changed(manifest["fingerprint"], expected) else None
 
 
 def _check_existing(output: Path, parts: Path, complete_path: Path, manifest_path: Path, expected: dict,
@@ -261,7 +267,7 @@ def _check_existing(output: Path, parts: Path, complete_path: Path, manifest_pat
                 f"{output}: an earlier run with different {', '.join(changed)} wrote here; pass --overwrite to "
                 "start again"
             )
-        done = _read_complete(complete_path, expected)
+        done = _read_record(complete_path, expected)
         if done is not None or resume:
             return done
         if recorded:

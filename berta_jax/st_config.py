@@ -46,6 +46,7 @@ class SentenceConfig:
     include_prompt: bool = True
     normalize: bool = False
     max_seq_length: int = 512
+    lowercase: bool = False  # sentence_bert_config.json do_lower_case: texts (prompt included) are lowercased
     prompts: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     default_prompt_name: str | None = None
 
@@ -105,6 +106,7 @@ class SentenceConfig:
             raw = read_json(bert_config)
             if "max_seq_length" in raw and raw["max_seq_length"] is not None:
                 values["max_seq_length"] = raw["max_seq_length"]
+            values["lowercase"] = bool(raw.get("do_lower_case", False))
         st_config = folder / "config_sentence_transformers.json"
         if st_config.exists():
             raw = read_json(st_config)

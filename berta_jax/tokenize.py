@@ -40,7 +40,9 @@ class TokenizedTexts:
 class TextTokenizer:
     """The checkpoint's fast tokenizer with explicit, per-call padding/truncation settings."""
 
-    def __init__(self, hf_tokenizer, max_seq_length: int, model_vocab_size: int, source: str = "tokenizer"):
+    def __init__(
+        self, hf_tokenizer, max_seq_length: int, model_vocab_size: int, source: str = "tokenizer", lowercase: bool = False
+    ):
         if not getattr(hf_tokenizer, "is_fast", False):
             raise ConfigError(f"{source}: a fast (Rust) tokenizer is required; the folder needs a tokenizer.json")
         if len(hf_tokenizer) > model_vocab_size:
@@ -49,18 +51,21 @@ class TextTokenizer:
                 f"vocab_size={model_vocab_size} rows; ids past the table would read wrong rows"
             )
         self.hf = hf_tokenizer
+        self.lowercase = lowercase  # sentence-transformers' do_lower_case: lowercases prompt + text
         self.max_seq_length = max_seq_length
         self.char_limit = max_seq_length * CHARS_PER_TOKEN_LIMIT
 
     @classmethod
-    def from_folder(cls, folder: str | Path, max_seq_length: int, model_vocab_size: int) -> TextTokenizer:
+    def from_folder(
+        cls, folder: str | Path, max_seq_length: int, model_vocab_size: int, lowercase: bool = False
+    ) -> TextTokenizer:
         from transformers import AutoTokenizer
 
         try:
             tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True, trust_remote_code=False)
         except (OSError, ValueError) as e:
             raise ConfigError(f"{folder}: cannot load the tokenizer ({e})") from None
-        return cls(tok, max_seq_length, model_vocab_size, source=str(folder))
+        return cls(tok, max_seq_length, model_vocab_size, source=str(folder), lowercase=lowercase)
 
     def _encode(self, texts: list[str], **kwargs):
         return self.hf(
@@ -80,13 +85,13 @@ class TextTokenizer:
         """[CLS] + prompt tokens, without a trailing special token (sentence-transformers' count)."""
         if not prompt:
             return 0
-        ids = self.hf(prompt, add_special_tokens=True, truncation=False)["input_ids"]
+        ids = self.hf(prompt.lower() if self.lowercase else prompt, add_special_tokens=True, truncation=False)["input_ids"]
         if ids and ids[-1] in set(self.hf.all_special_ids):
             ids = ids[:-1]
         return len(ids)
 
     def __call__(self, texts: Sequence[str], prompt: str = "") -> TokenizedTexts:
-        full = [prompt + t for t in texts]
+        full = [(prompt + t).lower() if self.lowercase else prompt + t for t in texts]
         cut = [i for i, t in enumerate(full) if len(t) > self.char_limit]
         batch = [t[: self.char_limit] if len(t) > self.char_limit else t for t in full]
         enc = self._encode(batch) if batch else {"input_ids": [], "token_type_ids": [], "overflow_to_sample_mapping": []}

@@ -64,8 +64,8 @@ def build_model(
 
     `remat=True` rematerialises each layer in the backward pass (less memory for long sequences).
     """
-    check_params(params, param_shapes(cfg), source)
     graphdef, state = nnx.split(_abstract(cfg, dtype, param_dtype, precision, remat))
+    check_params(params, {_dotted(path): tuple(var.shape) for path, var in nnx.to_flat_state(state)}, source)
     arrays = {k: jnp.asarray(np.asarray(v), dtype=param_dtype) for k, v in params.items()}
     nnx.replace_by_pure_dict(state, _nest(arrays))
     return nnx.merge(graphdef, state)

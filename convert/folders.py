@@ -100,6 +100,11 @@ def write_hf_folder(params: dict[str, np.ndarray], cfg: BertConfig, dst: str | P
     sentence-transformers files, so transformers and sentence-transformers load it."""
     dst, src = Path(dst), Path(side_files_from)
     check_params(params, param_shapes(cfg), "parameters to save")
+    if (dst / FLAX_WEIGHTS).exists():
+        raise CheckpointError(
+            f"{dst / FLAX_WEIGHTS} exists, and berta-jax would keep loading it instead of the {HF_WEIGHTS} "
+            "written now; choose another destination folder"
+        )
     extras = _extras(src)  # the source's pooler / heads, unchanged, so transformers finds every tensor
     dst.mkdir(parents=True, exist_ok=True)
     _copy_side_files(src, dst)

@@ -103,7 +103,7 @@ def finetune(model: str, out: str, *, steps: int = 40, batch_size: int = 16, lr:
         if step % 10 == 0 or step == steps - 1:
             log(f"step {step:4d}  loss {loss:.4f}")
 
-    saved = write_hf_folder(flat_params(params), encoder.config, out, side_files_from=model)
+    saved = write_hf_folder(flat_params(params), encoder.config, out, side_files_from=encoder.folder)
     log(f"saved {saved}")
     return {"losses": losses, "saved": saved.parent, "prompts": prompts}
 
@@ -112,7 +112,7 @@ def check_with_sentence_transformers(folder: Path, texts: list[str]) -> float:
     """Max abs difference between sentence-transformers (PyTorch) and berta-jax on the saved checkpoint."""
     from sentence_transformers import SentenceTransformer
 
-    ours = Encoder.from_pretrained(folder).encode(texts, prompt="")
+    ours = Encoder.from_pretrained(folder).encode(texts, prompt="", normalize=True)
     theirs = SentenceTransformer(str(folder), device="cpu").encode(texts, prompt="", normalize_embeddings=True)
     return float(np.abs(ours - theirs).max())
 

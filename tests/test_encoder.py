@@ -111,8 +111,12 @@ def test_retrieval_helpers_without_prompts_and_without_retrieval_prompts(minilm,
     shutil.copytree(tiny_bert_dir, folder)
     write_sentence_files(folder, hidden=16, max_seq_length=32, prompts={"classify": "classify: "},
                          default_prompt_name="classify")
+    other = Encoder.from_pretrained(folder)
     with pytest.raises(ValueError, match="no query prompt"):
-        Encoder.from_pretrained(folder).encode_query(["q"])
+        other.encode_query(["q"])
+    # the caller's explicit choice needs no retrieval prompt
+    np.testing.assert_array_equal(other.encode_query(["q"], prompt_name="classify"), other.encode(["q"]))
+    np.testing.assert_array_equal(other.encode_document(["q"], prompt="x: "), other.encode(["q"], prompt="x: "))
 
 
 # --- truncation --------------------------------------------------------------------------------------------
@@ -251,3 +255,13 @@ def test_tokenizer_larger_than_embedding_table_is_refused(tiny_bert_dir, tmp_pat
     shutil.copy(tiny_bert_dir / "tokenizer.json", folder / "tokenizer.json")  # 55083 tokens
     with pytest.raises(ConfigError, match="tokenizer has 55083 tokens but the model's embedding table has vocab_size=1000"):
         Encoder.from_pretrained(folder)
+
+
+def test_do_lower_case_is_honoured_like_sentence_transformers(tiny_bert_dir, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_bert_dir, folder)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 32, "do_lower_case": True}))
+    encoder = Encoder.from_pretrained(folder)
+    texts = ["Москва HELLO", "Кот"]
+    np.testing.assert_array_equal(encoder.encode(texts), encoder.encode([t.lower() for t in texts]))
+    assert np.abs(encoder.encode(texts) - sentence_transformer(folder).encode(texts)).max() <= 1e-5

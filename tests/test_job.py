@@ -142,7 +142,6 @@ def test_resume_after_kill_9_at_several_points_is_byte_identical(tmp_path, tiny_
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        (tmp_path / "out.npy.lock").unlink(missing_ok=True)  # a killed run leaves its lock behind
         killed_at.append(json.loads(manifest.read_text())["chunks"])
         assert not out.exists()
     assert killed_at == sorted(killed_at) and killed_at[-1] < 30
@@ -168,10 +167,12 @@ def test_existing_output_changed_inputs_and_held_lock_are_refused(tmp_path, tiny
     changed = _encode(*base, "--resume", check=False)
     assert changed.returncode == 2 and "different inputs" in changed.stderr
     assert out.read_bytes() == first  # untouched
-    (tmp_path / "out.npy.lock").write_text("123")
-    locked = _encode(*base, "--overwrite", check=False)
+    import fcntl
+
+    with open(tmp_path / "out.npy.lock", "w") as held:  # another run holds the lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        locked = _encode(*base, "--overwrite", check=False)
     assert locked.returncode == 2 and "another run is writing this output" in locked.stderr
-    (tmp_path / "out.npy.lock").unlink()
     _encode(*base, "--overwrite")
     assert np.load(out).shape == (1, 16)
 
@@ -272,7 +273,6 @@ def test_ctrl_c_commits_the_current_chunk_and_resume_finishes(tmp_path, tiny_ber
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "rerun with --resume" in err
-    assert not (tmp_path / "out.npy.lock").exists()  # a clean stop releases the lock
     _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "100", "--resume")
     assert out.read_bytes() == reference.read_bytes()
 
@@ -331,3 +331,25 @@ def test_truncation_report_and_plain_progress_lines(tmp_path, tiny_bert_dir):
     assert [json.loads(line)["line"] for line in report.read_text().splitlines()] == [2, 4]
     progress = [line for line in done.stderr.splitlines() if line.startswith("embedded ")]
     assert progress and "/4 texts" in progress[-1] and "tokens/s" in progress[-1] and "ETA" in progress[-1]
+
+
+def test_bad_options_and_missing_files_are_one_line_errors(tmp_path, tiny_bert_dir):
+    source = tmp_path / "in.txt"
+    source.write_text("hello\n")
+    out = str(tmp_path / "out.npy")
+    for extra, message in (
+        (["--prompt-name", "nope"], "prompt_name 'nope' is not defined"),
+        (["--truncate-dim", "17"], "--truncate-dim 17 exceeds the model's 16 dimensions"),
+        (["--chunk-rows", "0"], "chunk_rows must be positive"),
+    ):
+        done = _encode(str(source), "-o", out, "--model", str(tiny_bert_dir), *extra, check=False)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, extra
+    missing = _encode(str(tmp_path / "none.txt"), "-o", out, "--model", str(tiny_bert_dir), check=False)
+    assert missing.returncode == 2 and "none.txt: no such file" in missing.stderr
+
+
+def test_written_files_are_readable_by_others(tmp_path, tiny_bert_dir):
+    source = tmp_path / "in.txt"
+    source.write_text("hello\n")
+    _encode(str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir))
+    assert (tmp_path / "out.npy").stat().st_mode & 0o044 == 0o044
