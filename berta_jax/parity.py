@@ -8,7 +8,9 @@ cosine statistics. Needs torch; berta-jax itself never does.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,8 +54,8 @@ def read_texts(path: str | Path) -> list[str]:
 
 def parity_report(model: str, texts: list[str], *, prompt: str | None = None, prompt_name: str | None = None) -> ParityReport:
     try:
-        import torch
-        from transformers import BertModel
+        import torch  # noqa: F401  (checked before any work: the PyTorch side needs it)
+        import transformers  # noqa: F401
     except ImportError:
         raise RuntimeError("the parity report needs PyTorch: pip install torch transformers") from None
     encoder = Encoder.from_pretrained(model)
@@ -64,7 +66,30 @@ def parity_report(model: str, texts: list[str], *, prompt: str | None = None, pr
     )
     ids, mask, types = (batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids"))
     ours = encoder.model.forward(ids, mask, types, output_hidden_states=True).hidden_states
-    reference = BertModel.from_pretrained(str(encoder.folder), attn_implementation="eager").eval()
+    with _hf_folder(Path(encoder.folder)) as hf_folder:
+        return _compare(encoder, hf_folder, texts, prefix, ids, mask, types, ours)
+
+
+@contextlib.contextmanager
+def _hf_folder(folder: Path):
+    """The folder itself when it holds HF weights; for a berta-jax folder (flax_model.safetensors only,
+    e.g. after fine-tuning in JAX) a temporary HF copy, so PyTorch can load the same weights."""
+    from convert.checkpoint import FLAX_WEIGHTS, HF_INDEX, HF_WEIGHTS
+    from convert.folders import flax_folder_to_hf
+
+    if (folder / HF_WEIGHTS).exists() or (folder / HF_INDEX).exists() or not (folder / FLAX_WEIGHTS).exists():
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="berta-jax-parity-") as tmp:
+        flax_folder_to_hf(folder, tmp)
+        yield Path(tmp)
+
+
+def _compare(encoder, folder: Path, texts, prefix, ids, mask, types, ours) -> ParityReport:
+    import torch
+    from transformers import BertModel
+
+    reference = BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
     with torch.no_grad():
         theirs = reference(
             input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
@@ -77,6 +102,6 @@ def parity_report(model: str, texts: list[str], *, prompt: str | None = None, pr
     except ImportError:
         return ParityReport(layers, None, None, None)
     mine = encoder.encode(texts, prompt=prefix)
-    st = SentenceTransformer(str(encoder.folder), device="cpu").encode(texts, prompt=prefix)
+    st = SentenceTransformer(str(folder), device="cpu").encode(texts, prompt=prefix)
     cos = np.sum(mine * st, axis=1) / (np.linalg.norm(mine, axis=1) * np.linalg.norm(st, axis=1))
     return ParityReport(layers, float(np.abs(mine - st).max()), float(cos.min()), float(cos.mean()))

@@ -118,6 +118,18 @@ def test_parity_command_finds_the_layer_a_bad_port_breaks(tiny_bert_dir, tmp_pat
     assert diffs[0] < 1e-5 and diffs[1] < 1e-5 and diffs[2] > 1e-4  # exact up to layer 1, broken at layer 2
 
 
+def test_parity_command_on_a_berta_jax_only_folder(tiny_bert_dir, tmp_path):
+    """A model fine-tuned and saved in JAX holds flax_model.safetensors only: PyTorch gets a converted copy."""
+    from convert.folders import hf_folder_to_flax
+
+    hf_folder_to_flax(tiny_bert_dir, tmp_path / "flax-only")
+    assert not (tmp_path / "flax-only" / "model.safetensors").exists()
+    done = _parity("--model", str(tmp_path / "flax-only"))
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "PASS", done.stderr[-2000:]
+    diffs = [float(line.split()[-1]) for line in done.stdout.splitlines() if "hidden states max abs diff" in line]
+    assert len(diffs) == 3 and max(diffs) < 1e-5
+
+
 def test_parity_texts_file_errors_name_the_line(tiny_bert_dir, tmp_path):
     bad = tmp_path / "texts.txt"
     bad.write_bytes("ok\nтоже ok\n".encode() + b"bad \xff byte\n")
