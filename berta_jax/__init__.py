@@ -19,6 +19,7 @@ _EXPORTS = {
     "CheckpointError": "berta_jax.errors",
     "ConfigError": "berta_jax.errors",
     "ModelNotFoundError": "berta_jax.errors",
+    "NonFiniteError": "berta_jax.errors",
     "TruncationWarning": "berta_jax.errors",
     "EncodeResult": "berta_jax.encoder",
     "Encoder": "berta_jax.encoder",
@@ -54,7 +55,7 @@ if TYPE_CHECKING:  # static analysers see the real names
     from berta_jax.config import BertConfig  # noqa: F401
     from berta_jax.encoder import EncodeResult, Encoder  # noqa: F401
     from berta_jax.errors import (  # noqa: F401
-        BertaJaxError, CheckpointError, ConfigError, ModelNotFoundError, TruncationWarning,
+        BertaJaxError, CheckpointError, ConfigError, ModelNotFoundError, NonFiniteError, TruncationWarning,
     )
     from berta_jax.model import BertModel, BertOutput  # noqa: F401
     from berta_jax.pooling import embed, l2_normalize, make_embed_fn, make_hidden_fn, pool  # noqa: F401

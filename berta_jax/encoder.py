@@ -21,7 +21,7 @@ from flax import nnx
 from berta_jax.batching import BatchPlanner, make_batches
 from berta_jax.compile_cache import enable_compilation_cache
 from berta_jax.config import BertConfig
-from berta_jax.errors import TruncationWarning
+from berta_jax.errors import NonFiniteError, TruncationWarning
 from berta_jax.hub import resolve_model_dir
 from berta_jax.model import BertModel
 from berta_jax.pooling import make_hidden_fn
@@ -184,8 +184,12 @@ class Encoder:
             out[batch.rows] = vectors
             padded += batch.input_ids.size
         if not np.isfinite(out).all():
-            bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-            raise FloatingPointError(f"non-finite embeddings for texts {bad[:20].tolist()}; the weights may be corrupt")
+            bad = np.flatnonzero(~np.isfinite(out).all(axis=1)).tolist()
+            raise NonFiniteError(
+                f"non-finite embeddings for {len(bad)} of {len(texts)} texts (indices {bad[:20]}"
+                f"{', ...' if len(bad) > 20 else ''}); the weights overflow float32 on them: check the checkpoint",
+                bad,
+            )
         n_cut = int(tokens.truncated.sum())
         if n_cut:
             warnings.warn(

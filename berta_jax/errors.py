@@ -21,5 +21,15 @@ class ModelNotFoundError(BertaJaxError, FileNotFoundError):
     """Neither a local folder nor a reachable (or cached) hub repository."""
 
 
+class NonFiniteError(BertaJaxError, FloatingPointError):
+    """The model produced NaN or Inf for some texts (finite but extreme weights overflow float32).
+
+    `indices` are the positions of those texts in the call, so a caller can name its own rows."""
+
+    def __init__(self, message: str, indices: list[int]):
+        super().__init__(message)
+        self.indices = indices
+
+
 class TruncationWarning(UserWarning):
     """Some texts were longer than the context and were cut to max_seq_length tokens."""

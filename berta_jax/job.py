@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from berta_jax.errors import BertaJaxError, TruncationWarning
+from berta_jax.errors import BertaJaxError, NonFiniteError, TruncationWarning
 from berta_jax.inputs import InputError, Row, input_format, read_rows
 from convert.safetensors_io import atomic_open, atomic_write_bytes
 
@@ -182,7 +182,8 @@ def run_job(
     summary = JobSummary(output=str(output))
     with _Lock(output.with_name(f"{output.name}.lock{suffix}")):
         expected = fingerprint(inputs, Path(encoder.folder), options)
-        if process_index == 0:
+        if process_index == 0:  # the others wait at the barrier, so no writer of this output is running now
+            _remove_stale_temporaries(output, parts)
             done = _check_existing(output, parts, complete_path, manifest_path, expected, resume, overwrite)
         barrier("berta-jax-start")
         if process_index != 0:
@@ -237,6 +238,13 @@ def run_job(
         return summary
 
 
+def _remove_stale_temporaries(output: Path, parts: Path) -> None:
+    """Temporary files a killed run left behind (`atomic_open` names them `.NAME.XXXX.tmp`); never final files."""
+    stale = [*output.parent.glob(f".{output.name}.*.tmp"), *(parts.glob(".*.tmp") if parts.is_dir() else [])]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -285,7 +293,13 @@ def _embed_chunk(encoder, chunk: list[Row], index: int, parts: Path, options: Jo
     good = [i for i, row in enumerate(chunk) if row.error is None]
     with warnings.catch_warnings():  # the job counts and lists truncated rows itself
         warnings.simplefilter("ignore", TruncationWarning)
-        result = encoder.encode_detailed([chunk[i].text for i in good], prompt=options.prompt)
+        try:
+            result = encoder.encode_detailed([chunk[i].text for i in good], prompt=options.prompt)
+        except NonFiniteError as e:  # never commit NaN: name the rows, keep what is committed
+            rows = [chunk[good[i]] for i in e.indices]
+            where = ", ".join(f"{r.source}:{r.line}" for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+            raise JobError(f"non-finite embeddings for {len(rows)} rows ({where}); the model's weights overflow "
+                           "float32 on them. Chunks committed so far are kept") from None
     vectors = np.zeros((len(chunk), encoder.hidden_size), np.float32)
     vectors[good] = result.embeddings
     skipped = [{"file": r.source, "line": r.line, "reason": r.error} for r in chunk if r.error is not None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -92,6 +93,23 @@ def tiny_bert_dir(checkpoint_root) -> Path:
             max_position_embeddings=32, prompts=BERTA_PROMPTS, default_prompt_name="categorize_entailment",
         ),
     )
+
+
+@pytest.fixture(scope="session")
+def overflowing_bert_dir(tiny_bert_dir, tmp_path_factory):
+    """The tiny model with the embedding rows of the word "river" at 3e38: finite weights (the loader accepts
+    them) that overflow float32 in LayerNorm for texts that contain the word, and only for those."""
+    from safetensors.numpy import load_file, save_file
+
+    from berta_jax import Encoder
+
+    folder = tmp_path_factory.mktemp("overflow") / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    pieces = Encoder.from_pretrained(tiny_bert_dir).tokenizer.hf(["river"])["input_ids"][0][1:-1]
+    tensors = load_file(str(folder / "model.safetensors"))
+    tensors["embeddings.word_embeddings.weight"][pieces] = 3e38
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
 
 
 def sentence_transformer(folder: Path):

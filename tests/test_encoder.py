@@ -69,6 +69,16 @@ def test_outputs_are_finite_with_filler_rows(tiny):
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
 
 
+def test_non_finite_embeddings_are_an_error_naming_the_texts(overflowing_bert_dir):
+    from berta_jax import NonFiniteError
+
+    encoder = Encoder.from_pretrained(overflowing_bert_dir)
+    assert np.isfinite(encoder.encode(["кот", "дом"])).all()
+    with pytest.raises(NonFiniteError, match=r"2 of 4 texts \(indices \[1, 3\]\)") as info:
+        encoder.encode(["кот", "the river", "дом", "river bank"], batch_size=4)
+    assert info.value.indices == [1, 3]
+
+
 def test_bad_batch_size_is_refused(tiny):
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="batch_size"):

@@ -145,9 +145,15 @@ def test_resume_after_kill_9_at_several_points_is_byte_identical(tmp_path, tiny_
         killed_at.append(json.loads(manifest.read_text())["chunks"])
         assert not out.exists()
     assert killed_at == sorted(killed_at) and killed_at[-1] < 30
+    # a kill inside a write leaves a temporary file (never a final one); plant some, and one that is not ours
+    stale = [tmp_path / "out.npy.parts" / ".part-000025.npy.k9x.tmp", tmp_path / ".out.npy.k9y.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (tmp_path / ".someone-else.tmp").write_bytes(b"theirs")
     done = _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "100", "--resume")
     assert f"({killed_at[-1]} chunks resumed)" in done.stdout
     assert out.read_bytes() == reference.read_bytes()
+    assert not any(p.exists() for p in stale) and (tmp_path / ".someone-else.tmp").exists()
 
 
 def test_existing_output_changed_inputs_and_held_lock_are_refused(tmp_path, tiny_bert_dir):
@@ -353,3 +359,67 @@ def test_written_files_are_readable_by_others(tmp_path, tiny_bert_dir):
     source.write_text("hello\n")
     _encode(str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir))
     assert (tmp_path / "out.npy").stat().st_mode & 0o044 == 0o044
+
+
+def test_output_path_that_is_a_directory_is_refused(tmp_path, tiny_bert_dir):
+    source = tmp_path / "in.txt"
+    source.write_text("hello\n")
+    (tmp_path / "out.npy").mkdir()
+    done = _encode(str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir), check=False)
+    assert done.returncode == 2 and "out.npy is a directory" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_bom_nul_and_crlf_in_text_files(tmp_path, tiny, tiny_bert_dir):
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"\xef\xbb\xbffirst line\r\nnul\x00inside\r\nlast")  # no final newline either
+    out = tmp_path / "out.npy"
+    _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir))
+    got = np.load(out)
+    want = tiny.encode(["first line", "nul\x00inside", "last"])
+    assert got.shape == (3, 16) and np.isfinite(got).all() and np.abs(got - want).max() <= 1e-6
+
+
+def test_non_finite_embeddings_stop_the_job_naming_file_and_line(tmp_path, overflowing_bert_dir):
+    source = tmp_path / "in.txt"
+    source.write_text("кот\nдом\nдом\nthe river\nкот\n")
+    out = tmp_path / "out.npy"
+    done = _encode(str(source), "-o", str(out), "--model", str(overflowing_bert_dir), "--chunk-rows", "2", check=False)
+    assert done.returncode == 2 and "non-finite embeddings for 1 rows" in done.stderr and "in.txt:4" in done.stderr
+    assert not out.exists()
+    manifest = json.loads((tmp_path / "out.npy.parts" / "manifest.json").read_text())
+    assert manifest["chunks"] == 1  # rows 1-2 committed; the chunk holding line 4 never is
+
+
+def test_disk_full_keeps_committed_chunks_and_the_earlier_output(tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    """ENOSPC surfaces at fsync on many filesystems: the third chunk's fsync fails. The earlier output stays,
+    no temporary file is left, and --resume (with space again) gives the uninterrupted result."""
+    import errno
+
+    from berta_jax.cli import main
+
+    source = _big_input(tmp_path / "in.txt", 500)
+    reference = tmp_path / "reference.npy"
+    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "100", "--quiet"]
+    assert main(["encode", str(source), "-o", str(reference), *common]) == 0
+    out = tmp_path / "out.npy"
+    out.write_bytes(b"an earlier output")
+    real_fsync, calls = os.fsync, {"parts": 0}
+
+    def fsync(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else ""
+        if ".part-" in name:
+            calls["parts"] += 1
+            if calls["parts"] == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert main(["encode", str(source), "-o", str(out), *common, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "part-000002.npy" in err and "--resume" in err
+    assert out.read_bytes() == b"an earlier output"
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert json.loads((tmp_path / "out.npy.parts" / "manifest.json").read_text())["chunks"] == 2
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert main(["encode", str(source), "-o", str(out), *common, "--resume"]) == 0
+    assert out.read_bytes() == reference.read_bytes()
