@@ -102,11 +102,12 @@ class SentenceConfig:
         if modules_file.exists():
             values.update(_read_modules(modules_file, folder))
         bert_config = folder / "sentence_bert_config.json"
-        if bert_config.exists():
-            raw = read_json(bert_config)
-            if "max_seq_length" in raw and raw["max_seq_length"] is not None:
-                values["max_seq_length"] = raw["max_seq_length"]
-            values["lowercase"] = bool(raw.get("do_lower_case", False))
+        raw = read_json(bert_config) if bert_config.exists() else {}
+        if raw.get("max_seq_length") is not None:
+            values["max_seq_length"] = raw["max_seq_length"]
+        else:  # as sentence-transformers: the tokenizer's model_max_length caps the position table
+            values["max_seq_length"] = int(min(model.max_position_embeddings, _tokenizer_max_length(folder)))
+        values["lowercase"] = bool(raw.get("do_lower_case", False))
         st_config = folder / "config_sentence_transformers.json"
         if st_config.exists():
             raw = read_json(st_config)
@@ -126,6 +127,14 @@ class SentenceConfig:
             return cls(**values)
         except ConfigError as e:
             raise ConfigError(f"{folder}: {e}") from None
+
+
+def _tokenizer_max_length(folder: Path) -> int | float:
+    """tokenizer_config.json's model_max_length, or no limit when absent or not a number."""
+    path = folder / "tokenizer_config.json"
+    raw = read_json(path) if path.exists() else {}
+    value = raw.get("model_max_length") if isinstance(raw, dict) else None
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 2 else float("inf")
 
 
 def _read_modules(modules_file: Path, folder: Path) -> dict:

@@ -275,3 +275,17 @@ def test_do_lower_case_is_honoured_like_sentence_transformers(tiny_bert_dir, tmp
     texts = ["Москва HELLO", "Кот"]
     np.testing.assert_array_equal(encoder.encode(texts), encoder.encode([t.lower() for t in texts]))
     assert np.abs(encoder.encode(texts) - sentence_transformer(folder).encode(texts)).max() <= 1e-5
+
+
+def test_context_without_sentence_bert_config_is_capped_by_the_tokenizer_like_sentence_transformers(
+        tiny_bert_dir, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_bert_dir, folder)
+    (folder / "sentence_bert_config.json").unlink()
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "model_max_length": 8}))
+    encoder, reference = Encoder.from_pretrained(folder), sentence_transformer(folder)
+    assert encoder.sentence.max_seq_length == reference.max_seq_length == 8  # not the 32 positions of config.json
+    texts = ["один два три четыре пять шесть семь восемь девять десять", "кот"]
+    assert encoder.encode_detailed(texts).truncated.tolist() == [True, False]
+    assert np.abs(encoder.encode(texts) - reference.encode(texts)).max() <= 1e-5

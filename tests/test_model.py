@@ -85,6 +85,33 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output(tiny_bert_dir):
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(stored.params)} == {jnp.dtype(jnp.bfloat16)}
 
 
+def _dot_precisions(encoder: Encoder) -> set:
+    """The precision of every matmul in the traced forward, whatever the global default is."""
+    fn = make_embed_fn(encoder.graphdef)
+    ids = np.array([[2, 5, 6, 3]], np.int32)
+    with jax.default_matmul_precision("bfloat16"):  # the tests run at "highest"; the model must not rely on it
+        jaxpr = jax.make_jaxpr(fn)(encoder.params, ids, np.ones_like(ids), np.zeros_like(ids))
+    found: set = set()
+
+    def walk(j) -> None:
+        for eqn in j.eqns:
+            if eqn.primitive.name == "dot_general":
+                found.add(eqn.params["precision"])
+            for sub in jax.core.jaxprs_in_params(eqn.params):
+                walk(sub)
+
+    walk(jaxpr.jaxpr)
+    return found
+
+
+def test_float32_matmuls_are_pinned_to_highest_precision(tiny_bert_dir):
+    """JAX runs float32 matmuls as bf16 passes on TPU and TF32 on GPU by default: parity needs HIGHEST in
+    every dot of the model itself, not only in a global setting (checklist item 31)."""
+    highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+    assert _dot_precisions(Encoder.from_pretrained(tiny_bert_dir)) == {highest}
+    assert highest not in _dot_precisions(Encoder.from_pretrained(tiny_bert_dir, dtype=jnp.bfloat16))
+
+
 # --- the pure function under jit / vmap / grad -----------------------------------------------------------
 
 
