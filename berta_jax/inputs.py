@@ -117,17 +117,49 @@ def _json_row(path: Path, number: int, line: str, field: str, id_field: str | No
 
 
 def _csv_rows(path: Path, column: str, id_column: str | None, on_error: str) -> Iterator[Row]:
-    with path.open("r", encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or column not in reader.fieldnames:
-            raise InputError(f"{path}:1: no column {column!r} (columns: {', '.join(reader.fieldnames or [])})")
-        try:
-            for record in reader:
-                number = reader.line_num
-                yield _checked(path, number, record.get(column), record.get(id_column) if id_column else None,
-                               column, on_error)
-        except UnicodeDecodeError as e:
-            raise InputError(f"{path}: not valid UTF-8 near line {reader.line_num + 1} ({e.reason})") from None
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:  # the default 131072 characters would reject long texts
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+    # Bytes are decoded line by line with surrogateescape, so a bad byte is found at its record (with its
+    # line) instead of failing a whole read buffer; quoted fields may still span lines.
+    with path.open("rb") as f:
+        lines = (raw.removeprefix(b"\xef\xbb\xbf" if n == 0 else b"").decode("utf-8", "surrogateescape")
+                 for n, raw in enumerate(f))
+        reader = csv.DictReader(lines)
+        fieldnames = reader.fieldnames or []
+        if _undecodable(",".join(fieldnames)):
+            raise InputError(f"{path}:1: not valid UTF-8 in the header")
+        if column not in fieldnames:
+            raise InputError(f"{path}:1: no column {column!r} (columns: {', '.join(fieldnames)})")
+        records = iter(reader)
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except csv.Error as e:  # e.g. a stray carriage return in an unquoted field
+                raise InputError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+            number = reader.line_num
+            text, id_ = record.get(column), record.get(id_column) if id_column else None
+            bad = [name for name, value in ((column, text), (id_column, id_)) if _undecodable(value)]
+            if bad:
+                yield _problem(path, number, f"not valid UTF-8 in column {bad[0]!r}", on_error,
+                               None if id_column in bad else id_)
+                continue
+            yield _checked(path, number, text, id_, column, on_error)
+
+
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
+def _undecodable(value) -> bool:
+    """True for text that carries surrogateescape'd bytes, i.e. was not valid UTF-8."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _parquet_rows(path: Path, column: str, id_column: str | None, on_error: str) -> Iterator[Row]:

@@ -186,7 +186,7 @@ def test_existing_output_changed_inputs_and_held_lock_are_refused(tmp_path, tiny
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"good line\nbad \xff line\n", "in.jsonl:2: not valid UTF-8"),
+        (b"good line\nbad \xff line\n", "in.jsonl:2: not valid UTF-8 at byte 14 of the line"),
         (b'{"text": "ok"}\n{"text": broken\n', "in.jsonl:2: not valid JSON"),
         (b'{"text": "ok"}\n{"other": "x"}\n', "in.jsonl:2: 'text' is missing or null"),
         (b'{"text": "ok"}\n{"text": null}\n', "in.jsonl:2: 'text' is missing or null"),
@@ -423,3 +423,71 @@ def test_disk_full_keeps_committed_chunks_and_the_earlier_output(tmp_path, tiny_
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert main(["encode", str(source), "-o", str(out), *common, "--resume"]) == 0
     assert out.read_bytes() == reference.read_bytes()
+
+
+def test_input_changed_during_the_run_is_refused_before_assembly(tmp_path, tiny):
+    from berta_jax.job import JobError, JobOptions, run_job
+
+    source = tmp_path / "in.txt"
+    source.write_text("".join(f"line {i}\n" for i in range(30)))
+
+    def append_once(summary) -> None:  # another program appends while the job runs
+        if summary.chunks_done == 1:
+            with source.open("a") as f:
+                f.write("late line\n")
+
+    with pytest.raises(JobError, match=r"in\.txt changed while it was being embedded; rerun with --overwrite"):
+        run_job(tiny, [source], tmp_path / "out.npy", JobOptions(chunk_rows=10), progress=append_once)
+    assert not (tmp_path / "out.npy").exists()
+
+
+def _damaged_parquet(path: Path) -> Path:
+    """A parquet file whose footer is intact but whose first data page is overwritten."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": [f"текст номер {i}" * 5 for i in range(200)]}), path, compression="snappy")
+    data = bytearray(path.read_bytes())
+    data[20:400] = bytes(380)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: (d / "in.parquet").write_bytes(b"PAR1 not really") and d / "in.parquet",
+         "in.parquet: not a readable parquet file"),
+        (lambda d: _damaged_parquet(d / "in.parquet"), "in.parquet: row group 0 cannot be read"),
+        (lambda d: (d / "in.csv").write_text("id,other\n1,x\n") and d / "in.csv",
+         "in.csv:1: no column 'text' (columns: id, other)"),
+        (lambda d: (d / "in.csv").write_bytes(b"text\nok\nbad \xff\n") and d / "in.csv", "in.csv:3: not valid UTF-8 in column 'text'"),
+        (lambda d: (d / "in.jsonl").write_text('{"text": "ok"}\n["a list"]\n') and d / "in.jsonl",
+         "in.jsonl:2: not a JSON object"),
+        (lambda d: (d / "in.doc").write_text("x") and d / "in.doc", "in.doc: unknown input format"),
+    ],
+)
+def test_malformed_files_are_named_with_row_group_or_line(make, message, tmp_path, tiny_bert_dir):
+    source = make(tmp_path)
+    done = _encode(str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir), check=False)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_csv_quoted_newlines_long_fields_and_skipped_bad_bytes(tmp_path, tiny, tiny_bert_dir):
+    long = "слово " * 40_000  # 240k characters: over the csv module's default field limit
+    source = tmp_path / "in.csv"
+    source.write_bytes(b"\xef\xbb\xbfid,text\r\n" + b'a,"two\nlines"\r\n' + f"b,{long}\r\n".encode()
+                       + b"c,bad \xff byte\r\nd,last\r\n")
+    out = tmp_path / "out.parquet"
+    done = _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--id-field", "id",
+                   "--on-error", "skip")
+    assert "1 skipped" in done.stdout
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == ["a", "b", "c", "d"]  # a skipped row keeps its id and place
+    got = np.asarray(table.column("embedding").to_pylist(), np.float32)
+    want = tiny.encode(["two\nlines", long, "last"])
+    assert np.abs(got[[0, 1, 3]] - want).max() <= 1e-6 and not got[2].any()
+    listed = [json.loads(line) for line in (tmp_path / "out.parquet.skipped.jsonl").read_text().splitlines()]
+    assert [(r["line"], r["reason"]) for r in listed] == [(5, "not valid UTF-8 in column 'text'")]
