@@ -108,6 +108,9 @@ def _check_layout(path: Path, header: dict, data_bytes: int) -> None:
             )
         if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
             raise CheckpointError(f"{path}: tensor {name!r}: invalid shape {shape!r}")
+        if len(shape) > 32 or math.prod(d for d in shape if d) * DTYPES[dtype].itemsize >= 2**63:
+            # an empty tensor may still carry absurd dimensions that no array library can represent
+            raise CheckpointError(f"{path}: tensor {name!r}: shape {shape} is too large to represent; the file is corrupt")
         if not (
             isinstance(offsets, list)
             and len(offsets) == 2

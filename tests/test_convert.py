@@ -283,7 +283,13 @@ def _raw_safetensors(header: dict, data: bytes) -> bytes:
         (struct.pack("<Q", 9) + b"not json!", "not valid UTF-8 JSON"),
         (struct.pack("<Q", 2) + b"[]", "not a JSON object"),
         (_raw_safetensors({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8), "gap of 4 bytes"),
-        (_raw_safetensors({"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, b"\0" * 8), "does not match"),
+        (_raw_safetensors({"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, b"\0" * 8),
+         "too large to represent"),
+        (_raw_safetensors({"a": {"dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 8]}}, b"\0" * 8),
+         "does not match"),
+        # found by the structured fuzzer: an empty tensor whose other dimensions no array library can represent
+        (_raw_safetensors({"a": {"dtype": "F32", "shape": [0, 2**31, 2**32], "data_offsets": [0, 0]}}, b""),
+         "too large to represent"),
     ],
 )
 def test_corrupt_weight_files_are_named(tiny_bert_dir, tmp_path, content, expected):
