@@ -148,8 +148,11 @@ class Encoder:
         """The compiled, sharded sentence forward for a pooling mode and normalisation."""
         key = (pooling or self.sentence.pooling, self.sentence.normalize if normalize is None else normalize)
         if key not in self._forwards:
+            # every forward shares the first one's replicated parameters (placing them again is a no-op)
+            # instead of holding its own copy on each device
+            params = next(iter(self._forwards.values())).params if self._forwards else self.params
             self._forwards[key] = ShardedForward(
-                self.graphdef, self.params, pooling=key[0], normalize=key[1], devices=self.devices,
+                self.graphdef, params, pooling=key[0], normalize=key[1], devices=self.devices,
                 stats=self.compile_stats,
             )
         return self._forwards[key]

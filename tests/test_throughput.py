@@ -160,3 +160,14 @@ def test_long_texts_in_a_tight_budget_are_still_exact(minilm):
 @pytest.fixture(scope="module")
 def minilm(minilm_dir):
     return Encoder.from_pretrained(minilm_dir)
+
+
+def test_forwards_share_one_copy_of_the_parameters(tiny_bert_dir):
+    """Each pooling mode has its own compiled forward, but never its own copy of the weights on the devices."""
+    import jax
+
+    encoder = Encoder.from_pretrained(tiny_bert_dir)
+    mean, cls = encoder.forward(pooling="mean"), encoder.forward(pooling="cls", normalize=False)
+    assert mean is not cls
+    pairs = list(zip(jax.tree_util.tree_leaves(mean.params), jax.tree_util.tree_leaves(cls.params), strict=True))
+    assert pairs and all(a is b for a, b in pairs)
