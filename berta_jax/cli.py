@@ -188,13 +188,18 @@ def _encode(args: argparse.Namespace) -> int:
     if bar is not None:
         bar.close()
     if args.truncation_report and process_index == 0 and not summary.interrupted:
-        import shutil
+        from convert.safetensors_io import atomic_copy, atomic_write_bytes
 
         listed = Path(summary.output).with_name(Path(summary.output).name + ".truncated.jsonl")
-        if listed.exists():
-            shutil.copyfile(listed, args.truncation_report)
-        else:
-            Path(args.truncation_report).write_text("")
+        try:
+            if listed.exists():
+                atomic_copy(listed, args.truncation_report)
+            else:
+                atomic_write_bytes(Path(args.truncation_report), b"")
+        except OSError as e:
+            print(f"berta-jax encode: error: {e.filename or args.truncation_report}: {e.strerror or e}; the "
+                  f"embeddings in {summary.output} are complete", file=sys.stderr)
+            return 2
     if summary.already_complete:
         print(f"{summary.output} is already complete for these inputs, model, prompt and options "
               f"({summary.rows} texts); nothing to do")

@@ -11,7 +11,6 @@ atomically and read back and compared before the conversion reports success.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from convert.checkpoint import (
     read_flax_file,
     read_hf_tensors,
 )
-from convert.safetensors_io import read_safetensors, write_safetensors
+from convert.safetensors_io import atomic_copy, read_safetensors, write_safetensors
 
 # Weight files never copied between layouts: each conversion writes its own.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".ckpt", ".pt", ".pth", ".ot")
@@ -49,8 +48,7 @@ def _copy_side_files(src: Path, dst: Path) -> None:
         target = dst / rel
         if target.exists() and target.samefile(path):
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        atomic_copy(path, target)  # a killed conversion never leaves a torn tokenizer or config
 
 
 def _write_and_verify(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -167,6 +168,12 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {array.dtype}, which safetensors cannot store")
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     atomic_write_bytes(path, _serialize(arrays, metadata=metadata))
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """Copy a file so that `dst` is either its old content or the whole copy, never a part."""
+    with open(src, "rb") as source, atomic_open(dst) as target:
+        shutil.copyfileobj(source, target, 1 << 20)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

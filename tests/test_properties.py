@@ -218,3 +218,42 @@ def test_kill_9_during_writes_leaves_a_whole_file(tmp_path):
             tensors, _ = read_safetensors(target)  # never torn: a complete old or new file
             assert tensors["w"].shape == (4_000_000,) and len(np.unique(tensors["w"])) == 1
     assert target.exists()
+
+
+_COPIER = """
+import sys
+sys.path.insert(0, {repo!r})
+from convert.safetensors_io import atomic_copy
+print("ready", flush=True)
+i = 0
+while True:
+    i += 1
+    atomic_copy({sources!r}[i % 2], {path!r})
+"""
+
+
+def test_kill_9_during_side_file_copies_leaves_a_whole_file(tmp_path):
+    """Converters copy tokenizer and config files with atomic_copy: a kill leaves one whole version."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    sources = [tmp_path / "a.json", tmp_path / "b.json"]
+    for i, source in enumerate(sources):
+        source.write_bytes(bytes([ord("a") + i]) * 16_000_000)
+    versions = {source.read_bytes() for source in sources}
+    target = tmp_path / "out" / "tokenizer.json"
+    code = _COPIER.format(repo=str(Path(__file__).resolve().parent.parent), sources=[str(p) for p in sources],
+                          path=str(target))
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2 + rng.random() * 0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if target.exists():
+            assert target.read_bytes() in versions
+    assert target.exists()
