@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,74 +191,54 @@ def test_outputs_are_finite_and_unit_norm_when_normalised(tiny, texts, normalize
 
 # --- crash injection: kill -9 a writer at random moments ----------------------------------------------------
 
-_WRITER = """
+_REPO = str(Path(__file__).resolve().parent.parent)
+
+_LOOP = """
 import sys, numpy as np
 sys.path.insert(0, {repo!r})
-from convert.safetensors_io import write_safetensors
+from convert.safetensors_io import atomic_copy, write_safetensors
 print("ready", flush=True)
 i = 0
 while True:
     i += 1
-    write_safetensors({path!r}, {{"w": np.full((4_000_000,), i % 2, np.float32)}}, {{"format": "pt"}})
+    {step}
 """
 
 
-def test_kill_9_during_writes_leaves_a_whole_file(tmp_path):
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
-    target = tmp_path / "model.safetensors"
-    code = _WRITER.format(repo=str(Path(__file__).resolve().parent.parent), path=str(target))
-    rng = np.random.default_rng(0)
-    for _ in range(5):
+def _kill_repeatedly(code: str, target: Path, check_whole, *, rounds: int, seed: int) -> None:
+    """Run `code` (a writer looping over `target`), kill -9 it at a random moment, check what is there."""
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
         proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.3 + rng.random() * 0.7)
+        time.sleep(0.2 + rng.random() * 0.7)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if target.exists():
-            tensors, _ = read_safetensors(target)  # never torn: a complete old or new file
-            assert tensors["w"].shape == (4_000_000,) and len(np.unique(tensors["w"])) == 1
+            check_whole(target)
     assert target.exists()
 
 
-_COPIER = """
-import sys
-sys.path.insert(0, {repo!r})
-from convert.safetensors_io import atomic_copy
-print("ready", flush=True)
-i = 0
-while True:
-    i += 1
-    atomic_copy({sources!r}[i % 2], {path!r})
-"""
+def test_kill_9_during_writes_leaves_a_whole_file(tmp_path):
+    def whole(target: Path) -> None:  # never torn: a complete old or new file
+        tensors, _ = read_safetensors(target)
+        assert tensors["w"].shape == (4_000_000,) and len(np.unique(tensors["w"])) == 1
+
+    target = tmp_path / "model.safetensors"
+    step = f'write_safetensors({str(target)!r}, {{"w": np.full((4_000_000,), i % 2, np.float32)}}, {{"format": "pt"}})'
+    _kill_repeatedly(_LOOP.format(repo=_REPO, step=step), target, whole, rounds=5, seed=0)
 
 
 def test_kill_9_during_side_file_copies_leaves_a_whole_file(tmp_path):
     """Converters copy tokenizer and config files with atomic_copy: a kill leaves one whole version."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-
     sources = [tmp_path / "a.json", tmp_path / "b.json"]
     for i, source in enumerate(sources):
         source.write_bytes(bytes([ord("a") + i]) * 16_000_000)
     versions = {source.read_bytes() for source in sources}
+
+    def whole(target: Path) -> None:
+        assert target.read_bytes() in versions
+
     target = tmp_path / "out" / "tokenizer.json"
-    code = _COPIER.format(repo=str(Path(__file__).resolve().parent.parent), sources=[str(p) for p in sources],
-                          path=str(target))
-    rng = np.random.default_rng(1)
-    for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.2 + rng.random() * 0.5)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if target.exists():
-            assert target.read_bytes() in versions
-    assert target.exists()
+    step = f"atomic_copy({[str(p) for p in sources]!r}[i % 2], {str(target)!r})"
+    _kill_repeatedly(_LOOP.format(repo=_REPO, step=step), target, whole, rounds=4, seed=1)
