@@ -1,7 +1,8 @@
 """berta-jax: BERT sentence encoders (sergeyzh/BERTA first of all) in pure JAX/Flax, PyTorch-exact.
 
-Names are loaded on first use (PEP 562), so importing one submodule (say `berta_jax.errors` from the
-converter) does not pull in the whole package and no import order can form a cycle.
+The names below are loaded on first use (PEP 562) for import time only: `berta-jax encode` plans, checks and
+refuses without importing JAX, flax or transformers (measured: see ARCHITECTURE.md). Imports inside the
+package point one way and need no such help.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ _EXPORTS = {
     "make_hidden_fn": "berta_jax.pooling",
     "pool": "berta_jax.pooling",
     "build_model": "berta_jax.weights",
-    "flat_params": "berta_jax.weights",
+    "flat_params": "berta_jax.params",
     "load_model": "berta_jax.weights",
-    "param_shapes": "berta_jax.weights",
+    "param_shapes": "berta_jax.params",
+    "ModelFolder": "berta_jax.folder",
+    "StorageError": "berta_jax.errors",
+    "InputError": "berta_jax.errors",
+    "JobError": "berta_jax.errors",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -55,10 +60,13 @@ if TYPE_CHECKING:  # static analysers see the real names
     from berta_jax.config import BertConfig  # noqa: F401
     from berta_jax.encoder import EncodeResult, Encoder  # noqa: F401
     from berta_jax.errors import (  # noqa: F401
-        BertaJaxError, CheckpointError, ConfigError, ModelNotFoundError, NonFiniteError, TruncationWarning,
+        BertaJaxError, CheckpointError, ConfigError, InputError, JobError, ModelNotFoundError, NonFiniteError,
+        StorageError, TruncationWarning,
     )
+    from berta_jax.folder import ModelFolder  # noqa: F401
     from berta_jax.model import BertModel, BertOutput  # noqa: F401
     from berta_jax.pooling import embed, l2_normalize, make_embed_fn, make_hidden_fn, pool  # noqa: F401
     from berta_jax.st_config import SentenceConfig  # noqa: F401
     from berta_jax.tokenize import TextTokenizer, TokenizedTexts  # noqa: F401
-    from berta_jax.weights import build_model, flat_params, load_model, param_shapes  # noqa: F401
+    from berta_jax.params import flat_params, param_shapes  # noqa: F401
+    from berta_jax.weights import build_model, load_model  # noqa: F401

@@ -2,6 +2,6 @@
 
 import sys
 
-from berta_jax.cli import main
+from berta_jax.cli.main import main
 
 sys.exit(main())

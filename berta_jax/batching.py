@@ -109,34 +109,55 @@ class BatchPlanner:
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """One padded batch; `rows[i]` is the input index of row i (padding rows come after `len(rows)`)."""
+    """One batch of token rows and where each of its texts' vectors comes out.
 
-    rows: np.ndarray  # [n_real] int64
-    input_ids: np.ndarray  # [B, L] int32
-    token_type_ids: np.ndarray  # [B, L] int32
-    attention_mask: np.ndarray  # [B, L] int32
-    pool_mask: np.ndarray  # [B, L] bool
+    A row holds one text, or several packed texts (`segment_ids` 1, 2, ... per text, 0 for padding, positions
+    restarting at 0 for each). The forward gives one vector per (row, segment) slot, `[rows * segments, D]`;
+    `texts[j]` (an input index) is read from slot `slots[j]`.
+    """
+
+    texts: np.ndarray  # [n] int64 input indices
+    slots: np.ndarray  # [n] int64 flat slot (row * num_segments + segment - 1) of each text
+    input_ids: np.ndarray  # [R, L] int32
+    token_type_ids: np.ndarray  # [R, L] int32
+    segment_ids: np.ndarray  # [R, L] int32
+    positions: np.ndarray  # [R, L] int32
+    pool_mask: np.ndarray  # [R, L] bool
+    num_segments: int = 1
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return self.input_ids.shape
+    def shape(self) -> tuple[int, int, int]:
+        """(rows, length, segments per row): what a compiled program is specialised to."""
+        return (*self.input_ids.shape, self.num_segments)
+
+    @property
+    def attention_mask(self) -> np.ndarray:
+        return (self.segment_ids > 0).astype(np.int32)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Input indices in slot order (one text per row: the row's text)."""
+        return self.texts
 
 
 def make_batches(
     tokens: TokenizedTexts, planner: BatchPlanner, *, pad_token_id: int, exclude_prompt: bool = False
 ) -> Iterator[Batch]:
-    """Padded batches in the planner's order; `exclude_prompt` drops [CLS] + prompt tokens from pooling."""
+    """Padded batches, one text per row, in the planner's order; `exclude_prompt` drops [CLS] + prompt tokens
+    from pooling (sentence-transformers' include_prompt=false)."""
     lengths = tokens.lengths
     for take, n_rows, seq in planner.plan(lengths):
         ids = np.full((n_rows, seq), pad_token_id, dtype=np.int32)
         types = np.zeros((n_rows, seq), dtype=np.int32)
-        mask = np.zeros((n_rows, seq), dtype=np.int32)
+        segments = np.zeros((n_rows, seq), dtype=np.int32)
         for r, i in enumerate(take):
             n = lengths[i]
             ids[r, :n] = tokens.input_ids[i]
             types[r, :n] = tokens.token_type_ids[i]
-            mask[r, :n] = 1
-        pool_mask = mask.astype(bool)
+            segments[r, :n] = 1
+        pool_mask = segments > 0
         if exclude_prompt and tokens.prompt_length:
             pool_mask[:, : tokens.prompt_length] = False
-        yield Batch(take, ids, types, mask, pool_mask)
+        positions = np.broadcast_to(np.arange(seq, dtype=np.int32), (n_rows, seq))
+        yield Batch(np.asarray(take, np.int64), np.arange(len(take), dtype=np.int64), ids, types, segments,
+                    positions, pool_mask)

@@ -1,27 +1,32 @@
 """The BERT architecture config, read from a checkpoint's `config.json`.
 
-Every architectural number comes from the checkpoint; nothing is hard-coded
-except the `berta()` preset, which documents the sergeyzh/BERTA shape for tests
-and for `jax.eval_shape` checks.
+Every architectural number comes from the checkpoint; nothing is hard-coded except the `berta()` preset,
+which documents the sergeyzh/BERTA shape for tests and for `jax.eval_shape` checks. Every field is read
+with its JSON type checked (a string where a number belongs, `Infinity`, a list where an object belongs
+are errors naming the file and the field).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from pathlib import Path
 from typing import Any
 
 from berta_jax.errors import ConfigError
+from berta_jax.files import ModelFiles
+from berta_jax.jsonfields import Fields
 
 # hidden_act values of transformers' ACT2FN that this model implements.
 # "gelu" is the exact erf GELU; the other two are the tanh approximation.
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BertConfig:
-    """Shape and numerics of a BERT encoder (the fields of HF `BertConfig` we use)."""
+    """Shape and numerics of a BERT encoder (the fields of HF `BertConfig` the model uses)."""
 
     vocab_size: int
     hidden_size: int
@@ -33,19 +38,11 @@ class BertConfig:
     layer_norm_eps: float = 1e-12
     hidden_act: str = "gelu"
     pad_token_id: int = 0
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
+    hidden_dropout_prob: float = 0.1  # transformers' defaults; used only in training mode
+    attention_probs_dropout_prob: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ):
+        for name in _SHAPE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"config field {name}={value!r}: expected a positive integer")
@@ -59,8 +56,9 @@ class BertConfig:
                 f"config field hidden_act={self.hidden_act!r} is not implemented; "
                 f"supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
             )
-        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
-            raise ConfigError(f"config field layer_norm_eps={self.layer_norm_eps!r}: expected a positive number")
+        if not (isinstance(self.layer_norm_eps, (int, float)) and math.isfinite(self.layer_norm_eps)
+                and self.layer_norm_eps > 0):
+            raise ConfigError(f"config field layer_norm_eps={self.layer_norm_eps!r}: expected a finite number > 0")
         if not (0 <= self.pad_token_id < self.vocab_size):
             raise ConfigError(
                 f"config field pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size})"
@@ -83,29 +81,25 @@ class BertConfig:
         )
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config.json") -> BertConfig:
+    def from_dict(cls, raw: Any, source: str = "config.json") -> BertConfig:
         """Validate a parsed `config.json` and keep the fields the encoder uses."""
-        model_type = raw.get("model_type")
-        if model_type != "bert":
-            raise ConfigError(f"{source}: field model_type={model_type!r} is not supported; berta-jax implements 'bert'")
-        if raw.get("auto_map"):
+        f = Fields(raw, source)
+        f.str("model_type", choices=("bert",))
+        if f.raw.get("auto_map"):
             raise ConfigError(
                 f"{source}: field auto_map asks to run custom code from the repository; "
                 "berta-jax never executes repository code. Use a plain BERT checkpoint."
             )
-        position_type = raw.get("position_embedding_type", "absolute")
-        if position_type != "absolute":
-            raise ConfigError(
-                f"{source}: field position_embedding_type={position_type!r} is not supported; only 'absolute' is"
-            )
-        if raw.get("is_decoder") or raw.get("add_cross_attention"):
+        f.str("position_embedding_type", "absolute", choices=("absolute",))
+        if f.bool("is_decoder", False) or f.bool("add_cross_attention", False):
             raise ConfigError(f"{source}: decoder / cross-attention BERT variants are not supported")
-        missing = [
-            f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in raw
-        ]
-        if missing:
-            raise ConfigError(f"{source}: missing required field(s) {', '.join(missing)}")
-        values = {f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw and raw[f.name] is not None}
+        values = {name: f.int(name, minimum=1) for name in _SHAPE_FIELDS if name != "type_vocab_size"}
+        values["type_vocab_size"] = f.int("type_vocab_size", 2, minimum=1)
+        values["layer_norm_eps"] = f.number("layer_norm_eps", 1e-12, above=0)
+        values["hidden_act"] = f.str("hidden_act", "gelu", choices=SUPPORTED_ACTIVATIONS)
+        values["pad_token_id"] = f.int("pad_token_id", 0, minimum=0)
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            values[name] = f.number(name, 0.1, minimum=0, below=1)
         try:
             return cls(**values)
         except ConfigError as e:
@@ -113,28 +107,5 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> BertConfig:
-        return cls.from_dict(read_json(path), source=str(path))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The HF `config.json` fields, so a written checkpoint loads in transformers."""
-        return {
-            "architectures": ["BertModel"],
-            "model_type": "bert",
-            "position_embedding_type": "absolute",
-            **dataclasses.asdict(self),
-        }
-
-
-def read_json(path: str | Path) -> Any:
-    """Parse a JSON file, turning every failure into a ConfigError that names the file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read ({e})") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        path = Path(path)
+        return cls.from_dict(ModelFiles(path.parent).read_json(path.name), source=str(path))

@@ -1,7 +1,7 @@
-"""The exceptions berta-jax raises for bad checkpoints, configs and inputs.
+"""The exceptions berta-jax raises on purpose.
 
-Each one carries a message that names the file, key, field or index at fault and
-says what to do; callers can catch the family through `BertaJaxError`.
+Each one carries a message that names the file, key, field, line or index at fault and says what to do;
+callers catch the family through `BertaJaxError`.
 """
 
 
@@ -19,6 +19,18 @@ class CheckpointError(BertaJaxError, ValueError):
 
 class ModelNotFoundError(BertaJaxError, FileNotFoundError):
     """Neither a local folder nor a reachable (or cached) hub repository."""
+
+
+class StorageError(BertaJaxError, OSError):
+    """A local path or storage URL cannot be read or written (missing package, bucket, credentials...)."""
+
+
+class InputError(BertaJaxError, ValueError):
+    """A corpus file or row that cannot be read: names the file, the line (or row, or byte) and the problem."""
+
+
+class JobError(BertaJaxError, RuntimeError):
+    """The batch job cannot start or continue (existing output, changed inputs, a held lock...)."""
 
 
 class NonFiniteError(BertaJaxError, FloatingPointError):

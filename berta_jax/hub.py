@@ -1,14 +1,18 @@
-"""Find a model folder: a local path, or a hub repository through huggingface_hub's cache."""
+"""Find a model folder: a local path, a storage URL (copied to a local cache), or a Hugging Face hub id."""
 
 from __future__ import annotations
 
+import fnmatch
+import hashlib
 import os
 from pathlib import Path
 
-from berta_jax.errors import ModelNotFoundError
+from berta_jax.errors import ModelNotFoundError, StorageError
+from berta_jax.storage import copy_to_local, is_url, store_for
 
 # What a sentence encoder needs from a repository; never pickles or other frameworks' weights.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "vocab.txt"]  # fnmatch: "*" also matches "/" (1_Pooling/...)
+_REMOTE_FILE_LIMIT = 64 * 2**30
 
 
 def _is_hub_id(name: str) -> bool:
@@ -16,23 +20,33 @@ def _is_hub_id(name: str) -> bool:
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and "\\" not in name
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None) -> Path:
-    """A local folder holding the model: `name_or_path` itself, or a hub snapshot.
+def default_cache_root() -> Path:
+    return Path(os.environ.get("BERTA_JAX_MODEL_CACHE") or Path.home() / ".cache" / "berta_jax" / "models")
 
-    A hub id is fetched with huggingface_hub (weights as safetensors only);
-    when the hub cannot be reached the cached snapshot is used, and with
-    neither, one ModelNotFoundError says what to pass instead.
+
+def resolve_model_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                      cache_dir: str | None = None) -> Path:
+    """A local folder holding the model: `name_or_path` itself, a copy of a storage URL, or a hub snapshot.
+
+    A hub id is fetched with huggingface_hub (weights as safetensors only); when the hub cannot be reached
+    the cached snapshot is used, and with neither, one ModelNotFoundError says what to pass instead.
     """
-    path = Path(name_or_path).expanduser()
+    name = os.fspath(name_or_path)
+    if is_url(name):
+        return _copy_remote_folder(name, Path(cache_dir) if cache_dir else default_cache_root())
+    path = Path(name).expanduser()
     if path.is_dir():
         return path
-    name = str(name_or_path)
     if path.exists():
         raise ModelNotFoundError(f"{path} is a file; pass the model folder that contains config.json")
     if not _is_hub_id(name):
         raise ModelNotFoundError(
             f"{name}: no such folder, and not a hub id of the form 'owner/name' (e.g. 'sergeyzh/BERTA')"
         )
+    return _hub_snapshot(name, revision, cache_dir)
+
+
+def _hub_snapshot(name: str, revision: str | None, cache_dir: str | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -51,3 +65,30 @@ def resolve_model_dir(name_or_path: str | os.PathLike, *, revision: str | None =
                 f"model.safetensors and the tokenizer files), or download it where the hub is reachable with "
                 f"`huggingface-cli download {name}` and copy the cache (HF_HOME) here."
             ) from None
+
+
+def _copy_remote_folder(url: str, cache_root: Path) -> Path:
+    """Copy the model files under a storage URL into a local cache folder (again only when they changed)."""
+    store = store_for(url)
+    base = url.rstrip("/")
+    local = cache_root / hashlib.sha256(base.encode()).hexdigest()[:20]
+    try:
+        found = store.glob(base + "/**")
+    except FileNotFoundError:
+        found = []
+    names = [p[len(base) + 1:] for p in found
+             if p.startswith(base + "/") and any(fnmatch.fnmatch(p[len(base) + 1:], pat) for pat in ALLOW_PATTERNS)]
+    if "config.json" not in names:
+        raise ModelNotFoundError(f"{url}: no config.json there; pass the URL of a model folder")
+    for name in names:
+        info = store.info(f"{base}/{name}")
+        target = local / name
+        stamp = local / ".versions" / (name.replace("/", "__") + ".version")
+        if target.is_file() and stamp.is_file() and stamp.read_text() == f"{info.size}:{info.version}":
+            continue
+        if ".." in Path(name).parts:
+            raise StorageError(f"{url}/{name}: a path that leaves the model folder")
+        copy_to_local(store, f"{base}/{name}", target, _REMOTE_FILE_LIMIT)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(f"{info.size}:{info.version}")
+    return local

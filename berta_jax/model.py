@@ -1,32 +1,31 @@
 """The BERT encoder in Flax NNX, read top-down like the paper.
 
-embeddings -> N x (self-attention -> residual LayerNorm -> GELU feed-forward ->
-residual LayerNorm) -> last hidden state. Parameter names are the ones the
-converter's table (`convert/mapping.py`) maps to and from Hugging Face names.
+embeddings -> N x (self-attention -> residual LayerNorm -> GELU feed-forward -> residual LayerNorm) ->
+last hidden state. The N layers are one `EncoderLayer` whose parameters carry a leading layer axis
+(created with `nnx.vmap`, applied with `nnx.scan`), so a 12-layer model compiles one layer body instead of
+twelve. Parameter names are the ones the converter's table (`convert/mapping.py`) maps to and from Hugging
+Face names, with the layer index in the path (`layers.3.ffn_in.kernel`); `weights.py` stacks and unstacks.
 
-Numerics: parameters are stored in `param_dtype`; matmuls run in `dtype`
-(float32 or bfloat16); LayerNorm, softmax and everything after the last layer
-run in float32. In float32 mode matmuls ask for `Precision.HIGHEST`, so TPUs and
-GPUs do not silently drop to bf16/TF32 passes. Dropout (the config's rates)
-runs only in training mode (`forward(..., deterministic=False, dropout_key=...)`);
-inference is deterministic.
+Numerics, in one place (`Numerics`): parameters are stored in `param_dtype`; matmuls run in `dtype`
+(float32 or bfloat16); LayerNorm, softmax and everything after the last layer run in float32. In float32
+mode matmuls ask for `Precision.HIGHEST`, so TPUs and GPUs do not silently drop to bf16/TF32 passes.
+Dropout (the config's rates, `nnx.Dropout`) runs only in training mode; inference is deterministic.
+
+Packed rows: `segment_ids` (0 = padding, 1, 2, ... = the texts sharing a row) restrict attention to each
+text's own tokens, and `positions` restart at 0 for each text, so a packed text embeds as if alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
+from berta_jax.attention import attention, attention_bias
 from berta_jax.config import BertConfig
-
-# Added to the attention logits of padding keys. Finite, so a row whose keys
-# are all padding (a filler row) gives a uniform softmax instead of NaN.
-MASKED_LOGIT = -1e30
 
 _ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's exact erf GELU
@@ -36,12 +35,30 @@ _ACTIVATIONS = {
 }
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None, site: int) -> jax.Array:
-    """Inverted dropout with the key folded by call site; identity at inference (key None) or rate 0."""
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(jax.random.fold_in(key, site), 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+    """The dtype policy: compute dtype of the matmuls, storage dtype of the parameters, matmul precision."""
+
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @property
+    def precision(self) -> jax.lax.Precision:
+        """HIGHEST for float32 compute (PyTorch parity on TPU/GPU), DEFAULT for bfloat16."""
+        return jax.lax.Precision.HIGHEST if jnp.dtype(self.dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
+
+    def linear(self, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
+        return nnx.Linear(n_in, n_out, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
+                          rngs=rngs)
+
+    def layer_norm(self, cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+        # BERT's eps (from the config; nnx defaults to 1e-6) and the two-pass variance torch uses;
+        # statistics and output in float32.
+        return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=jnp.float32,
+                             param_dtype=self.param_dtype, rngs=rngs)
+
+    def embed(self, n: int, cfg: BertConfig, rngs: nnx.Rngs) -> nnx.Embed:
+        return nnx.Embed(n, cfg.hidden_size, dtype=jnp.float32, param_dtype=self.param_dtype, rngs=rngs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,120 +70,74 @@ class BertOutput:
     attentions: tuple[jax.Array, ...] | None = None  # each layer's probabilities, N x [B, H, L, L]
 
 
-def default_precision(dtype: jnp.dtype) -> jax.lax.Precision:
-    """HIGHEST for float32 compute (PyTorch parity on TPU/GPU), DEFAULT for bf16."""
-    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
-
-
-class _Layers:
-    """Constructors shared by the modules below: one place for dtype handling."""
-
-    def __init__(self, cfg: BertConfig, dtype, param_dtype, precision, rngs: nnx.Rngs):
-        self.cfg, self.dtype, self.param_dtype, self.precision, self.rngs = cfg, dtype, param_dtype, precision, rngs
-
-    def linear(self, n_in: int, n_out: int) -> nnx.Linear:
-        return nnx.Linear(
-            n_in, n_out, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision, rngs=self.rngs
-        )
-
-    def layer_norm(self) -> nnx.LayerNorm:
-        # BERT's eps (1e-12, from the config; nnx defaults to 1e-6) and the
-        # two-pass variance torch uses; statistics and output in float32.
-        return nnx.LayerNorm(
-            self.cfg.hidden_size,
-            epsilon=self.cfg.layer_norm_eps,
-            use_fast_variance=False,
-            dtype=jnp.float32,
-            param_dtype=self.param_dtype,
-            rngs=self.rngs,
-        )
-
-    def embed(self, n: int) -> nnx.Embed:
-        return nnx.Embed(n, self.cfg.hidden_size, dtype=jnp.float32, param_dtype=self.param_dtype, rngs=self.rngs)
-
-
 class Embeddings(nnx.Module):
     """Token ids -> word + token-type + absolute position embeddings, LayerNorm."""
 
-    def __init__(self, make: _Layers):
-        cfg = make.cfg
-        self.word = make.embed(cfg.vocab_size)
-        self.position = make.embed(cfg.max_position_embeddings)
-        self.token_type = make.embed(cfg.type_vocab_size)
-        self.norm = make.layer_norm()
-        self.dropout_rate = cfg.hidden_dropout_prob
+    def __init__(self, cfg: BertConfig, numerics: Numerics, *, rngs: nnx.Rngs):
+        self.word = numerics.embed(cfg.vocab_size, cfg, rngs)
+        self.position = numerics.embed(cfg.max_position_embeddings, cfg, rngs)
+        self.token_type = numerics.embed(cfg.type_vocab_size, cfg, rngs)
+        self.norm = numerics.layer_norm(cfg, rngs)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(
-        self, input_ids: Int[Array, "B L"], token_type_ids: Int[Array, "B L"], dropout_key: jax.Array | None = None
-    ) -> Float[Array, "B L D"]:
-        positions = jnp.arange(input_ids.shape[1])[None, :]  # [1, L]; right padding, so position = index
+    def __call__(self, input_ids: Int[Array, "B L"], token_type_ids: Int[Array, "B L"], positions: Int[Array, "B L"],
+                 rngs: nnx.Rngs | None = None) -> Float[Array, "B L D"]:
         x = self.word(input_ids) + self.token_type(token_type_ids)  # same summation order as HF
         x = x + self.position(positions)
-        return dropout(self.norm(x), self.dropout_rate, dropout_key, site=0)
+        return self.dropout(self.norm(x), deterministic=rngs is None, rngs=rngs)
 
 
 class SelfAttention(nnx.Module):
-    """Multi-head scaled dot-product self-attention over the non-padding keys."""
+    """Multi-head scaled dot-product self-attention over the keys each query may see."""
 
-    def __init__(self, make: _Layers):
-        cfg = make.cfg
+    def __init__(self, cfg: BertConfig, numerics: Numerics, *, rngs: nnx.Rngs):
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
-        self.dtype, self.precision = make.dtype, make.precision
-        self.query = make.linear(cfg.hidden_size, cfg.hidden_size)
-        self.key = make.linear(cfg.hidden_size, cfg.hidden_size)
-        self.value = make.linear(cfg.hidden_size, cfg.hidden_size)
-        self.out = make.linear(cfg.hidden_size, cfg.hidden_size)
-        self.dropout_rate = cfg.attention_probs_dropout_prob
+        self.dtype, self.precision = numerics.dtype, numerics.precision
+        self.query = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
+        self.key = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
+        self.value = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
+        self.out = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
+        self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob)
 
-    def _projections(self, x: Float[Array, "B L D"]) -> tuple[Float[Array, "B H L K"], ...]:
+    def _projections(self, x: Float[Array, "B L D"]) -> tuple[Float[Array, "B L H K"], ...]:
         """q, k, v from one [D, 3D] matmul (a larger GEMM runs closer to peak), split into heads."""
         kernel = jnp.concatenate([self.query.kernel[...], self.key.kernel[...], self.value.kernel[...]], axis=1)
         bias = jnp.concatenate([self.query.bias[...], self.key.bias[...], self.value.bias[...]])
         qkv = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), precision=self.precision) + bias.astype(self.dtype)
         batch, length, _ = x.shape
-        heads = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        return heads[0], heads[1], heads[2]  # each [B, H, L, K]
+        heads = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim)
+        return heads[:, :, 0], heads[:, :, 1], heads[:, :, 2]  # each [B, L, H, K]
 
-    def __call__(
-        self, x: Float[Array, "B L D"], key_mask: Bool[Array, "B L"], dropout_key: jax.Array | None = None
-    ) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"]]:
-        """The attention output and the attention probabilities (before dropout)."""
-        q, k, v = self._projections(x)  # [B, H, L, K]
-        q = q * jnp.asarray(1.0 / math.sqrt(self.head_dim), q.dtype)  # exact for power-of-two head sizes
-        # key_mask[b, t] says whether key t of row b is a real token; padding keys get a large
-        # negative bias: [B, L] -> [B, 1, 1, L], broadcast over heads and queries.
-        bias = jnp.where(key_mask, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None, None, :]
-        logits = jnp.matmul(
-            q, k.transpose(0, 1, 3, 2), precision=self.precision, preferred_element_type=jnp.float32
-        ) + bias  # [B, H, Lq, Lk]
-        probs = jax.nn.softmax(logits, axis=-1)  # float32 softmax
-        dropped = dropout(probs, self.dropout_rate, dropout_key, site=1).astype(self.dtype)
-        context = jnp.matmul(dropped, v, precision=self.precision)  # [B, H, L, K]
-        batch, _, length, _ = context.shape
-        return self.out(context.transpose(0, 2, 1, 3).reshape(batch, length, -1)), probs
+    def __call__(self, x: Float[Array, "B L D"], bias: Float[Array, "B 1 Lq Lk"], rngs: nnx.Rngs | None = None,
+                 *, with_probs: bool = False) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"] | None]:
+        """The attention output and, when asked, the attention probabilities (before dropout)."""
+        q, k, v = self._projections(x)
+        dropout = None if rngs is None else (lambda p: self.dropout(p, deterministic=False, rngs=rngs))
+        context, probs = attention(q, k, v, bias, precision=self.precision, dropout=dropout, with_probs=with_probs)
+        batch, length = x.shape[:2]
+        return self.out(context.reshape(batch, length, -1)), probs
 
 
 class EncoderLayer(nnx.Module):
     """Post-LN transformer block: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
 
-    def __init__(self, make: _Layers):
-        cfg = make.cfg
-        self.attention = SelfAttention(make)
-        self.ln_attn = make.layer_norm()
-        self.ffn_in = make.linear(cfg.hidden_size, cfg.intermediate_size)
-        self.ffn_out = make.linear(cfg.intermediate_size, cfg.hidden_size)
-        self.ln_ffn = make.layer_norm()
+    def __init__(self, cfg: BertConfig, numerics: Numerics, *, rngs: nnx.Rngs):
+        self.attention = SelfAttention(cfg, numerics, rngs=rngs)
+        self.ln_attn = numerics.layer_norm(cfg, rngs)
+        self.ffn_in = numerics.linear(cfg.hidden_size, cfg.intermediate_size, rngs)
+        self.ffn_out = numerics.linear(cfg.intermediate_size, cfg.hidden_size, rngs)
+        self.ln_ffn = numerics.layer_norm(cfg, rngs)
         self.activation = _ACTIVATIONS[cfg.hidden_act]
-        self.dropout_rate = cfg.hidden_dropout_prob
+        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(
-        self, x: Float[Array, "B L D"], key_mask: Bool[Array, "B L"], dropout_key: jax.Array | None = None
-    ) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"]]:
-        """The layer output and its attention probabilities."""
-        attended, probs = self.attention(x, key_mask, dropout_key)
-        x = self.ln_attn(x + dropout(attended, self.dropout_rate, dropout_key, site=2))
+    def __call__(self, x: Float[Array, "B L D"], bias: Float[Array, "B 1 Lq Lk"], rngs: nnx.Rngs | None = None,
+                 *, with_probs: bool = False) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"] | None]:
+        """The layer output and (when asked) its attention probabilities."""
+        drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)  # noqa: E731
+        attended, probs = self.attention(x, bias, rngs, with_probs=with_probs)
+        x = self.ln_attn(x + drop(attended))
         h = self.ffn_out(self.activation(self.ffn_in(x)))  # [B, L, I] -> [B, L, D]
-        return self.ln_ffn(x + dropout(h, self.dropout_rate, dropout_key, site=3)), probs
+        return self.ln_ffn(x + drop(h)), probs
 
 
 class BertModel(nnx.Module):
@@ -176,24 +147,21 @@ class BertModel(nnx.Module):
       cfg: architecture, read from the checkpoint.
       dtype: compute dtype of the matmuls (float32 or bfloat16).
       param_dtype: storage dtype of the parameters.
-      precision: matmul precision; by default HIGHEST for float32 compute.
+      remat: rematerialise each layer in the backward pass (less memory for long sequences).
     """
 
-    def __init__(
-        self,
-        cfg: BertConfig,
-        *,
-        dtype=jnp.float32,
-        param_dtype=jnp.float32,
-        precision: jax.lax.Precision | None = None,
-        remat: bool = False,
-        rngs: nnx.Rngs,
-    ):
-        self.cfg = cfg
-        self.remat = remat
-        make = _Layers(cfg, dtype, param_dtype, precision or default_precision(dtype), rngs)
-        self.embeddings = Embeddings(make)
-        self.layers = nnx.List([EncoderLayer(make) for _ in range(cfg.num_hidden_layers)])
+    def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
+                 rngs: nnx.Rngs):
+        self.cfg, self.remat = cfg, remat
+        numerics = Numerics(dtype, param_dtype)
+        self.embeddings = Embeddings(cfg, numerics, rngs=rngs)
+
+        @nnx.split_rngs(splits=cfg.num_hidden_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def stacked(layer_rngs: nnx.Rngs) -> EncoderLayer:
+            return EncoderLayer(cfg, numerics, rngs=layer_rngs)
+
+        self.layers = stacked(rngs)  # one EncoderLayer, every parameter with a leading [num_hidden_layers] axis
 
     def forward(
         self,
@@ -201,14 +169,19 @@ class BertModel(nnx.Module):
         attention_mask: Int[Array, "B L"] | Bool[Array, "B L"],
         token_type_ids: Int[Array, "B L"] | None = None,
         *,
+        segment_ids: Int[Array, "B L"] | None = None,
+        positions: Int[Array, "B L"] | None = None,
         deterministic: bool = True,
         dropout_key: jax.Array | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> BertOutput:
-        """The encoder, with training dropout and introspection when asked.
+        """The encoder, with packed rows, training dropout and introspection when asked.
 
         Args:
+          segment_ids: for packed rows, which text each token belongs to (0 for padding); attention stays
+            within a text. Default: one text per row (`attention_mask`).
+          positions: position ids (restarting at 0 for each packed text); default 0, 1, 2, ... per row.
           deterministic: True (inference) ignores dropout; False applies the config's dropout rates and
             needs `dropout_key`, from which every layer and call site derives its own key.
           output_hidden_states: also return the embeddings output and every layer's output.
@@ -219,20 +192,33 @@ class BertModel(nnx.Module):
         key = None if deterministic else dropout_key
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        key_mask = attention_mask.astype(bool)
-        layer_key = (lambda i: None) if key is None else (lambda i: jax.random.fold_in(key, i + 1))  # noqa: E731
-        run_layer = nnx.remat(EncoderLayer.__call__) if self.remat else EncoderLayer.__call__
-        x = self.embeddings(input_ids, token_type_ids, None if key is None else jax.random.fold_in(key, 0))
-        hidden, attentions = [x], []
-        for i, layer in enumerate(self.layers):
-            x, probs = run_layer(layer, x, key_mask, layer_key(i))
-            hidden.append(x)
-            attentions.append(probs)
+        if positions is None:  # right padding, one text per row: position = index
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        bias = attention_bias(attention_mask.astype(bool), segment_ids)
+        rngs = None if key is None else nnx.Rngs(dropout=jax.random.fold_in(key, 0))
+        embedded = self.embeddings(input_ids, token_type_ids, positions, rngs)
+        last, hidden, probs = self._run_layers(embedded, bias, key, output_hidden_states, output_attentions)
         return BertOutput(
-            last_hidden_state=x.astype(jnp.float32),
-            hidden_states=tuple(h.astype(jnp.float32) for h in hidden) if output_hidden_states else None,
-            attentions=tuple(attentions) if output_attentions else None,
+            last_hidden_state=last.astype(jnp.float32),
+            hidden_states=None if hidden is None else (embedded, *(h.astype(jnp.float32) for h in hidden)),
+            attentions=None if probs is None else tuple(probs),
         )
+
+    def _run_layers(self, x: Float[Array, "B L D"], bias: Float[Array, "B 1 Lq Lk"], key: jax.Array | None,
+                    keep_hidden: bool, keep_probs: bool) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+        """Scan the stacked layer over the layer axis: (last state, [N, B, L, D] states, [N, B, H, L, L] probs)."""
+        keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), self.cfg.num_hidden_layers)
+
+        def body(x, layer: EncoderLayer, layer_key):
+            rngs = None if layer_key is None else nnx.Rngs(dropout=layer_key)
+            y, probs = layer(x, bias, rngs, with_probs=keep_probs)
+            return y, (y if keep_hidden else None, probs)
+
+        if self.remat:
+            body = nnx.remat(body)
+        scan = nnx.scan(body, in_axes=(nnx.Carry, 0, None if keys is None else 0), out_axes=(nnx.Carry, 0))
+        x, (hidden, probs) = scan(x, self.layers, keys)
+        return x, hidden, probs
 
     def __call__(
         self,
@@ -242,3 +228,8 @@ class BertModel(nnx.Module):
     ) -> Float[Array, "B L D"]:
         """Inference: token ids -> last hidden state `[B, L, D]` (float32)."""
         return self.forward(input_ids, attention_mask, token_type_ids).last_hidden_state
+
+
+def abstract_model(cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False) -> BertModel:
+    """The model with shapes only (`nnx.eval_shape`): nothing is allocated or initialised."""
+    return nnx.eval_shape(lambda: BertModel(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0)))

@@ -1,9 +1,10 @@
-"""A parity report against PyTorch, for people who port or fine-tune encoders.
+"""The one comparison with PyTorch, stage by stage, for people who port or fine-tune encoders (and for the tests).
 
-Runs transformers' `BertModel` (eager attention, float32, CPU) and berta-jax on the same texts and
-reports, per layer, the max abs difference of the hidden states over real tokens, then the sentence
-embeddings of sentence-transformers (when installed) against `Encoder.encode`: max abs difference and
-cosine statistics. Needs torch; berta-jax itself never does.
+Runs transformers' `BertModel` (eager attention, float32, CPU) and berta-jax on the same token ids and reports
+the max abs difference over real tokens of the embeddings output and of every layer's hidden states; then,
+when sentence-transformers is installed, the pooled vectors against its own Transformer -> Pooling modules
+and the final sentence embeddings against its `encode`. A porting bug shows up at the stage where it starts.
+Needs torch; berta-jax itself never does.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import contextlib
 import dataclasses
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
+from berta_jax.convert.checkpoint import FLAX_WEIGHTS, HF_INDEX, HF_WEIGHTS
+from berta_jax.convert.folders import flax_folder_to_hf
 from berta_jax.encoder import Encoder
+from berta_jax.files import ModelFiles
 
 DEFAULT_TEXTS = (
     "В Ярославской области разрешили работу бань, но без посетителей",
@@ -24,84 +29,113 @@ DEFAULT_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
     "",
 )
+HIDDEN_TOLERANCE = 1e-4  # hidden states vs transformers
+EMBEDDING_TOLERANCE = 1e-5  # pooled and sentence embeddings vs sentence-transformers
 
 
 @dataclasses.dataclass(frozen=True)
 class ParityReport:
     layer_max_abs: list[float]  # embeddings output, then each layer
-    embedding_max_abs: float | None  # vs sentence-transformers, None when it is not installed
+    pooled_max_abs: float | None  # vs sentence-transformers' Transformer -> Pooling; None without it
+    embedding_max_abs: float | None  # vs SentenceTransformer.encode; None without it
     cosine_min: float | None
     cosine_mean: float | None
 
-    def passed(self, hidden_tol: float, embed_tol: float) -> bool:
-        ok = max(self.layer_max_abs) <= hidden_tol
-        return ok and (self.embedding_max_abs is None or self.embedding_max_abs <= embed_tol)
+    def stages(self) -> list[tuple[str, float, str]]:
+        """(stage name, max abs difference, which tolerance applies) in pipeline order."""
+        rows = [("embeddings" if i == 0 else f"layer {i}", d, "hidden") for i, d in enumerate(self.layer_max_abs)]
+        if self.pooled_max_abs is not None:
+            rows += [("pooled", self.pooled_max_abs, "embedding"), ("sentence embedding", self.embedding_max_abs,
+                                                                  "embedding")]
+        return rows
+
+    def first_failure(self, hidden_tol: float = HIDDEN_TOLERANCE, embed_tol: float = EMBEDDING_TOLERANCE) -> str | None:
+        """The first stage above its tolerance, or None."""
+        limits = {"hidden": hidden_tol, "embedding": embed_tol}
+        return next((name for name, diff, kind in self.stages() if diff > limits[kind]), None)
+
+    def passed(self, hidden_tol: float = HIDDEN_TOLERANCE, embed_tol: float = EMBEDDING_TOLERANCE) -> bool:
+        return self.first_failure(hidden_tol, embed_tol) is None
 
 
-def read_texts(path: str | Path) -> list[str]:
-    """One text per line, UTF-8, split on '\\n' only (not on U+2028 or U+0085 as str.splitlines would)."""
-    raw = Path(path).read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ValueError(f"{path}: line {line}: not valid UTF-8 (byte offset {e.start})") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return [line.removesuffix("\r") for line in lines]
+@dataclasses.dataclass
+class Reference:
+    """The PyTorch side, loaded once: transformers' BertModel and (when installed) sentence-transformers."""
+
+    bert: object
+    sentence_transformer: object | None
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Reference:
+        try:
+            import torch  # noqa: F401  (checked before any work: the PyTorch side needs it)
+            from transformers import BertModel
+        except ImportError:
+            raise RuntimeError("the parity report needs PyTorch: pip install torch transformers") from None
+        bert = BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError:
+            return cls(bert, None)
+        return cls(bert, SentenceTransformer(str(folder), device="cpu"))
 
 
-def parity_report(model: str, texts: list[str], *, prompt: str | None = None, prompt_name: str | None = None) -> ParityReport:
-    try:
-        import torch  # noqa: F401  (checked before any work: the PyTorch side needs it)
-        import transformers  # noqa: F401
-    except ImportError:
-        raise RuntimeError("the parity report needs PyTorch: pip install torch transformers") from None
-    encoder = Encoder.from_pretrained(model)
-    prefix = encoder.sentence.resolve_prompt(prompt_name, prompt)
-    batch = encoder.tokenizer.hf(
-        [prefix + t for t in texts], padding=True, truncation=True,
-        max_length=encoder.sentence.max_seq_length, return_tensors="np",
-    )
-    ids, mask, types = (batch[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids"))
-    ours = encoder.model.forward(ids, mask, types, output_hidden_states=True).hidden_states
-    with _hf_folder(Path(encoder.folder)) as hf_folder:
-        return _compare(encoder, hf_folder, texts, prefix, ids, mask, types, ours)
+def _max_abs(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0
+
+
+def compare(encoder: Encoder, reference: Reference, texts: Sequence[str], *, prompt: str = "",
+            token_type_ids: np.ndarray | None = None) -> ParityReport:
+    """Every stage of `encoder` against `reference` on `texts` with `prompt` prepended."""
+    import torch
+
+    batch = encoder.tokenizer.hf([prompt + t for t in texts], padding=True, truncation=True,
+                                 max_length=encoder.sentence.max_seq_length, return_tensors="np")
+    ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)
+    types = batch["token_type_ids"].astype(np.int32) if token_type_ids is None else token_type_ids.astype(np.int32)
+    ours = encoder.hidden_states(ids, mask, types)
+    with torch.no_grad():
+        theirs = reference.bert(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
+                                token_type_ids=torch.from_numpy(types).long(), output_hidden_states=True).hidden_states
+    real = mask.astype(bool)
+    layers = [_max_abs(np.asarray(a)[real], b.numpy()[real]) for a, b in zip(ours, theirs, strict=True)]
+    st = reference.sentence_transformer
+    if st is None:
+        return ParityReport(layers, None, None, None, None)
+    pooled_ref = _pooled(st, list(texts), prompt)
+    pooled = encoder.encode(list(texts), prompt=prompt, normalize=False, truncate_dim=encoder.hidden_size)
+    mine = encoder.encode(list(texts), prompt=prompt)
+    ref = st.encode(list(texts), prompt=prompt, convert_to_numpy=True)
+    cos = np.sum(mine * ref, axis=1) / np.maximum(np.linalg.norm(mine, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
+    return ParityReport(layers, _max_abs(pooled, pooled_ref), _max_abs(mine, ref), float(cos.min()),
+                        float(cos.mean()))
+
+
+def _pooled(st, texts: list[str], prompt: str) -> np.ndarray:
+    """sentence-transformers' Transformer -> Pooling output (before Normalize and truncation)."""
+    from sentence_transformers import SentenceTransformer
+
+    first_two = SentenceTransformer(modules=[st[0], st[1]], device="cpu")
+    return first_two.encode(texts, prompt=prompt, convert_to_numpy=True, normalize_embeddings=False)
 
 
 @contextlib.contextmanager
-def _hf_folder(folder: Path):
+def hf_folder(folder: Path):
     """The folder itself when it holds HF weights; for a berta-jax folder (flax_model.safetensors only,
     e.g. after fine-tuning in JAX) a temporary HF copy, so PyTorch can load the same weights."""
-    from convert.checkpoint import FLAX_WEIGHTS, HF_INDEX, HF_WEIGHTS
-    from convert.folders import flax_folder_to_hf
-
-    if (folder / HF_WEIGHTS).exists() or (folder / HF_INDEX).exists() or not (folder / FLAX_WEIGHTS).exists():
+    files = ModelFiles(folder)
+    if files.exists(HF_WEIGHTS) or files.exists(HF_INDEX) or not files.exists(FLAX_WEIGHTS):
         yield folder
         return
     with tempfile.TemporaryDirectory(prefix="berta-jax-parity-") as tmp:
-        flax_folder_to_hf(folder, tmp)
-        yield Path(tmp)
+        flax_folder_to_hf(folder, Path(tmp) / "hf")
+        yield Path(tmp) / "hf"
 
 
-def _compare(encoder, folder: Path, texts, prefix, ids, mask, types, ours) -> ParityReport:
-    import torch
-    from transformers import BertModel
-
-    reference = BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
-    with torch.no_grad():
-        theirs = reference(
-            input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
-            token_type_ids=torch.from_numpy(types).long(), output_hidden_states=True,
-        ).hidden_states
-    real = mask.astype(bool)
-    layers = [float(np.abs(np.asarray(a)[real] - b.numpy()[real]).max()) for a, b in zip(ours, theirs)]
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        return ParityReport(layers, None, None, None)
-    mine = encoder.encode(texts, prompt=prefix)
-    st = SentenceTransformer(str(folder), device="cpu").encode(texts, prompt=prefix)
-    cos = np.sum(mine * st, axis=1) / (np.linalg.norm(mine, axis=1) * np.linalg.norm(st, axis=1))
-    return ParityReport(layers, float(np.abs(mine - st).max()), float(cos.min()), float(cos.mean()))
+def parity_report(model: str, texts: Sequence[str], *, prompt: str | None = None,
+                  prompt_name: str | None = None) -> ParityReport:
+    """Load `model` on both sides and compare them (`berta-jax parity`)."""
+    encoder = Encoder.from_pretrained(model)
+    prefix = encoder.sentence.resolve_prompt(prompt_name, prompt)
+    with hf_folder(Path(encoder.folder)) as folder:
+        return compare(encoder, Reference.load(folder), texts, prompt=prefix)

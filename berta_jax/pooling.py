@@ -1,8 +1,8 @@
 """Token states -> one sentence vector: pooling and L2 normalisation, as pure functions.
 
-`make_embed_fn` gives the whole forward (encoder + pooling + normalisation) as a
-pure function of the parameters, for `jax.jit`, `jax.vmap` and `jax.grad`.
-All pooling arithmetic is float32.
+`make_embed_fn` gives the whole forward (encoder + pooling + normalisation) as a pure function of the
+parameters, for `jax.jit`, `jax.vmap` and `jax.grad`. All pooling arithmetic is float32. Pooling works per
+row (one text per row) or per segment of packed rows (several texts per row, `pool_segments`).
 """
 
 from __future__ import annotations
@@ -16,33 +16,50 @@ from jaxtyping import Array, Bool, Float, Int
 
 from berta_jax.model import BertModel
 
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
 
-def pool(
-    hidden: Float[Array, "B L D"], mask: Bool[Array, "B L"], mode: str
-) -> Float[Array, "B D"]:
+
+def pool(hidden: Float[Array, "B L D"], mask: Bool[Array, "B L"], mode: str) -> Float[Array, "B D"]:
     """Pool token states over the positions where `mask` is true.
 
-    Modes follow sentence-transformers: "mean", "mean_sqrt_len_tokens", "max",
-    and "cls" (the first pooled position, which is [CLS] unless prompt tokens
-    are excluded). A row with no pooled position gives zeros, never NaN.
+    Modes follow sentence-transformers: "mean", "mean_sqrt_len_tokens", "max", and "cls" (the first pooled
+    position, which is [CLS] unless prompt tokens are excluded). A row with no pooled position gives zeros,
+    never NaN.
     """
+    return pool_segments(hidden, mask.astype(jnp.int32), mask, 1, mode)[:, 0]
+
+
+def pool_segments(hidden: Float[Array, "B L D"], segment_ids: Int[Array, "B L"], pool_mask: Bool[Array, "B L"],
+                  num_segments: int, mode: str) -> Float[Array, "B S D"]:
+    """Pool each segment s = 1..S of each row over its positions where `pool_mask` is true -> `[B, S, D]`.
+
+    One text per row (S = 1) sums elementwise, as sentence-transformers does; packed rows sum through a
+    float32 one-hot product at HIGHEST precision. Both are deterministic on every backend.
+    """
+    if mode not in POOLING_MODES:
+        raise ValueError(f"unknown pooling mode {mode!r}")
     hidden = hidden.astype(jnp.float32)
-    weights = mask.astype(jnp.float32)[..., None]  # [B, L, 1]
-    count = jnp.maximum(weights.sum(axis=1), 1.0)  # [B, 1]
-    if mode == "mean":
-        return (hidden * weights).sum(axis=1) / count
-    if mode == "mean_sqrt_len_tokens":
-        return (hidden * weights).sum(axis=1) / jnp.sqrt(count)
+    member = (segment_ids[..., None] == jnp.arange(1, num_segments + 1)) & pool_mask[..., None]  # [B, L, S]
+    weights = member.astype(jnp.float32)
+    count = jnp.maximum(weights.sum(axis=1), 1.0)[..., None]  # [B, S, 1]
+    present = member.any(axis=1)[..., None]  # [B, S, 1]
+    if mode in ("mean", "mean_sqrt_len_tokens"):
+        if num_segments == 1:
+            total = (hidden * weights).sum(axis=1)[:, None, :]  # [B, L, D] * [B, L, 1] -> [B, 1, D]
+        else:
+            total = jnp.einsum("bls,bld->bsd", weights, hidden, precision=jax.lax.Precision.HIGHEST)
+        return total / (count if mode == "mean" else jnp.sqrt(count))
     if mode == "cls":
-        first = jnp.argmax(mask, axis=1)  # [B]
-        return jnp.take_along_axis(hidden, first[:, None, None], axis=1)[:, 0, :]
-    if mode == "max":
-        masked = jnp.where(weights > 0, hidden, -jnp.inf).max(axis=1)
-        return jnp.where(mask.any(axis=1, keepdims=True), masked, 0.0)
-    raise ValueError(f"unknown pooling mode {mode!r}")
+        first = jnp.argmax(member, axis=1)  # [B, S]: the first pooled position of each segment
+        return jnp.where(present, jnp.take_along_axis(hidden, first[..., None], axis=1), 0.0)
+
+    def segment_max(s: jax.Array) -> jax.Array:  # [B, D], one segment at a time (bounded memory)
+        return jnp.where(member[:, :, s, None], hidden, -jnp.inf).max(axis=1)
+
+    return jnp.where(present, jax.lax.map(segment_max, jnp.arange(num_segments)).transpose(1, 0, 2), 0.0)
 
 
-def l2_normalize(x: Float[Array, "B D"], eps: float = 1e-12) -> Float[Array, "B D"]:
+def l2_normalize(x: Float[Array, "... D"], eps: float = 1e-12) -> Float[Array, "... D"]:
     """x / max(||x||, eps), as torch.nn.functional.normalize (a zero row stays zero)."""
     norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
     return x / jnp.maximum(norm, eps)
@@ -70,13 +87,21 @@ def embed(
     return l2_normalize(pooled) if normalize else pooled
 
 
+def embed_packed(model: BertModel, input_ids, token_type_ids, segment_ids, positions, pool_mask, *,
+                 num_segments: int, pooling: str, normalize: bool) -> Float[Array, "B S D"]:
+    """Sentence embeddings of packed rows: one vector per (row, segment), zeros for empty segments."""
+    hidden = model.forward(input_ids, segment_ids > 0, token_type_ids, segment_ids=segment_ids,
+                           positions=positions).last_hidden_state
+    pooled = pool_segments(hidden, segment_ids, pool_mask, num_segments, pooling)
+    return l2_normalize(pooled) if normalize else pooled
+
+
 def make_embed_fn(graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: bool = True) -> Callable:
     """A pure `fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None)
     -> [B, D]`.
 
-    `params` is the `nnx.State` from `nnx.split(model)`; pass it as an argument
-    (not a closure) so jit does not bake the weights into the program and grad
-    can differentiate with respect to it.
+    `params` is the `nnx.State` from `nnx.split(model)`; pass it as an argument (not a closure) so jit does
+    not bake the weights into the program and grad can differentiate with respect to it.
     """
 
     def embed_fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None):
@@ -92,9 +117,8 @@ def make_embed_fn(graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: b
 def make_hidden_fn(graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None) -> Callable:
     """A pure `fn(params, input_ids, attention_mask, token_type_ids=None) -> [B, L, D]` (last hidden state).
 
-    With `chunk_tokens`, a batch of more than that many tokens runs as a
-    sequence of row chunks of about that size (`lax.map`): the same numbers,
-    with cache-sized intermediates, which is markedly faster on CPUs.
+    With `chunk_tokens`, a batch of more than that many tokens runs as a sequence of row chunks of about
+    that size (`lax.map`): the same numbers, with cache-sized intermediates, which is faster on CPUs.
     """
 
     def hidden_fn(params, input_ids, attention_mask, token_type_ids=None):
@@ -102,7 +126,7 @@ def make_hidden_fn(graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None) -
             token_type_ids = jnp.zeros_like(input_ids)
         forward = lambda ids, mask, types: nnx.merge(graphdef, params)(ids, mask, types)  # noqa: E731
         batch, length = input_ids.shape
-        rows = _chunk_rows(batch, length, chunk_tokens)
+        rows = chunk_rows(batch, length, chunk_tokens)
         if rows == batch:
             return forward(input_ids, attention_mask, token_type_ids)
         chunks = [x.reshape(batch // rows, rows, length) for x in (input_ids, attention_mask, token_type_ids)]
@@ -112,7 +136,7 @@ def make_hidden_fn(graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None) -
     return hidden_fn
 
 
-def _chunk_rows(batch: int, length: int, chunk_tokens: int | None) -> int:
+def chunk_rows(batch: int, length: int, chunk_tokens: int | None) -> int:
     """The largest divisor of `batch` whose rows hold at most `chunk_tokens` tokens (at least 1 row)."""
     if not chunk_tokens or batch * length <= chunk_tokens:
         return batch

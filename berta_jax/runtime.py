@@ -1,20 +1,22 @@
-"""Run the pure forward over batches: compiled once per shape, sharded over every local device.
+"""The one forward path: the model's pure functions, compiled once per shape, sharded over local devices.
 
-The parameters are replicated and each batch is split along its rows over a
-one-axis `Mesh` ("data") of the local devices, so one process uses all chips of
-a TPU host or all GPUs of a machine. Each batch shape is compiled ahead of time
-(`jit(...).lower(...).compile()`) once, so compile time is measured apart from
-run time and the set of compiled shapes is known. With JAX's persistent
-compilation cache on (see `compile_cache`), a second process loads these
-programs instead of compiling them.
+Parameters are replicated and each batch is split along its rows over a one-axis `Mesh` ("data") of the
+local devices, so one process uses all chips of a TPU host or all GPUs of a machine. Each (output, shape)
+is compiled ahead of time (`jit(...).lower(...).compile()`) once, so compile time is measured apart from
+run time and the set of compiled shapes is known. With JAX's persistent compilation cache on (see
+`compile_cache`), a second process loads these programs instead of compiling them.
+
+Outputs: sentence vectors of batches (`embed`, `run`: what `Encoder.encode` uses), and hidden states of
+caller-made token ids (`hidden`: what `Encoder.token_embeddings` and the parity report use).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections import deque
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -22,27 +24,16 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from berta_jax.batching import Batch
-from berta_jax.pooling import make_embed_fn
+from berta_jax.pooling import embed_packed, l2_normalize, make_hidden_fn, pool
 
 DATA_AXIS = "data"
-
-
-_CACHE_EVENTS = {"/jax/compilation_cache/cache_hits": "hits", "/jax/compilation_cache/cache_misses": "misses"}
-_cache_counts = {"hits": 0, "misses": 0}
-
-
-def _count_cache_event(event: str, **_) -> None:
-    if event in _CACHE_EVENTS:
-        _cache_counts[_CACHE_EVENTS[event]] += 1
-
-
-jax.monitoring.register_event_listener(_count_cache_event)
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 
 @dataclasses.dataclass
 class CompileStats:
-    """Per compiled (pooling, normalize, rows, length) program: seconds to get it, and whether the
-    persistent compilation cache supplied it."""
+    """Per compiled program (output, options..., shape): seconds to get it, and whether the persistent
+    compilation cache supplied it."""
 
     seconds: dict[tuple, float] = dataclasses.field(default_factory=dict)
     from_cache: dict[tuple, bool] = dataclasses.field(default_factory=dict)
@@ -60,62 +51,109 @@ class CompileStats:
         return sum(self.from_cache.values())
 
 
-class ShardedForward:
-    """`embed_fn` over padded batches on a data-parallel mesh of `devices` (default: all local devices)."""
+@contextlib.contextmanager
+def _counting_cache_hits() -> Iterator[list[int]]:
+    """Count persistent-cache hits while the block runs (the listener exists only during the block)."""
+    hits = [0]
 
-    def __init__(
-        self,
-        graphdef: nnx.GraphDef,
-        params: nnx.State,
-        *,
-        pooling: str,
-        normalize: bool,
-        devices: Sequence[jax.Device] | None = None,
-        stats: CompileStats | None = None,
-    ):
+    def listener(event: str, **_) -> None:
+        if event == _CACHE_HIT:
+            hits[0] += 1
+
+    jax.monitoring.register_event_listener(listener)
+    try:
+        yield hits
+    finally:
+        jax.monitoring.unregister_event_listener(listener)
+
+
+def _embed_fn(graphdef: nnx.GraphDef, pooling: str, normalize: bool, num_segments: int) -> Callable:
+    def fn(params, input_ids, token_type_ids, segment_ids, positions, pool_mask):
+        model = nnx.merge(graphdef, params)
+        if num_segments > 1:  # packed rows
+            out = embed_packed(model, input_ids, token_type_ids, segment_ids, positions, pool_mask,
+                               num_segments=num_segments, pooling=pooling, normalize=normalize)
+            return out.reshape(-1, out.shape[-1])
+        hidden = model.forward(input_ids, segment_ids > 0, token_type_ids, positions=positions).last_hidden_state
+        pooled = pool(hidden, pool_mask, pooling)
+        return l2_normalize(pooled) if normalize else pooled
+
+    return fn
+
+
+class Runtime:
+    """Compiled, sharded forwards of one model on `devices` (default: every local device)."""
+
+    def __init__(self, graphdef: nnx.GraphDef, params: nnx.State, *, devices: Sequence[jax.Device] | None = None,
+                 chunk_tokens: int | None = None, stats: CompileStats | None = None):
         devices = list(devices) if devices is not None else jax.local_devices()
+        self.graphdef = graphdef
         self.mesh = Mesh(np.array(devices), (DATA_AXIS,))
-        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.rows_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
-        self.params = jax.device_put(params, replicated)
-        self._jitted = jax.jit(
-            make_embed_fn(graphdef, pooling=pooling, normalize=normalize),
-            in_shardings=(replicated, *(self.rows_sharding,) * 4),
-            out_shardings=self.rows_sharding,
-        )
-        self._compiled: dict[tuple, jax.stages.Compiled] = {}
-        self.key = (pooling, normalize)
+        self.params = jax.device_put(params, self.replicated)
+        self.chunk_tokens = chunk_tokens
         self.stats = stats if stats is not None else CompileStats()
+        self._compiled: dict[tuple, jax.stages.Compiled] = {}
 
     @property
     def num_devices(self) -> int:
         return self.mesh.devices.size
 
-    def _program(self, batch: Batch) -> jax.stages.Compiled:
-        shape = batch.shape
-        if shape not in self._compiled:
-            start, hits = time.perf_counter(), _cache_counts["hits"]
-            args = (batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.pool_mask)
+    def _program(self, key: tuple, make: Callable[[], Callable], args: Sequence[np.ndarray], out_sharding):
+        """The compiled program for `key`, compiling it (or loading it from the persistent cache) once."""
+        if key not in self._compiled:
+            start = time.perf_counter()
             specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.rows_sharding) for a in args]
-            self._compiled[shape] = self._jitted.lower(self.params, *specs).compile()
-            self.stats.seconds[(*self.key, *shape)] = time.perf_counter() - start
-            self.stats.from_cache[(*self.key, *shape)] = _cache_counts["hits"] > hits
-        return self._compiled[shape]
+            jitted = jax.jit(make(), in_shardings=(self.replicated, *(self.rows_sharding,) * len(args)),
+                             out_shardings=out_sharding)
+            with _counting_cache_hits() as hits:
+                self._compiled[key] = jitted.lower(self.params, *specs).compile()
+            self.stats.seconds[key] = time.perf_counter() - start
+            self.stats.from_cache[key] = hits[0] > 0
+        return self._compiled[key]
 
-    def dispatch(self, batch: Batch) -> jax.Array:
-        """Start the forward of one batch (asynchronously); returns the sharded `[rows, hidden]` result."""
-        args = (batch.input_ids, batch.attention_mask, batch.token_type_ids, batch.pool_mask)
-        placed = [jax.device_put(a, self.rows_sharding) for a in args]
-        return self._program(batch)(self.params, *placed)
+    def embed(self, batch: Batch, *, pooling: str, normalize: bool) -> jax.Array:
+        """Start the forward of one batch (asynchronously): `[rows * segments, hidden]`, sharded by rows."""
+        args = (batch.input_ids, batch.token_type_ids, batch.segment_ids, batch.positions, batch.pool_mask)
+        key = ("embed", pooling, normalize, *batch.shape)
+        program = self._program(key, lambda: _embed_fn(self.graphdef, pooling, normalize, batch.num_segments), args,
+                                self.rows_sharding)
+        return program(self.params, *(jax.device_put(a, self.rows_sharding) for a in args))
 
-    def run(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, np.ndarray]]:
-        """(batch, embeddings of its real rows) in order, keeping one batch in flight while the next is padded."""
+    def run(self, batches: Iterable[Batch], *, pooling: str, normalize: bool) -> Iterator[tuple[Batch, np.ndarray]]:
+        """(batch, vectors of its texts in `batch.texts` order), keeping one batch in flight while the next
+        is prepared."""
         pending: deque[tuple[Batch, jax.Array]] = deque()
         for batch in batches:
-            pending.append((batch, self.dispatch(batch)))
+            pending.append((batch, self.embed(batch, pooling=pooling, normalize=normalize)))
             if len(pending) > 1:
                 done, out = pending.popleft()
-                yield done, np.asarray(out)[: len(done.rows)]
+                yield done, np.asarray(out)[done.slots]
         while pending:
             done, out = pending.popleft()
-            yield done, np.asarray(out)[: len(done.rows)]
+            yield done, np.asarray(out)[done.slots]
+
+    def hidden(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray, *,
+               all_layers: bool = False) -> jax.Array | tuple[jax.Array, ...]:
+        """Last hidden state `[b, L, D]` (or the embeddings output and every layer's, with `all_layers`) of
+        caller-made token ids; rows are padded to a multiple of the device count and cut back."""
+        rows = input_ids.shape[0]
+        padded = -(-rows // self.num_devices) * self.num_devices
+        args = [np.pad(a.astype(np.int32), ((0, padded - rows), (0, 0))) for a in (input_ids, attention_mask,
+                                                                                    token_type_ids)]
+        key = ("hidden", all_layers, *args[0].shape)
+        program = self._program(key, lambda: self._hidden_fn(all_layers), args, None)
+        out = program(self.params, *(jax.device_put(a, self.rows_sharding) for a in args))
+        return tuple(h[:rows] for h in out) if all_layers else out[:rows]
+
+    def _hidden_fn(self, all_layers: bool) -> Callable:
+        if not all_layers:  # caller batches larger than a planner batch run in row chunks of the same size
+            return make_hidden_fn(self.graphdef, chunk_tokens=self.chunk_tokens)
+
+        def fn(params, input_ids, attention_mask, token_type_ids):
+            out = nnx.merge(self.graphdef, params).forward(input_ids, attention_mask, token_type_ids,
+                                                           output_hidden_states=True)
+            return out.hidden_states
+
+        return fn

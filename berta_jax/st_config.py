@@ -1,22 +1,22 @@
 """What a sentence-transformers folder says about turning tokens into a sentence vector.
 
-Reads `modules.json` (Transformer -> Pooling [-> Normalize]),
-`1_Pooling/config.json` (pooling mode, include_prompt),
-`sentence_bert_config.json` (max_seq_length) and
-`config_sentence_transformers.json` (prompts, default prompt). A plain HF folder
-without these gets what sentence-transformers gives it: mean pooling, no
-normalisation, no prompts, the model's position limit as context.
+Reads `modules.json` (Transformer -> Pooling [-> Normalize]), `1_Pooling/config.json` (pooling mode,
+include_prompt), `sentence_bert_config.json` (max_seq_length, do_lower_case) and
+`config_sentence_transformers.json` (prompts, default prompt, truncate_dim), each field with its type
+checked. A plain HF folder without these gets what sentence-transformers gives it: mean pooling, no
+normalisation, no prompts, the model's position limit (capped by the tokenizer's) as context.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
-from berta_jax.config import BertConfig, read_json
+from berta_jax.config import BertConfig
 from berta_jax.errors import ConfigError
+from berta_jax.files import ModelFiles
+from berta_jax.jsonfields import Fields
 
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
 # sentence-transformers' legacy boolean keys -> its pooling_mode names.
@@ -33,14 +33,13 @@ _POOLING = "sentence_transformers.models.Pooling"
 _NORMALIZE = "sentence_transformers.models.Normalize"
 _KNOWN_MODULES = {_TRANSFORMER, _POOLING, _NORMALIZE}
 
-# Prompt names that mean "query" / "document" in retrieval, in order of preference.
-QUERY_PROMPT_NAMES = ("query", "search_query")
-DOCUMENT_PROMPT_NAMES = ("document", "search_document", "passage")
+# The prompt names `encode_query` / `encode_document` look for, in order: a model's own retrieval prompts.
+RETRIEVAL_PROMPT_NAMES = {"query": ("query", "search_query"), "document": ("document", "search_document", "passage")}
 
 
 @dataclasses.dataclass(frozen=True)
 class SentenceConfig:
-    """Pooling, normalisation, context length and prompts of a sentence encoder."""
+    """Pooling, normalisation, context length, prompts and output dimension of a sentence encoder."""
 
     pooling: str = "mean"
     include_prompt: bool = True
@@ -49,6 +48,7 @@ class SentenceConfig:
     lowercase: bool = False  # sentence_bert_config.json do_lower_case: texts (prompt included) are lowercased
     prompts: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     default_prompt_name: str | None = None
+    truncate_dim: int | None = None  # keep the first N dimensions (Matryoshka), as sentence-transformers does
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
@@ -78,12 +78,12 @@ class SentenceConfig:
         return self.prompts[self.default_prompt_name] if self.default_prompt_name else ""
 
     def retrieval_prompt_name(self, role: str) -> str | None:
-        """The model's own prompt name for 'query' or 'document' retrieval inputs.
+        """The model's own prompt name for 'query' or 'document' inputs (`RETRIEVAL_PROMPT_NAMES`).
 
-        None when the model defines no prompts at all; an error when it defines
-        prompts but none for this role (rather than silently using the default).
+        None when the model defines no prompts at all; an error when it defines prompts but none for
+        this role (rather than silently using the default).
         """
-        candidates = QUERY_PROMPT_NAMES if role == "query" else DOCUMENT_PROMPT_NAMES
+        candidates = RETRIEVAL_PROMPT_NAMES[role]
         for name in candidates:
             if name in self.prompts:
                 return name
@@ -95,85 +95,91 @@ class SentenceConfig:
         )
 
     @classmethod
-    def from_folder(cls, folder: str | Path, model: BertConfig) -> SentenceConfig:
-        folder = Path(folder)
-        values: dict = {"max_seq_length": model.max_position_embeddings}
-        modules_file = folder / "modules.json"
-        if modules_file.exists():
-            values.update(_read_modules(modules_file, folder))
-        bert_config = folder / "sentence_bert_config.json"
-        raw = read_json(bert_config) if bert_config.exists() else {}
-        if raw.get("max_seq_length") is not None:
-            values["max_seq_length"] = raw["max_seq_length"]
-        else:  # as sentence-transformers: the tokenizer's model_max_length caps the position table
-            values["max_seq_length"] = int(min(model.max_position_embeddings, _tokenizer_max_length(folder)))
-        values["lowercase"] = bool(raw.get("do_lower_case", False))
-        st_config = folder / "config_sentence_transformers.json"
-        if st_config.exists():
-            raw = read_json(st_config)
-            values["prompts"] = raw.get("prompts") or {}
-            values["default_prompt_name"] = raw.get("default_prompt_name") or None
-            if not all(isinstance(k, str) and isinstance(v, str) for k, v in values["prompts"].items()):
-                raise ConfigError(f"{st_config}: field prompts must map names to strings")
-        max_len = values["max_seq_length"]
-        if not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 2:
-            raise ConfigError(f"{bert_config}: field max_seq_length={max_len!r}: expected an integer >= 2")
-        if max_len > model.max_position_embeddings:
-            raise ConfigError(
-                f"{bert_config}: field max_seq_length={max_len} exceeds max_position_embeddings="
-                f"{model.max_position_embeddings} in config.json"
-            )
+    def from_folder(cls, files: ModelFiles, model: BertConfig) -> SentenceConfig:
+        values: dict = {}
+        if files.exists("modules.json"):
+            values.update(_read_modules(files, model))
+        values.update(_read_bert_config(files, model))
+        if files.exists("config_sentence_transformers.json"):
+            values.update(_read_st_config(files, model))
         try:
             return cls(**values)
         except ConfigError as e:
-            raise ConfigError(f"{folder}: {e}") from None
+            raise ConfigError(f"{files.folder}: {e}") from None
 
 
-def _tokenizer_max_length(folder: Path) -> int | float:
-    """tokenizer_config.json's model_max_length, or no limit when absent or not a number."""
-    path = folder / "tokenizer_config.json"
-    raw = read_json(path) if path.exists() else {}
-    value = raw.get("model_max_length") if isinstance(raw, dict) else None
-    return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 2 else float("inf")
+def _read_bert_config(files: ModelFiles, model: BertConfig) -> dict:
+    """sentence_bert_config.json: context length and lowercasing (absent: the position and tokenizer limits)."""
+    name = "sentence_bert_config.json"
+    f = Fields(files.read_json(name) if files.exists(name) else {}, str(files.folder / name))
+    max_len = f.int("max_seq_length", None, minimum=2)
+    if max_len is None:  # as sentence-transformers: the tokenizer's model_max_length caps the position table
+        max_len = int(min(model.max_position_embeddings, tokenizer_max_length(files)))
+    elif max_len > model.max_position_embeddings:
+        raise ConfigError(
+            f"{f.source}: field max_seq_length={max_len} exceeds max_position_embeddings="
+            f"{model.max_position_embeddings} in config.json"
+        )
+    return {"max_seq_length": max_len, "lowercase": f.bool("do_lower_case", False)}
 
 
-def _read_modules(modules_file: Path, folder: Path) -> dict:
-    modules = read_json(modules_file)
+def _read_st_config(files: ModelFiles, model: BertConfig) -> dict:
+    name = "config_sentence_transformers.json"
+    f = Fields(files.read_json(name), str(files.folder / name))
+    truncate_dim = f.int("truncate_dim", None, minimum=1, maximum=model.hidden_size)
+    return {"prompts": f.str_map("prompts", {}), "default_prompt_name": f.str("default_prompt_name", None) or None,
+            "truncate_dim": truncate_dim}
+
+
+def tokenizer_max_length(files: ModelFiles) -> int | float:
+    """tokenizer_config.json's model_max_length, or no limit when absent."""
+    name = "tokenizer_config.json"
+    if not files.exists(name):
+        return float("inf")
+    value = Fields(files.read_json(name), str(files.folder / name)).number("model_max_length", None, minimum=0)
+    return value if value is not None and value >= 2 else float("inf")
+
+
+def _read_modules(files: ModelFiles, model: BertConfig) -> dict:
+    source = str(files.folder / "modules.json")
+    modules = files.read_json("modules.json")
     if not isinstance(modules, list):
-        raise ConfigError(f"{modules_file}: expected a list of modules")
-    types = [m.get("type") for m in modules]
+        raise ConfigError(f"{source}: expected a JSON array of modules")
+    entries = [Fields(m, f"{source}: module {i}") for i, m in enumerate(modules)]
+    types = [e.str("type") for e in entries]
     unknown = [t for t in types if t not in _KNOWN_MODULES]
     if unknown:
         raise ConfigError(
-            f"{modules_file}: module type(s) {', '.join(map(str, unknown))} are not supported; berta-jax "
+            f"{source}: module type(s) {', '.join(unknown)} are not supported; berta-jax "
             "implements Transformer -> Pooling [-> Normalize]"
         )
     if types[:1] != [_TRANSFORMER] or types.count(_TRANSFORMER) != 1:
-        raise ConfigError(f"{modules_file}: the first and only Transformer module must come first")
+        raise ConfigError(f"{source}: the first and only Transformer module must come first")
     if types.count(_POOLING) > 1:
-        raise ConfigError(f"{modules_file}: more than one Pooling module")
+        raise ConfigError(f"{source}: more than one Pooling module")
+    for entry in entries:
+        files._inside(entry.str("path", "") or ".")  # a module path may never leave the folder
     values: dict = {"normalize": _NORMALIZE in types}
     if _POOLING in types:
-        pooling_module = modules[types.index(_POOLING)]
         if _NORMALIZE in types and types.index(_NORMALIZE) < types.index(_POOLING):
-            raise ConfigError(f"{modules_file}: Normalize before Pooling is not supported")
-        values.update(_read_pooling(folder / pooling_module.get("path", "") / "config.json"))
+            raise ConfigError(f"{source}: Normalize before Pooling is not supported")
+        folder = entries[types.index(_POOLING)].str("path", "")
+        values.update(_read_pooling(files, f"{folder}/config.json" if folder else "config.json", model))
     return values
 
 
-def _read_pooling(path: Path) -> dict:
-    raw = read_json(path)
-    if "pooling_mode" in raw:
-        modes = raw["pooling_mode"]
-        modes = [modes] if isinstance(modes, str) else list(modes)
+def _read_pooling(files: ModelFiles, name: str, model: BertConfig) -> dict:
+    f = Fields(files.read_json(name), str(files.folder / name))
+    if "pooling_mode" in f:
+        mode = f.raw["pooling_mode"]
+        modes = [mode] if isinstance(mode, str) else f.list("pooling_mode", item=lambda m: isinstance(m, str),
+                                                            what="strings")
     else:
-        modes = [mode for key, mode in _LEGACY_POOLING_KEYS.items() if raw.get(key)]
+        modes = [mode for key, mode in _LEGACY_POOLING_KEYS.items() if f.bool(key, False)]
     if len(modes) != 1 or modes[0] not in POOLING_MODES:
         raise ConfigError(
-            f"{path}: pooling mode(s) {modes} are not supported; berta-jax implements exactly one of "
+            f"{f.source}: pooling mode(s) {modes} are not supported; berta-jax implements exactly one of "
             f"{', '.join(POOLING_MODES)}"
         )
-    include_prompt = raw.get("include_prompt", True)
-    if not isinstance(include_prompt, bool):
-        raise ConfigError(f"{path}: field include_prompt={include_prompt!r}: expected true or false")
-    return {"pooling": modes[0], "include_prompt": include_prompt}
+    f.int("word_embedding_dimension", model.hidden_size, minimum=model.hidden_size, maximum=model.hidden_size)
+    return {"pooling": modes[0], "include_prompt": f.bool("include_prompt", True)}

@@ -1,53 +1,21 @@
 """Put checkpoint weights into a `BertModel` without a random initialisation.
 
-nnx.eval_shape builds the model abstractly (shapes only), nnx.split gives its
-state, the checkpoint is checked against that state (NNX itself checks neither
-missing keys nor shapes), then nnx.replace_by_pure_dict fills it and nnx.merge
-gives the module.
+`abstract_model` builds the model with shapes only (`nnx.eval_shape`), `nnx.split` gives its state, the
+checkpoint is checked against that state (NNX itself checks neither missing keys nor shapes), then
+`nnx.replace_by_pure_dict` fills it (layers stacked) and `nnx.merge` gives the module.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from berta_jax.config import BertConfig
-from berta_jax.model import BertModel
-from convert.checkpoint import FlatParams, check_params, read_params
-
-
-def _abstract(cfg: BertConfig, dtype, param_dtype, precision, remat: bool = False) -> BertModel:
-    return nnx.eval_shape(
-        lambda: BertModel(
-            cfg, dtype=dtype, param_dtype=param_dtype, precision=precision, remat=remat, rngs=nnx.Rngs(0)
-        )
-    )
-
-
-def _dotted(path: tuple) -> str:
-    return ".".join(str(p) for p in path)
-
-
-def param_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
-    """Dotted Flax path -> shape of every parameter a config implies (no memory allocated)."""
-    _, state = nnx.split(_abstract(cfg, jnp.float32, jnp.float32, None))
-    return {_dotted(path): tuple(var.shape) for path, var in nnx.to_flat_state(state)}
-
-
-def _nest(flat: dict[str, jax.Array]) -> dict:
-    """{'layers.0.ffn_in.kernel': x} -> {'layers': {0: {'ffn_in': {'kernel': x}}}} (list indices as ints)."""
-    tree: dict = {}
-    for dotted, value in flat.items():
-        *parents, leaf = (int(p) if p.isdigit() else p for p in dotted.split("."))
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
+from berta_jax.files import ModelFiles
+from berta_jax.model import BertModel, abstract_model
+from berta_jax.params import FlatParams, state_shapes, stacked_tree
+from berta_jax.convert.checkpoint import check_params, read_params
 
 
 def build_model(
@@ -57,34 +25,26 @@ def build_model(
     *,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
-    precision: jax.lax.Precision | None = None,
     remat: bool = False,
 ) -> BertModel:
-    """A `BertModel` holding `params` (checked against `cfg` first), cast to `param_dtype`.
+    """A `BertModel` holding `params` (per-layer flat dict, checked against `cfg` first), cast to `param_dtype`.
 
     `remat=True` rematerialises each layer in the backward pass (less memory for long sequences).
     """
-    graphdef, state = nnx.split(_abstract(cfg, dtype, param_dtype, precision, remat))
-    check_params(params, {_dotted(path): tuple(var.shape) for path, var in nnx.to_flat_state(state)}, source)
-    arrays = {k: jnp.asarray(np.asarray(v), dtype=param_dtype) for k, v in params.items()}
-    nnx.replace_by_pure_dict(state, _nest(arrays))
+    graphdef, state = nnx.split(abstract_model(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat))
+    check_params(params, state_shapes(state), source, cfg)
+    arrays = {k: np.asarray(v, dtype=np.dtype(param_dtype)) for k, v in params.items()}
+    tree = jax_tree(stacked_tree(arrays, cfg.num_hidden_layers))
+    nnx.replace_by_pure_dict(state, tree)
     return nnx.merge(graphdef, state)
 
 
-def load_model(
-    folder: str | Path,
-    cfg: BertConfig,
-    *,
-    dtype=jnp.float32,
-    param_dtype=jnp.float32,
-    precision: jax.lax.Precision | None = None,
-) -> BertModel:
+def jax_tree(tree: dict) -> dict:
+    """Nested dict of numpy arrays -> the same of device arrays."""
+    return {k: jax_tree(v) if isinstance(v, dict) else jnp.asarray(v) for k, v in tree.items()}
+
+
+def load_model(files: ModelFiles, cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32) -> BertModel:
     """Load the encoder of a model folder (HF layout or converted by berta-jax)."""
-    params, source = read_params(Path(folder))
-    return build_model(cfg, params, source, dtype=dtype, param_dtype=param_dtype, precision=precision)
-
-
-def flat_params(model_or_state: BertModel | nnx.State) -> FlatParams:
-    """Parameters (of a model, or an `nnx.State` such as trained params) as a flat dict of numpy arrays."""
-    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.split(model_or_state, nnx.Param)[1]
-    return {_dotted(path): np.asarray(var[...]) for path, var in nnx.to_flat_state(state)}
+    params, source = read_params(files)
+    return build_model(cfg, params, source, dtype=dtype, param_dtype=param_dtype)

@@ -1,7 +1,7 @@
 """The one table between Hugging Face BERT parameter names and the Flax tree.
 
-Each row pairs an HF `BertModel` name with a path in `berta_jax.model.BertModel`
-and names the transform between them. `{i}` stands for the layer index. Both
+Each row pairs an HF `BertModel` name with a per-layer path of `berta_jax.model.BertModel`
+(`berta_jax.params` stacks the layers) and names the transform between them. `{i}` stands for the layer index. Both
 directions (HF -> Flax and Flax -> HF) are derived from this table; nothing else
 in the project spells a parameter name.
 
@@ -15,6 +15,8 @@ import dataclasses
 import re
 
 import numpy as np
+
+from berta_jax.errors import CheckpointError
 
 NONE = "none"
 TRANSPOSE = "transpose"
@@ -124,8 +126,6 @@ def strip_prefix(names: list[str], source: str) -> dict[str, str]:
     A checkpoint must use one prefix for its encoder weights: a mix of prefixed
     and unprefixed encoder keys is ambiguous and refused.
     """
-    from berta_jax.errors import CheckpointError
-
     def encoder_key(name: str) -> bool:
         return hf_to_flax_name(rename_legacy(name)) is not None
 

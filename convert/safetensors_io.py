@@ -11,14 +11,9 @@ ml_dtypes), so nothing is copied or converted until the caller asks.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import BinaryIO, Iterator
 
 import ml_dtypes
 import numpy as np
@@ -26,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as _serialize
 
 from berta_jax.errors import CheckpointError
+from berta_jax.storage import LocalStore
 
 MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors library enforces
 _LFS_MAGIC = b"version https://git-lfs"
@@ -167,52 +163,4 @@ def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata
         if np.dtype(array.dtype) not in _DTYPE_NAMES:
             raise CheckpointError(f"{path}: tensor {name!r} has dtype {array.dtype}, which safetensors cannot store")
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    atomic_write_bytes(path, _serialize(arrays, metadata=metadata))
-
-
-def atomic_copy(src: str | Path, dst: str | Path) -> None:
-    """Copy a file so that `dst` is either its old content or the whole copy, never a part."""
-    with open(src, "rb") as source, atomic_open(dst) as target:
-        shutil.copyfileobj(source, target, 1 << 20)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so readers see the old file or the new one, never a torn one."""
-    with atomic_open(path) as f:
-        f.write(data)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file that appears at `path` only when the block ends without error: written to a temporary
-    file in the same folder, fsynced, renamed over `path`, the folder fsynced. On error the temporary file
-    is removed and any previous `path` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a model or output file is for others too
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:  # disk full and the like: name the file being written (write/fsync errors carry none)
-        Path(tmp).unlink(missing_ok=True)
-        if e.filename is None:
-            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    LocalStore().write(str(path), _serialize(arrays, metadata=metadata))

@@ -25,7 +25,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from berta_jax import Encoder, flat_params, make_embed_fn  # noqa: E402
-from convert.folders import write_hf_folder  # noqa: E402
+from berta_jax.convert.folders import write_hf_folder  # noqa: E402
 
 _ITEMS = [("хлеб", "bread"), ("молоко", "milk"), ("билет на поезд", "a train ticket"), ("ноутбук", "a laptop"),
           ("велосипед", "a bicycle"), ("кофе", "coffee"), ("книга", "a book"), ("такси", "a taxi ride")]
@@ -126,9 +126,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     args = parser.parse_args()
     if args.model is None:
-        from berta_jax.cli import _packaged_minilm
+        from berta_jax.cli.commands import packaged_minilm
 
-        args.model = _packaged_minilm()
+        args.model = packaged_minilm()
     result = finetune(args.model, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     first, last = np.mean(result["losses"][:5]), np.mean(result["losses"][-5:])
     print(f"loss: first 5 steps {first:.4f} -> last 5 steps {last:.4f}")

@@ -102,8 +102,8 @@ def test_parity_command_reports_every_layer_and_passes_on_a_faithful_port(minilm
 
 
 def test_parity_command_finds_the_layer_a_bad_port_breaks(tiny_bert_dir, tmp_path):
-    from convert.folders import hf_folder_to_flax
-    from convert.safetensors_io import read_safetensors, write_safetensors
+    from berta_jax.convert.folders import hf_folder_to_flax
+    from berta_jax.convert.safetensors_io import read_safetensors, write_safetensors
 
     folder = tmp_path / "m"
     shutil.copytree(tiny_bert_dir, folder)
@@ -120,7 +120,7 @@ def test_parity_command_finds_the_layer_a_bad_port_breaks(tiny_bert_dir, tmp_pat
 
 def test_parity_command_on_a_berta_jax_only_folder(tiny_bert_dir, tmp_path):
     """A model fine-tuned and saved in JAX holds flax_model.safetensors only: PyTorch gets a converted copy."""
-    from convert.folders import hf_folder_to_flax
+    from berta_jax.convert.folders import hf_folder_to_flax
 
     hf_folder_to_flax(tiny_bert_dir, tmp_path / "flax-only")
     assert not (tmp_path / "flax-only" / "model.safetensors").exists()

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from berta_jax import CheckpointError, ConfigError, Encoder, flat_params
-from convert import mapping
-from convert.checkpoint import flax_to_hf
-from convert.folders import flax_folder_to_hf, hf_folder_to_flax
+from berta_jax.convert import mapping
+from berta_jax.convert.checkpoint import flax_to_hf
+from berta_jax.convert.folders import flax_folder_to_hf, hf_folder_to_flax
 from tests.checkpoints import random_bert_state
 
 
@@ -66,7 +66,7 @@ def test_round_trip_of_real_minilm_keeps_every_tensor(minilm_dir, tmp_path):
 
 
 def test_flax_file_holds_transposed_kernels_under_flax_names(tiny_bert_dir, tmp_path):
-    from convert.safetensors_io import read_safetensors
+    from berta_jax.convert.safetensors_io import read_safetensors
 
     hf_folder_to_flax(tiny_bert_dir, tmp_path / "flax")
     flax, meta = read_safetensors(tmp_path / "flax" / "flax_model.safetensors")

@@ -23,7 +23,7 @@ from safetensors.torch import load as torch_load
 from safetensors.numpy import save as reference_save
 
 from berta_jax import CheckpointError, Encoder
-from convert.safetensors_io import read_safetensors
+from berta_jax.convert.safetensors_io import read_safetensors
 
 settings.register_profile("ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 settings.register_profile("thorough", max_examples=3000, deadline=None,
@@ -196,7 +196,7 @@ _REPO = str(Path(__file__).resolve().parent.parent)
 _LOOP = """
 import sys, numpy as np
 sys.path.insert(0, {repo!r})
-from convert.safetensors_io import atomic_copy, write_safetensors
+from berta_jax.convert.safetensors_io import atomic_copy, write_safetensors
 print("ready", flush=True)
 i = 0
 while True:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from berta_jax import Encoder, flat_params, make_embed_fn
-from convert.checkpoint import flax_to_hf
+from berta_jax.convert.checkpoint import flax_to_hf
 from tests.conftest import torch_bert
 from tests.texts import CARD_TEXTS, LONG, MIXED
 
@@ -123,7 +123,7 @@ def test_remat_gives_the_same_values_and_gradients(tiny_bert_dir):
     from flax import nnx
 
     from berta_jax import BertConfig, build_model
-    from convert.checkpoint import read_params
+    from berta_jax.convert.checkpoint import read_params
 
     cfg = BertConfig.from_json(tiny_bert_dir / "config.json")
     params, source = read_params(tiny_bert_dir)
@@ -186,8 +186,8 @@ def test_interrupted_save_leaves_the_previous_checkpoint(minilm_dir, tmp_path, m
     import os
 
     from berta_jax import BertConfig
-    from convert.checkpoint import read_params
-    from convert.folders import write_hf_folder
+    from berta_jax.convert.checkpoint import read_params
+    from berta_jax.convert.folders import write_hf_folder
 
     cfg = BertConfig.from_json(minilm_dir / "config.json")
     params, _ = read_params(minilm_dir)

@@ -1,0 +1,7 @@
+"""`python -m berta_jax.cli ...` is the `berta-jax` command."""
+
+import sys
+
+from berta_jax.cli.main import main
+
+sys.exit(main())

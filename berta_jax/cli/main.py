@@ -1,0 +1,52 @@
+"""The `berta-jax` entry point: one subcommand per module, errors as one line, interrupts as exit 130.
+
+Commands import the heavy parts (JAX, transformers) only when they need them, so `--help`, `--version` and a
+refused `encode` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from berta_jax import __version__
+from berta_jax.cli import commands, encode
+from berta_jax.errors import BertaJaxError
+
+
+USAGE = """berta-jax: BERT sentence encoders (sergeyzh/BERTA first of all) in JAX.
+
+  berta-jax demo [--model M]           the model card's prompt pairs and their cosines
+  berta-jax convert SRC DST            HF / sentence-transformers folder -> berta-jax (Flax) folder
+  berta-jax convert --to hf SRC DST    berta-jax folder -> HF folder (transformers, sentence-transformers)
+  berta-jax parity --model M           stage-by-stage differences from PyTorch; non-zero exit above tolerance
+  berta-jax encode IN... -o OUT --model M   embed corpus files into .npy / .parquet / a dataset, resumable
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="berta-jax", description=USAGE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"berta-jax {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands.add_demo(sub)
+    commands.add_convert(sub)
+    commands.add_parity(sub)
+    encode.add_encode(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BertaJaxError as e:
+        print(f"berta-jax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"berta-jax {args.command}: interrupted; nothing more was committed", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

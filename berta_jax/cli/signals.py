@@ -1,0 +1,45 @@
+"""Ctrl-C and SIGTERM (what schedulers, `timeout` and Kubernetes send) for the batch job.
+
+Before the work starts, a signal interrupts at once (exit 130, nothing committed). Once armed, the first signal
+is acknowledged immediately and asks the run to stop after the current batch (what is done is committed); a
+second one aborts at once, leaving only committed state.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+
+class StopSignals:
+    """Callable: True once a stop was asked for."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.count, self.armed = stream, 0, False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def arm(self) -> None:
+        """From now on the first signal stops gracefully (the run can commit at a batch boundary)."""
+        self.armed = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame) -> None:
+        self.count += 1
+        if not self.armed or self.count > 1:
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        print(f"berta-jax: {name}: stopping after the current batch and committing what is done; "
+              "press Ctrl-C again to abort", file=self.stream, flush=True)
+
+    def __call__(self) -> bool:
+        return self.count > 0

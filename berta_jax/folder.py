@@ -1,0 +1,67 @@
+"""A model folder's cheap parts: where it is, what it is, and what its configs say; no weights, no tokenizer.
+
+The batch job answers "nothing to do" or "refused" from these alone, in well under a second, and loads the
+weights only when there is work. `Encoder.from_pretrained` starts here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+
+from berta_jax.config import BertConfig
+from berta_jax.files import ModelFiles
+from berta_jax.hub import resolve_model_dir
+from berta_jax.st_config import POOLING_MODES, SentenceConfig
+from berta_jax.vectors import check_truncate_dim
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFolder:
+    """A resolved local model folder with its validated `config.json` and sentence-transformers settings."""
+
+    name: str  # as the caller gave it (path, URL or hub id)
+    files: ModelFiles
+    config: BertConfig
+    sentence: SentenceConfig
+
+    @classmethod
+    def open(cls, name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None,
+             pooling: str | None = None, max_seq_length: int | None = None,
+             truncate_dim: int | None = None) -> ModelFolder:
+        """Resolve and read a model folder, applying the caller's overrides of the folder's settings."""
+        files = ModelFiles(resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir))
+        config = BertConfig.from_json(files.folder / "config.json")
+        sentence = SentenceConfig.from_folder(files, config)
+        overrides = {}
+        if pooling is not None:
+            if pooling not in POOLING_MODES:
+                raise ValueError(f"pooling={pooling!r} is not supported; choose one of {', '.join(POOLING_MODES)}")
+            overrides["pooling"] = pooling
+        if max_seq_length is not None:
+            if not (isinstance(max_seq_length, int) and 2 <= max_seq_length <= config.max_position_embeddings):
+                raise ValueError(f"max_seq_length={max_seq_length!r} must be an integer in "
+                                 f"[2, {config.max_position_embeddings}]")
+            overrides["max_seq_length"] = max_seq_length
+        if truncate_dim is not None:
+            overrides["truncate_dim"] = check_truncate_dim(truncate_dim, config.hidden_size)
+        return cls(os.fspath(name_or_path), files, config, dataclasses.replace(sentence, **overrides))
+
+    @property
+    def folder(self):
+        return self.files.folder
+
+    def identity(self) -> dict:
+        """What a job's output depends on in this folder: its place and a digest of every file's name, size
+        and modification time (cheap: no file is read)."""
+        folder = self.files.folder
+        entries = []
+        for path in sorted(p for p in folder.rglob("*") if not any(s.startswith(".") for s in p.relative_to(folder).parts)):
+            if path.is_file():
+                stat = path.stat()
+                entries.append((path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns))
+        digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+        return {"folder": str(folder.resolve()), "files": digest}
+

@@ -1,0 +1,418 @@
+"""The batch embedding job: corpus files in, one embeddings file or a sharded dataset out, resumable after any
+crash, on local disk or object storage, from one process or many.
+
+1. `plan_job` (no writes): expand the inputs, check their fields and every path the job may write, fingerprint
+   inputs, model and options.
+2. `start` (process 0, under the lock): answer "already complete" only for a verified output, refuse what
+   must not be replaced, clear what --overwrite replaces, verify what a resume keeps.
+3. `embed_all` (every process): stream the chunks; claim each unfinished one; embed it into segments.
+4. `finish` (process 0): wait for the other processes' chunks, then assemble the file or publish the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from berta_jax.errors import BertaJaxError, JobError
+from berta_jax.folder import ModelFolder
+from berta_jax.job import finish
+from berta_jax.job.chunks import Chunk, PendingSegment, Progress, embed_segments, read_chunks, segment_record
+from berta_jax.job.inputs import InputFile, check_fields, expand_inputs
+from berta_jax.job.layout import Layout, check_collisions, layout_for
+from berta_jax.job.outputs import PRECISIONS, WHOLE_OUTPUT_PRECISIONS, npy_bytes, per_row, shard_bytes
+from berta_jax.job.state import FORMAT_VERSION, Lease, Segment, WorkFolder, new_run_id, sha256
+from berta_jax.storage import store_for
+
+if TYPE_CHECKING:  # planning and refusals import no JAX; the encoder is loaded only when there is work
+    from berta_jax.encoder import Encoder
+
+LOCK_TTL = 60.0  # seconds a lock (or a process's heartbeat) stays valid without renewal
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    text_field: str = "text"
+    id_field: str | None = None
+    prompt: str = ""
+    precision: str = "float32"
+    truncate_dim: int | None = None
+    chunk_rows: int = 10_000
+    on_error: str = "raise"
+    max_batch_tokens: int | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+        for name in ("chunk_rows", "truncate_dim", "max_batch_tokens", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+
+
+@dataclasses.dataclass
+class JobSummary(Progress):
+    output: str = ""
+    seconds: float = 0.0
+    interrupted: bool = False
+    already_complete: bool = False
+    pending: list[int] = dataclasses.field(default_factory=list)  # chunks left unfinished by stopped processes
+    process: int = 0
+    total_chunks: int = 0
+
+
+class Cluster:
+    """The processes of one run. One process by default; `agree(fn)` runs `fn` on process 0 and gives every
+    process its (JSON-serialisable) result."""
+
+    index: int = 0
+    count: int = 1
+
+    def agree(self, fn: Callable[[], dict]) -> dict:
+        return fn()
+
+
+@dataclasses.dataclass
+class Plan:
+    inputs: list[InputFile]
+    layout: Layout
+    work: WorkFolder
+    fingerprint: dict
+    options: JobOptions
+    dim: int  # dimensions of the stored vectors before packing (truncate_dim or the hidden size)
+
+    @property
+    def store(self):
+        return self.work.store
+
+
+def _input_identity(file: InputFile) -> dict:
+    info = store_for(file.url).info(file.url)
+    return {"url": file.url, "size": info.size, "version": info.version}
+
+
+def plan_job(input_specs: list[str], output: str, options: JobOptions, model: ModelFolder, *, dataset: bool = False,
+             report: str | None = None, compute_dtype: str = "float32") -> Plan:
+    """Everything about a job that can be known without writing anything or loading the weights."""
+    hidden = model.config.hidden_size
+    if options.truncate_dim is not None and options.truncate_dim > hidden:
+        raise JobError(f"--truncate-dim {options.truncate_dim} exceeds the model's {hidden} dimensions")
+    layout = layout_for(output, dataset=dataset, report=report)
+    if layout.dataset and options.precision in WHOLE_OUTPUT_PRECISIONS:
+        raise JobError(f"--precision {options.precision} needs ranges over the whole output, which a dataset written "
+                       "shard by shard cannot have; use float32, float16, binary or ubinary, or a .npy/.parquet output")
+    store = store_for(layout.output)
+    if not layout.dataset and store.exists(layout.output) and store.info(layout.output).kind == "directory":
+        raise JobError(f"{layout.output} is a directory; give a file name ending in .npy or .parquet, or end the "
+                       "output with / for a dataset directory")
+    inputs = expand_inputs(input_specs)
+    check_collisions(layout, inputs, input_specs, model.folder)
+    for file in inputs:
+        check_fields(file, options.text_field, options.id_field)
+    sentence = dataclasses.asdict(model.sentence)
+    sentence.pop("prompts")
+    fingerprint = {"version": FORMAT_VERSION, "inputs": [_input_identity(f) for f in inputs],
+                   "model": {**model.identity(), "sentence": sentence, "dtype": compute_dtype},
+                   "prompt": options.prompt, "options": {**dataclasses.asdict(options), "kind": layout.kind}}
+    fingerprint["options"].pop("prompt")
+    data_root = layout.output if layout.dataset else layout.state
+    return Plan(inputs, layout, WorkFolder(store, layout.state, data_root), fingerprint, options,
+                options.truncate_dim or model.sentence.truncate_dim or hidden)
+
+
+def _changed(recorded: dict, expected: dict) -> list[str]:
+    return [k for k in ("inputs", "model", "prompt", "options") if recorded.get(k) != expected.get(k)]
+
+
+def _check_completed(plan: Plan, overwrite: bool) -> bool:
+    """True when a verified completion record for this very job is there; else clear it (--overwrite) or refuse."""
+    manifest = finish.read_manifest(plan.layout, plan.store)
+    if manifest is None:
+        return False
+    changed = _changed(manifest["fingerprint"], plan.fingerprint)
+    problem = None if changed else finish.verify_complete(plan.layout, plan.store, manifest)
+    if not changed and problem is None:
+        return True
+    if not overwrite:
+        why = f"an earlier run with different {', '.join(changed)} wrote it" if changed else problem
+        raise JobError(f"{plan.layout.output}: {why}; pass --overwrite to embed it again")
+    finish.remove_recorded(plan.layout, plan.store, manifest)
+    return False
+
+
+def _prepare_work(plan: Plan, resume: bool, overwrite: bool) -> None:
+    """Refuse or clear an earlier unfinished run, or keep it for --resume; then create the work folder."""
+    work, store, layout = plan.work, plan.store, plan.layout
+    job = work.job()
+    if job is not None:
+        changed = _changed(job["fingerprint"], plan.fingerprint)
+        if changed and not overwrite:
+            raise JobError(f"{layout.output}: an earlier run with different {', '.join(changed)} wrote here; pass "
+                           "--overwrite to start again")
+        if not changed and not (resume or overwrite):
+            raise JobError(f"{layout.output}: an unfinished run is there; pass --resume to continue it or --overwrite")
+        if not changed and resume:
+            _drop_unverified(plan)
+            return
+        _clear_work(plan)
+    elif store.exists(layout.output) and not overwrite:
+        what = "holds files berta-jax did not write" if layout.dataset else "exists"
+        raise JobError(f"{layout.output} {what}; pass --overwrite to replace it")
+    elif layout.dataset and [n for n in store.list(layout.output) if not n.startswith("_")]:
+        raise JobError(f"{layout.output} holds files berta-jax did not write ({', '.join(store.list(layout.output)[:3])}"
+                       "); choose an empty or new directory for a dataset output")
+    work.create_job(plan.fingerprint)
+
+
+def _clear_work(plan: Plan) -> None:
+    """Remove an earlier run's work folder: its records and the data they name (nothing else)."""
+    segments, _ = plan.work.segments()
+    runs = plan.work.runs()
+    for seg in segments:
+        plan.store.delete(plan.work.data_path(seg.data))
+    if plan.layout.dataset:
+        for name in plan.store.list(plan.layout.output):
+            match = finish.SHARD.match(name)
+            if match and any(r.startswith(match.group(3)) for r in runs):
+                plan.store.delete(plan.work.data_path(name))
+    plan.work.remove([seg.data for seg in segments] if not plan.layout.dataset else [])
+
+
+def _drop_unverified(plan: Plan) -> None:
+    """Resume keeps only segments whose records parse and whose data matches them; the rest is embedded again."""
+    segments, damaged = plan.work.segments()
+    for name in damaged:
+        plan.work.remove_record(name)
+    for seg in segments:
+        if finish.check_data(plan.work, seg) is not None:
+            plan.work.remove_record(Segment.record_name(seg.chunk, seg.segment))
+            plan.store.delete(plan.work.data_path(seg.data))
+
+
+def start(plan: Plan, lease: Lease, *, resume: bool, overwrite: bool, processes: int) -> dict:
+    """Process 0, before any other process works: take the lock and settle what is on disk."""
+    lease.acquire(processes)
+    try:
+        _remove_stale_temporaries(plan)
+        if _check_completed(plan, overwrite):
+            lease.release()
+            return {"status": "complete"}
+        _prepare_work(plan, resume, overwrite)
+    except BaseException:
+        lease.release()
+        raise
+    lease.start_heartbeat(processes)
+    return {"status": "go", "run": lease.run}
+
+
+def _remove_stale_temporaries(plan: Plan) -> None:
+    """Temporary files a killed writer of this output left next to it (`.NAME.XXXX.tmp`); never anything else."""
+    if plan.store.remote:
+        return
+    for _, path in plan.layout.written():
+        folder, name = plan.store.parent(path), plan.store.name(path)
+        for entry in plan.store.list(folder):
+            if entry.startswith(f".{name}.") and entry.endswith(".tmp"):
+                plan.store.delete(plan.store.join(folder, entry))
+    for entry in plan.store.list(plan.layout.state):
+        if entry.startswith(".") and entry.endswith(".tmp"):
+            plan.store.delete(plan.store.join(plan.layout.state, entry))
+
+
+def _agree_on_start(plan: Plan, lease: Lease, cluster: Cluster, *, resume: bool, overwrite: bool) -> dict:
+    def on_process_0() -> dict:
+        try:
+            return start(plan, lease, resume=resume, overwrite=overwrite, processes=cluster.count)
+        except (BertaJaxError, OSError) as e:
+            return {"status": "error", "message": str(e) if isinstance(e, BertaJaxError) else
+                    f"{e.filename or plan.layout.output}: {e.strerror or e}"}
+
+    outcome = cluster.agree(on_process_0)
+    if outcome["status"] == "error":
+        raise JobError(outcome["message"])
+    return outcome
+
+
+def _commit(plan: Plan, lease: Lease, chunk: Chunk, pending: PendingSegment, index: int, summary: JobSummary) -> None:
+    import numpy as np
+
+    order = np.argsort(pending.offsets, kind="stable")
+    offsets = [pending.offsets[i] for i in order]
+    vectors = np.concatenate(pending.vectors)[order]
+    run = lease.run
+    if plan.layout.dataset:
+        name = f"part-{chunk.index:05d}-{index:02d}-{run[:8]}.parquet"
+        rows = np.asarray(offsets, np.int64) + chunk.start
+        data = shard_bytes(rows, [chunk.rows[i].id for i in offsets], per_row(vectors, plan.options.precision))
+    else:
+        name, data = f"part-{chunk.index:06d}-{index:02d}-{run[:8]}.npy", npy_bytes(vectors.astype(np.float32))
+    pending = dataclasses.replace(pending, offsets=offsets)
+    segment = segment_record(chunk, pending, index=index, run=run, data=name, data_bytes=data, sha=sha256(data))
+    lease.check()
+    plan.work.commit(segment, data)
+    summary.rows += len(offsets)
+    summary.tokens += pending.tokens
+    summary.skipped += len(segment.skipped)
+    summary.truncated += len(segment.truncated)
+
+
+def _embed_chunk(plan: Plan, encoder: Encoder, lease: Lease, chunk: Chunk, existing: list[Segment],
+                 summary: JobSummary, progress, stop) -> None:
+    covered = {r for seg in existing for r in seg.rows}
+    next_index = max((seg.segment for seg in existing), default=-1) + 1
+    batching = {"max_batch_tokens": plan.options.max_batch_tokens, "batch_size": plan.options.batch_size}
+
+    def after_batch(pending: PendingSegment) -> bool:
+        if progress:
+            progress(dataclasses.replace(summary, rows=summary.rows + len(pending.offsets),
+                                         tokens=summary.tokens + pending.tokens))
+        return bool(stop and stop())
+
+    embed_segments(encoder, chunk, covered, prompt=plan.options.prompt, batching=batching, after_batch=after_batch,
+                   truncate_dim=plan.options.truncate_dim,
+                   commit=lambda pending: _commit(plan, lease, chunk, pending, next_index, summary))
+
+
+def embed_all(plan: Plan, encoder: Encoder, lease: Lease, cluster: Cluster, summary: JobSummary, progress,
+              stop) -> int | None:
+    """Embed every unfinished chunk this process can claim; the number of chunks, or None when stopped."""
+    segments, _ = plan.work.segments()
+    existing: dict[int, list[Segment]] = {}
+    for seg in segments:
+        existing.setdefault(seg.chunk, []).append(seg)
+    total = rows = 0
+    o = plan.options
+    for chunk in read_chunks(plan.inputs, chunk_rows=o.chunk_rows, text_field=o.text_field, id_field=o.id_field,
+                             on_error=o.on_error):
+        total, rows = chunk.index + 1, chunk.start + len(chunk.rows)
+        done = existing.get(chunk.index, [])
+        if done and done[0].input_sha256 != chunk.digest:
+            raise JobError(f"{chunk.rows[0].source}: the rows of chunk {chunk.index} (lines {chunk.rows[0].line}-"
+                           f"{chunk.rows[-1].line}) changed since they were embedded; pass --overwrite to start again")
+        if len({r for seg in done for r in seg.rows}) == len(chunk.rows):
+            summary.rows_resumed += len(chunk.rows)
+            summary.chunks_resumed += 1
+            continue
+        if not plan.work.claim(lease.run, chunk.index, cluster.index):
+            continue  # another process of this run has it
+        _embed_chunk(plan, encoder, lease, chunk, done, summary, progress, stop)
+        if stop and stop():
+            return None
+        summary.chunks_done += 1
+        if progress:
+            progress(summary)
+    plan.work.record_end(total, rows)
+    return total
+
+
+def _wait_for_chunks(plan: Plan, lease: Lease, total: int, cluster: Cluster) -> tuple[dict, list[int]]:
+    """Process 0: (complete chunks, chunks left by processes that stopped) once no live process is still working."""
+    while True:
+        complete = finish.complete_chunks(plan.work.segments()[0])
+        missing = [c for c in range(total) if c not in complete]
+        working = []
+        for c in missing:
+            holder = plan.work.claim_holder(lease.run, c)
+            if holder and plan.work.peer_alive(lease.run, holder.get("process", -1), LOCK_TTL):
+                working.append(c)
+        if not working:
+            return complete, missing
+        time.sleep(0.2)
+
+
+def _inputs_unchanged(plan: Plan) -> None:
+    for file, before in zip(plan.inputs, plan.fingerprint["inputs"]):
+        if _input_identity(file) != before:
+            raise JobError(f"{file.url} changed while it was being embedded; rerun with --overwrite")
+
+
+def _finish(plan: Plan, lease: Lease, total: int, cluster: Cluster, summary: JobSummary) -> None:
+    complete, missing = _wait_for_chunks(plan, lease, total, cluster)
+    if missing:
+        summary.pending = missing
+        return
+    _inputs_unchanged(plan)
+    if plan.layout.dataset:
+        finish.publish(plan.layout, plan.work, complete, total, plan.fingerprint)
+        plan.work.remove([])
+    else:
+        finish.assemble(plan.layout, plan.work, complete, total, plan.options.precision, plan.dim, plan.fingerprint)
+        plan.work.remove([seg.data for segs in complete.values() for seg in segs])
+
+
+def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list[str], output: str, options: JobOptions, *,
+            model: ModelFolder | None = None, resume: bool = False, overwrite: bool = False, dataset: bool = False,
+            truncation_report: str | None = None, compute_dtype: str = "float32", progress=None, stop=None,
+            cluster: Cluster | None = None, lock_ttl: float = LOCK_TTL) -> JobSummary:
+    """Embed every row of `inputs` into `output` (see the module). `encoder` may be a loader called only when
+    there is work (then `model` gives the folder for the up-front checks)."""
+    cluster = cluster or Cluster()
+    if model is None:
+        model = ModelFolder.open(encoder.folder, pooling=encoder.sentence.pooling,
+                                 max_seq_length=encoder.sentence.max_seq_length)
+    plan = plan_job([str(p) for p in inputs], str(output), options, model, dataset=dataset, report=truncation_report,
+                    compute_dtype=compute_dtype)
+    summary = JobSummary(output=plan.layout.output, process=cluster.index)
+    lease = Lease(plan.store, plan.layout.lock, new_run_id(), lock_ttl)
+    outcome = _agree_on_start(plan, lease, cluster, resume=resume, overwrite=overwrite)
+    if outcome["status"] == "complete":
+        manifest = finish.read_manifest(plan.layout, plan.store)
+        summary.rows, summary.already_complete = manifest["rows"], True
+        if cluster.index == 0:
+            finish.write_report(plan.layout, plan.store, manifest)
+        return summary
+    lease.run = outcome["run"]
+    return _run(plan, encoder, lease, cluster, summary, progress, stop)
+
+
+def _run(plan: Plan, encoder, lease: Lease, cluster: Cluster, summary: JobSummary, progress, stop) -> JobSummary:
+    start_time = time.perf_counter()
+    beat = _Heartbeat(plan.work, lease.run, cluster.index)
+    try:
+        encoder = encoder if hasattr(encoder, "prepare") else encoder()  # loaded only now that there is work
+        total = embed_all(plan, encoder, lease, cluster, summary, progress, stop)
+        summary.interrupted = total is None
+        if total is not None:
+            summary.total_chunks = total
+            if cluster.index == 0:
+                _finish(plan, lease, total, cluster, summary)
+    finally:
+        beat.stop()
+        if cluster.index == 0:
+            if not plan.work.segments()[0] and not plan.work.end():
+                plan.work.remove([])  # nothing was committed: leave no files behind
+            lease.release()
+        summary.seconds = time.perf_counter() - start_time
+    return summary
+
+
+class _Heartbeat:
+    """This process's heartbeat in the work folder, renewed in the background while it works."""
+
+    def __init__(self, work: WorkFolder, run: str, process: int):
+        import threading
+
+        self._stop = threading.Event()
+        work.heartbeat(run, process)
+
+        def beat() -> None:
+            while not self._stop.wait(LOCK_TTL / 4):
+                try:
+                    work.heartbeat(run, process)
+                except OSError:
+                    pass  # retried at the next beat
+
+        self._thread = threading.Thread(target=beat, name="berta-jax-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def summary_dict(summary: JobSummary) -> dict[str, Any]:
+    return dataclasses.asdict(summary)

@@ -1,0 +1,324 @@
+"""Files on local disk or in object storage, behind the few operations the batch job's crash safety needs.
+
+A location is a local path or an fsspec URL (`gs://bucket/key`, `s3://bucket/key`, `memory://...`).
+Every backend gives the same guarantees:
+
+- `write` / `open_write`: the file appears whole or not at all (local disk: temporary file in the same
+  folder, fsync, rename, folder fsync; object stores: one object upload, which becomes visible only
+  when it completes);
+- `create`: create-if-absent, atomic, with the content complete when it appears (local disk: a temporary
+  file hard-linked into place; object stores: a conditional upload, `ifGenerationMatch=0` on Cloud Storage,
+  `If-None-Match: *` on S3). This is what the job's lock and per-chunk claims are built on;
+- nothing is renamed on an object store; every object the job writes is written once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from berta_jax.errors import StorageError
+
+_REMOTE_EXTRAS = {"gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}
+
+
+def is_url(location: str | os.PathLike) -> bool:
+    """True for `scheme://...` locations other than `file://`."""
+    text = os.fspath(location)
+    return isinstance(text, str) and "://" in text and not text.startswith("file://")
+
+
+@dataclasses.dataclass(frozen=True)
+class FileInfo:
+    size: int
+    kind: str  # "file", "directory" or what else the backend reports
+    version: str  # what changes when the content is replaced: mtime_ns locally, generation / ETag remotely
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class LocalStore:
+    """Local paths, with atomic replacement through rename and atomic create through a hard link."""
+
+    remote = False
+
+    def url(self, path: str) -> str:
+        return path
+
+    def join(self, base: str, *names: str) -> str:
+        return os.path.join(base, *names)
+
+    def parent(self, path: str) -> str:
+        return os.path.dirname(path.rstrip("/")) or "."
+
+    def name(self, path: str) -> str:
+        return os.path.basename(path.rstrip("/"))
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def info(self, path: str) -> FileInfo:
+        stat = os.stat(path)
+        kind = "directory" if os.path.isdir(path) else "file" if os.path.isfile(path) else "other"
+        return FileInfo(stat.st_size, kind, str(stat.st_mtime_ns))
+
+    def list(self, folder: str) -> list[str]:
+        """Names in a folder (empty if it does not exist)."""
+        try:
+            return sorted(os.listdir(folder))
+        except FileNotFoundError:
+            return []
+
+    def glob(self, pattern: str) -> list[str]:
+        import glob
+
+        return sorted(glob.glob(pattern))
+
+    def open_read(self, path: str) -> BinaryIO:
+        return open(path, "rb")
+
+    def read(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    @contextlib.contextmanager
+    def open_write(self, path: str, mode: int | None = None) -> Iterator[BinaryIO]:
+        """A file that appears at `path` only when the block ends without error (see the module docstring).
+        `mode` caps the permissions (never wider than 0666 & ~umask)."""
+        with _atomic_temp(path, mode) as (f, tmp):
+            yield f
+        os.replace(tmp, path)
+        _fsync_folder(path)
+
+    def write(self, path: str, data: bytes) -> None:
+        with self.open_write(path) as f:
+            f.write(data)
+
+    def create(self, path: str, data: bytes) -> bool:
+        """Create `path` holding `data` unless something is there already; True if this call created it."""
+        with _atomic_temp(path, None) as (f, tmp):
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            created = True
+        except FileExistsError:
+            created = False
+        finally:
+            os.unlink(tmp)
+        if created:
+            _fsync_folder(path)
+        return created
+
+    def delete(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def remove_empty_folder(self, path: str) -> bool:
+        try:
+            os.rmdir(path)
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+
+
+@contextlib.contextmanager
+def _atomic_temp(path: str, mode: int | None) -> Iterator[tuple[BinaryIO, str]]:
+    """A temporary file next to `path`, fsynced and closed when the block ends; removed on any error."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, (0o666 if mode is None else mode & 0o666) & ~_umask())  # mkstemp makes 0600
+        with os.fdopen(fd, "wb") as f:
+            yield f, tmp
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # disk full and the like: name the file being written (write/fsync errors carry none)
+        Path(tmp).unlink(missing_ok=True)
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), path) from e
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fsync_folder(path: str) -> None:
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RemoteStore:
+    """An fsspec filesystem (object storage); paths are full URLs."""
+
+    remote = True
+
+    def __init__(self, fs, protocol: str):
+        self.fs, self.protocol = fs, protocol
+
+    def _path(self, url: str) -> str:
+        return self.fs._strip_protocol(url)
+
+    def url(self, path: str) -> str:
+        return path
+
+    def join(self, base: str, *names: str) -> str:
+        return "/".join([base.rstrip("/"), *names])
+
+    def parent(self, path: str) -> str:
+        return path.rstrip("/").rsplit("/", 1)[0]
+
+    def name(self, path: str) -> str:
+        return path.rstrip("/").rsplit("/", 1)[-1]
+
+    def _call(self, what: str, url: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # backends raise many types (HTTP, auth, ...): name the URL and the operation
+            raise StorageError(f"{url}: cannot {what} ({type(e).__name__}: {e})") from e
+
+    def exists(self, path: str) -> bool:
+        return self._call("check", path, self.fs.exists, self._path(path))
+
+    def info(self, path: str) -> FileInfo:
+        raw = self._call("stat", path, self.fs.info, self._path(path))
+        version = next((str(raw[k]) for k in ("generation", "ETag", "etag", "md5Hash", "mtime", "updated",
+                                              "LastModified", "created") if raw.get(k) is not None), "")
+        return FileInfo(int(raw.get("size") or 0), raw.get("type", "file"), version)
+
+    def list(self, folder: str) -> list[str]:
+        try:
+            entries = self._call("list", folder, self.fs.ls, self._path(folder), detail=False, refresh=True)
+        except FileNotFoundError:
+            return []
+        names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
+        return sorted(n for n in names if n)
+
+    def glob(self, pattern: str) -> list[str]:
+        found = self._call("list", pattern, self.fs.glob, self._path(pattern))
+        return sorted(self.fs.unstrip_protocol(p) for p in found)
+
+    def open_read(self, path: str) -> BinaryIO:
+        # read-ahead caching: gcsfs' default cache re-fetches a block per line when a file is read line by line
+        return self._call("open", path, self.fs.open, self._path(path), "rb", cache_type="readahead",
+                          block_size=1 << 22)
+
+    def read(self, path: str) -> bytes:
+        return self._call("read", path, self.fs.cat_file, self._path(path))
+
+    def makedirs(self, path: str) -> None:
+        """Object stores have no folders: nothing to make."""
+
+    @contextlib.contextmanager
+    def open_write(self, path: str, mode: int | None = None) -> Iterator[BinaryIO]:
+        """One object upload, streamed; the object becomes visible only when the upload completes."""
+        f = self._call("open for writing", path, self.fs.open, self._path(path), "wb")
+        try:
+            yield f
+        except BaseException:
+            # fsspec's close() would publish the partial object: abandon the upload instead
+            with contextlib.suppress(Exception):
+                f.discard()
+            f.closed = True
+            raise
+        self._call("upload", path, f.close)
+
+    def write(self, path: str, data: bytes) -> None:
+        self._call("upload", path, self.fs.pipe_file, self._path(path), data)
+
+    def create(self, path: str, data: bytes) -> bool:
+        try:
+            self._call("create", path, self.fs.pipe_file, self._path(path), data, mode="create")
+        except FileExistsError:
+            return False
+        except StorageError as e:
+            if _precondition_failed(e.__cause__):
+                return False
+            raise
+        return True
+
+    def delete(self, path: str) -> None:
+        try:
+            self._call("delete", path, self.fs.rm_file, self._path(path))
+        except FileNotFoundError:
+            pass
+
+    def remove_empty_folder(self, path: str) -> bool:
+        return True
+
+
+def _precondition_failed(error: BaseException | None) -> bool:
+    text = f"{type(error).__name__} {error}"
+    return any(s in text for s in ("412", "PreconditionFailed", "Precondition Failed", "conditionNotMet"))
+
+
+_LOCAL = LocalStore()
+
+
+def store_for(location: str | os.PathLike) -> LocalStore | RemoteStore:
+    """The store that holds `location`, importing the fsspec backend for its scheme."""
+    text = os.fspath(location)
+    if not is_url(text):
+        return _LOCAL
+    import fsspec
+
+    protocol = text.split("://", 1)[0]
+    try:
+        fs = fsspec.filesystem(protocol, **_options(protocol))
+    except ImportError as e:
+        extra = _REMOTE_EXTRAS.get(protocol)
+        how = f"pip install 'berta-jax[{extra}]'" if extra else f"install the fsspec package for {protocol}://"
+        raise StorageError(f"{text}: the {protocol}:// scheme needs a package that is not installed ({e}); {how}") from None
+    except ValueError as e:
+        raise StorageError(f"{text}: unknown storage scheme {protocol!r} ({e})") from None
+    return RemoteStore(fs, protocol)
+
+
+def _options(protocol: str) -> dict:
+    """Backend options from the environment: emulators for tests and air-gapped setups."""
+    if protocol in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
+        # an emulator cannot answer gcsfs' gRPC bucket-type probe, which would then retry for 60 s per call
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        return {"token": "anon"}
+    if protocol in ("s3", "s3a") and os.environ.get("BERTA_JAX_S3_ENDPOINT"):
+        return {"client_kwargs": {"endpoint_url": os.environ["BERTA_JAX_S3_ENDPOINT"]}}
+    return {}
+
+
+def copy_to_local(store, url: str, target: Path, limit: int | None = None) -> None:
+    """Download one object to a local file, atomically."""
+    with store.open_read(url) as source, _LOCAL.open_write(str(target)) as out:
+        copied = 0
+        while block := source.read(1 << 22):
+            copied += len(block)
+            if limit is not None and copied > limit:
+                raise StorageError(f"{url}: over the {limit}-byte limit for this file")
+            out.write(block)
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy a local file atomically, never with wider permissions than the source."""
+    mode = os.stat(src).st_mode & 0o666
+    with open(src, "rb") as source, _LOCAL.open_write(dst, mode=mode) as target:
+        shutil.copyfileobj(source, target, 1 << 20)
