@@ -124,13 +124,16 @@ def make_hidden_fn(graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None) -
     def hidden_fn(params, input_ids, attention_mask, token_type_ids=None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        forward = lambda ids, mask, types: nnx.merge(graphdef, params)(ids, mask, types)  # noqa: E731
         batch, length = input_ids.shape
         rows = chunk_rows(batch, length, chunk_tokens)
         if rows == batch:
-            return forward(input_ids, attention_mask, token_type_ids)
-        chunks = [x.reshape(batch // rows, rows, length) for x in (input_ids, attention_mask, token_type_ids)]
-        out = jax.lax.map(lambda xs: forward(*xs), tuple(chunks))  # [chunks, rows, L, D]
+            return nnx.merge(graphdef, params)(input_ids, attention_mask, token_type_ids)
+        chunks = tuple(x.reshape(batch // rows, rows, length) for x in (input_ids, attention_mask, token_type_ids))
+
+        def step(carried, xs):  # the parameters travel as the carry: NNX merges them at the loop's trace level
+            return carried, nnx.merge(graphdef, carried)(*xs)
+
+        _, out = jax.lax.scan(step, params, chunks)  # [chunks, rows, L, D]
         return out.reshape(batch, length, -1)
 
     return hidden_fn

@@ -1,4 +1,4 @@
-"""Shared fixtures: test checkpoints (made once per session) and the PyTorch references."""
+"""Shared fixtures: test checkpoints and encoders, made once per session and shared by every test module."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 
 import jax
 import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' per-load bars
 
 from tests.checkpoints import BERTA_PROMPTS, BERTA_SHAPE, make_random_bert
 
@@ -111,14 +113,3 @@ def overflowing_bert_dir(tiny_bert_dir, tmp_path_factory):
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
 
-
-def sentence_transformer(folder: Path):
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(folder), device="cpu")
-
-
-def torch_bert(folder: Path):
-    from transformers import BertModel
-
-    return BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()

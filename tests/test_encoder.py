@@ -12,7 +12,7 @@ import torch
 
 from berta_jax import ConfigError, Encoder, TruncationWarning
 from tests.checkpoints import BERTA_PROMPTS, make_random_bert, write_sentence_files
-from tests.conftest import sentence_transformer, torch_bert
+from tests.helpers import sentence_transformer, torch_bert
 from tests.texts import ALL, CARD_TEXTS, LONG, MIXED
 
 BATCH_INVARIANCE_TOL = 1e-6

@@ -188,16 +188,3 @@ def test_row_chunked_forward_gives_the_same_hidden_states(tiny):
     whole = jax.jit(make_hidden_fn(tiny.graphdef))(tiny.params, ids, mask, types)
     chunked = jax.jit(make_hidden_fn(tiny.graphdef, chunk_tokens=40))(tiny.params, ids, mask, types)  # 2 rows/chunk
     assert np.abs(np.asarray(whole) - np.asarray(chunked)).max() <= 1e-6
-
-
-@pytest.mark.parametrize(
-    "module",
-    ["convert.safetensors_io", "convert.checkpoint", "convert.folders", "convert.mapping", "berta_jax.errors",
-     "berta_jax.weights", "berta_jax.encoder", "berta_jax.cli", "berta_jax"],
-)
-def test_any_module_can_be_imported_first(module):
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]

@@ -6,10 +6,6 @@ without changing any number.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -19,9 +15,8 @@ import pytest
 from berta_jax import Encoder
 from berta_jax.batching import LENGTH_BUCKETS, BatchPlanner
 from berta_jax.compile_cache import enable_compilation_cache
+from tests.helpers import cli_env, worker
 from tests.texts import ALL, LONG
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _lengths(n: int, seed: int = 0) -> np.ndarray:
@@ -108,27 +103,9 @@ def test_unwritable_cache_dir_warns_and_carries_on(tmp_path):
         assert enable_compilation_cache(blocker / "cache") is None
 
 
-_WORKER = """
-import json, os, sys, time, warnings
-warnings.simplefilter("ignore")
-t0 = time.perf_counter()
-import jax
-from berta_jax import Encoder
-sys.path.insert(0, {repo!r})
-from tests.texts import ALL
-enc = Encoder.from_pretrained({model!r}, compilation_cache={cache!r})
-e = enc.encode(ALL)
-print(json.dumps(dict(devices=len(jax.local_devices()), shapes=enc.compile_stats.count,
-                      hits=enc.compile_stats.cache_hits, emb=e.tolist())))
-"""
-
-
 def _run_worker(model: Path, cache: Path, devices: int = 1) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
-    code = _WORKER.format(repo=str(REPO), model=str(model), cache=str(cache))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return worker("compile_cache", str(model), str(cache),
+                  env=cli_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
 
 
 def test_second_process_loads_programs_from_the_persistent_cache(minilm_dir, tmp_path):
@@ -162,12 +139,15 @@ def minilm(minilm_dir):
     return Encoder.from_pretrained(minilm_dir)
 
 
-def test_forwards_share_one_copy_of_the_parameters(tiny_bert_dir):
-    """Each pooling mode has its own compiled forward, but never its own copy of the weights on the devices."""
+def test_every_forward_shares_one_copy_of_the_parameters(tiny_bert_dir):
+    """Sentence vectors, normalised or not, and hidden states each compile their own program, but all of them run
+    on the one replicated copy of the weights the runtime placed on the devices."""
     import jax
 
     encoder = Encoder.from_pretrained(tiny_bert_dir)
-    mean, cls = encoder.forward(pooling="mean"), encoder.forward(pooling="cls", normalize=False)
-    assert mean is not cls
-    pairs = list(zip(jax.tree_util.tree_leaves(mean.params), jax.tree_util.tree_leaves(cls.params), strict=True))
-    assert pairs and all(a is b for a, b in pairs)
+    placed = jax.tree_util.tree_leaves(encoder.runtime.params)
+    encoder.encode(["x y"], normalize=False)
+    encoder.encode(["x y"])
+    encoder.token_embeddings(np.array([[2, 5, 3]]), np.ones((1, 3)))
+    assert encoder.compile_stats.count == 3
+    assert all(a is b for a, b in zip(placed, jax.tree_util.tree_leaves(encoder.runtime.params), strict=True))

@@ -1,6 +1,6 @@
 """Training mode, introspection, and gradient parity with PyTorch autograd.
 
-Gradient bar (issue 5): with dropout off, the gradient of an in-batch contrastive loss over
+Gradient bar: with dropout off, the gradient of an in-batch contrastive loss over
 query/document pairs (BERTA's search_query / search_document prompts) with respect to every parameter
 matches PyTorch; per tensor, ||g_jax - g_torch||_F / max(||g_torch||_F, 1e-3 G) <= 1e-4 (float32), where
 G is the norm of the whole torch gradient. The floor matters only for tensors whose true gradient is zero:
@@ -17,7 +17,7 @@ import torch
 
 from berta_jax import Encoder, flat_params, make_embed_fn
 from berta_jax.convert.checkpoint import flax_to_hf
-from tests.conftest import torch_bert
+from tests.helpers import cli_env, torch_bert, worker
 from tests.texts import CARD_TEXTS, LONG, MIXED
 
 GRAD_REL_TOL = 1e-4
@@ -26,7 +26,7 @@ DOCUMENTS = ["Три программиста.", "Moscow is the capital of Russi
              "The cat sits on the roof of the house."]
 
 
-def _padded(encoder: Encoder, texts, prompt):
+def padded(encoder: Encoder, texts, prompt):
     tokens = encoder.tokenizer(texts, prompt=prompt)
     length = int(tokens.lengths.max())
     ids = np.zeros((len(texts), length), np.int32)
@@ -36,18 +36,18 @@ def _padded(encoder: Encoder, texts, prompt):
     return ids, mask
 
 
-def _contrastive_jax(q, d, scale=20.0):
+def contrastive_jax(q, d, scale=20.0):
     logits = scale * q @ d.T
     return jnp.mean(jax.nn.logsumexp(logits, axis=1) - jnp.diag(logits))
 
 
 def _grad_errors(encoder: Encoder, folder) -> dict[str, float]:
-    q_ids, q_mask = _padded(encoder, QUERIES, "search_query: ")
-    d_ids, d_mask = _padded(encoder, DOCUMENTS, "search_document: ")
+    q_ids, q_mask = padded(encoder, QUERIES, "search_query: ")
+    d_ids, d_mask = padded(encoder, DOCUMENTS, "search_document: ")
     fn = make_embed_fn(encoder.graphdef, pooling="mean", normalize=True)
 
     def loss(params):
-        return _contrastive_jax(fn(params, q_ids, q_mask), fn(params, d_ids, d_mask))
+        return contrastive_jax(fn(params, q_ids, q_mask), fn(params, d_ids, d_mask))
 
     jax_loss, grads = jax.jit(jax.value_and_grad(loss))(encoder.params)
     jax_grads = flax_to_hf(flat_params(grads))
@@ -124,9 +124,10 @@ def test_remat_gives_the_same_values_and_gradients(tiny_bert_dir):
 
     from berta_jax import BertConfig, build_model
     from berta_jax.convert.checkpoint import read_params
+    from berta_jax.files import ModelFiles
 
     cfg = BertConfig.from_json(tiny_bert_dir / "config.json")
-    params, source = read_params(tiny_bert_dir)
+    params, source = read_params(ModelFiles(tiny_bert_dir))
     plain = build_model(cfg, params, source)
     remat = build_model(cfg, params, source, remat=True)
     ids, mask = np.array([[2, 40, 50, 3]], np.int32), np.ones((1, 4), np.int32)
@@ -134,15 +135,22 @@ def test_remat_gives_the_same_values_and_gradients(tiny_bert_dir):
     def loss(model):
         return jnp.sum(model.forward(ids, mask, deterministic=False, dropout_key=jax.random.key(0)).last_hidden_state ** 2)
 
-    g_plain = nnx.grad(loss)(plain)
-    g_remat = nnx.grad(loss)(remat)
-    for (p, a), (_, b) in zip(nnx.to_flat_state(nnx.state(g_plain)), nnx.to_flat_state(nnx.state(g_remat))):
-        np.testing.assert_allclose(np.asarray(a[...]), np.asarray(b[...]), rtol=1e-5, atol=1e-6, err_msg=str(p))
+    # Rematerialising recomputes the forward in the backward pass, so results differ by float32 rounding only.
+    # Measured per tensor, as the PyTorch gradient bar is (relative Frobenius norm, floored at 1e-3 of the whole
+    # gradient for tensors whose true gradient is zero), at 1e-5: ten times tighter than that bar. An
+    # elementwise tolerance would flag entries where terms of +-30 cancel to 0.5.
+    np.testing.assert_array_equal(np.asarray(plain.forward(ids, mask).last_hidden_state),
+                                  np.asarray(remat.forward(ids, mask).last_hidden_state))
+    g_plain = [np.asarray(v[...]) for _, v in nnx.to_flat_state(nnx.state(nnx.grad(loss)(plain)))]
+    g_remat = [np.asarray(v[...]) for _, v in nnx.to_flat_state(nnx.state(nnx.grad(loss)(remat)))]
+    floor = 1e-3 * np.sqrt(sum(np.sum(g.astype(np.float64) ** 2) for g in g_plain))
+    errors = [np.linalg.norm(a - b) / max(np.linalg.norm(a), floor) for a, b in zip(g_plain, g_remat, strict=True)]
+    assert max(errors) <= 1e-5, max(errors)
 
 
 def test_truncated_long_texts_train_without_nan(tiny_bert_dir):
     encoder = Encoder.from_pretrained(tiny_bert_dir)
-    ids, mask = _padded(encoder, LONG + [""], "")
+    ids, mask = padded(encoder, LONG + [""], "")
     fn = make_embed_fn(encoder.graphdef)
     grads = jax.grad(lambda p: jnp.sum(fn(p, ids, mask, dropout_key=jax.random.key(3))[0]))(encoder.params)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
@@ -188,9 +196,10 @@ def test_interrupted_save_leaves_the_previous_checkpoint(minilm_dir, tmp_path, m
     from berta_jax import BertConfig
     from berta_jax.convert.checkpoint import read_params
     from berta_jax.convert.folders import write_hf_folder
+    from berta_jax.files import ModelFiles
 
     cfg = BertConfig.from_json(minilm_dir / "config.json")
-    params, _ = read_params(minilm_dir)
+    params, _ = read_params(ModelFiles(minilm_dir))
     write_hf_folder(params, cfg, tmp_path / "ckpt", side_files_from=minilm_dir)
     good = (tmp_path / "ckpt" / "model.safetensors").read_bytes()
 
@@ -205,45 +214,8 @@ def test_interrupted_save_leaves_the_previous_checkpoint(minilm_dir, tmp_path, m
     assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.endswith(".tmp")]
 
 
-_SHARDED = """
-import json, sys
-import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-sys.path.insert(0, {repo!r})
-from berta_jax import Encoder, make_embed_fn
-from tests.test_training import QUERIES, DOCUMENTS, _padded, _contrastive_jax
-enc = Encoder.from_pretrained({model!r}, compilation_cache=False)
-mesh = Mesh(np.array(jax.devices()), ("model",))
-def spec(x):  # the last (hidden / output) axis split over the 4 devices where it divides, else replicated
-    return NamedSharding(mesh, P(*([None] * (x.ndim - 1)), "model") if x.shape[-1] % 4 == 0 else P())
-sharded = jax.tree_util.tree_map(lambda x: jax.device_put(x, spec(x)), enc.params)
-n_sharded = sum(len(x.sharding.device_set) == 4 and not x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(sharded))
-fn = make_embed_fn(enc.graphdef)
-q, qm = _padded(enc, QUERIES, "search_query: "); d, dm = _padded(enc, DOCUMENTS, "search_document: ")
-loss = lambda p: _contrastive_jax(fn(p, q, qm), fn(p, d, dm))
-out = {{}}
-for name, params in (("plain", enc.params), ("sharded", sharded)):
-    e = jax.jit(fn)(params, q, qm)
-    g = jax.jit(jax.grad(loss))(params)
-    out[name] = (np.asarray(e), [np.asarray(x) for x in jax.tree_util.tree_leaves(g)])
-emb = float(np.abs(out["plain"][0] - out["sharded"][0]).max())
-floor = 1e-3 * np.sqrt(sum(np.sum(a.astype(np.float64) ** 2) for a in out["plain"][1]))  # as in the torch test
-grad = max(float(np.linalg.norm(a - b) / max(np.linalg.norm(a), floor)) for a, b in zip(out["plain"][1], out["sharded"][1]))
-print(json.dumps(dict(devices=len(jax.devices()), n_sharded=n_sharded, emb=emb, grad=grad)))
-"""
-
-
 def test_parameters_sharded_on_the_hidden_axis_give_the_same_numbers(minilm_dir):
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    code = _SHARDED.format(repo=str(Path(__file__).resolve().parent.parent), model=str(minilm_dir))
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result["devices"] == 4 and result["n_sharded"] > 50
+    result = worker("sharded_gradients", str(minilm_dir),
+                    env=cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert result["devices"] == 4 and result["n_sharded"] > 10  # stacked layers: one leaf per kind of tensor
     assert result["emb"] <= 1e-6 and result["grad"] <= 1e-5

@@ -116,7 +116,7 @@ def _total_rows(args: argparse.Namespace) -> int | None:
 def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
     if summary.already_complete:
         print(f"{summary.output} is already complete for these inputs, model, prompt and options "
-              f"({plural(summary.rows, 'text')}, verified); nothing to do")
+              f"({plural(summary.output_rows, 'text')}, verified); nothing to do")
         return 0
     if summary.interrupted:
         print(f"stopped: this run committed {plural(summary.rows, 'text')} ({plural(summary.chunks_done, 'whole chunk')}"
@@ -131,9 +131,10 @@ def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
         print(f"process {summary.process}: embedded {plural(summary.chunks_done, 'chunk')} "
               f"({plural(summary.rows, 'text')}); process 0 finishes {summary.output}")
         return 0
-    print(f"wrote {summary.output}: {plural(summary.rows + summary.rows_resumed, 'text')} "
-          f"({summary.rows_resumed} resumed from {plural(summary.chunks_resumed, 'chunk')}), {summary.skipped} skipped, "
-          f"{summary.truncated} truncated at {context} tokens, {rate:.1f} texts/s")
+    others = summary.output_rows - summary.rows - summary.rows_resumed
+    print(f"wrote {summary.output}: {plural(summary.output_rows, 'text')} ({summary.rows_resumed} resumed from "
+          f"{plural(summary.chunks_resumed, 'chunk')}{f', {others} embedded by other processes' if others else ''}), "
+          f"{summary.skipped} skipped, {summary.truncated} truncated at {context} tokens, {rate:.1f} texts/s")
     return 0
 
 

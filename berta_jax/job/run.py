@@ -63,6 +63,7 @@ class JobSummary(Progress):
     pending: list[int] = dataclasses.field(default_factory=list)  # chunks left unfinished by stopped processes
     process: int = 0
     total_chunks: int = 0
+    output_rows: int = 0  # rows of the finished output (all processes, resumed included)
 
 
 class Cluster:
@@ -113,8 +114,8 @@ def plan_job(input_specs: list[str], output: str, options: JobOptions, model: Mo
     check_collisions(layout, inputs, input_specs, model.folder)
     for file in inputs:
         check_fields(file, options.text_field, options.id_field)
-    sentence = dataclasses.asdict(model.sentence)
-    sentence.pop("prompts")
+    sentence = {f.name: getattr(model.sentence, f.name) for f in dataclasses.fields(model.sentence)
+                if f.name != "prompts"}  # the prompt itself is fingerprinted below
     fingerprint = {"version": FORMAT_VERSION, "inputs": [_input_identity(f) for f in inputs],
                    "model": {**model.identity(), "sentence": sentence, "dtype": compute_dtype},
                    "prompt": options.prompt, "options": {**dataclasses.asdict(options), "kind": layout.kind}}
@@ -159,12 +160,13 @@ def _prepare_work(plan: Plan, resume: bool, overwrite: bool) -> None:
             _drop_unverified(plan)
             return
         _clear_work(plan)
+    elif layout.dataset:  # the lock and work folder are the only underscore files; anything else is not ours
+        foreign = [n for n in store.list(layout.output) if not n.startswith("_")]
+        if foreign:
+            raise JobError(f"{layout.output} holds files berta-jax did not write ({', '.join(foreign[:3])}); choose an "
+                           "empty or new directory for a dataset output")
     elif store.exists(layout.output) and not overwrite:
-        what = "holds files berta-jax did not write" if layout.dataset else "exists"
-        raise JobError(f"{layout.output} {what}; pass --overwrite to replace it")
-    elif layout.dataset and [n for n in store.list(layout.output) if not n.startswith("_")]:
-        raise JobError(f"{layout.output} holds files berta-jax did not write ({', '.join(store.list(layout.output)[:3])}"
-                       "); choose an empty or new directory for a dataset output")
+        raise JobError(f"{layout.output} exists; pass --overwrite to replace it")
     work.create_job(plan.fingerprint)
 
 
@@ -337,11 +339,13 @@ def _finish(plan: Plan, lease: Lease, total: int, cluster: Cluster, summary: Job
         return
     _inputs_unchanged(plan)
     if plan.layout.dataset:
-        finish.publish(plan.layout, plan.work, complete, total, plan.fingerprint)
+        manifest = finish.publish(plan.layout, plan.work, complete, total, plan.fingerprint)
         plan.work.remove([])
     else:
-        finish.assemble(plan.layout, plan.work, complete, total, plan.options.precision, plan.dim, plan.fingerprint)
+        manifest = finish.assemble(plan.layout, plan.work, complete, total, plan.options.precision, plan.dim,
+                                   plan.fingerprint)
         plan.work.remove([seg.data for segs in complete.values() for seg in segs])
+    summary.output_rows = manifest["rows"]
 
 
 def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list[str], output: str, options: JobOptions, *,
@@ -361,7 +365,7 @@ def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list[str], output:
     outcome = _agree_on_start(plan, lease, cluster, resume=resume, overwrite=overwrite)
     if outcome["status"] == "complete":
         manifest = finish.read_manifest(plan.layout, plan.store)
-        summary.rows, summary.already_complete = manifest["rows"], True
+        summary.output_rows, summary.already_complete = manifest["rows"], True
         if cluster.index == 0:
             finish.write_report(plan.layout, plan.store, manifest)
         return summary

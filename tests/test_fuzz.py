@@ -24,6 +24,7 @@ from safetensors.numpy import save as reference_save
 
 from berta_jax import CheckpointError, Encoder
 from berta_jax.convert.safetensors_io import read_safetensors
+from tests.helpers import REPO, WORKERS
 
 settings.register_profile("ci", max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 settings.register_profile("thorough", max_examples=3000, deadline=None,
@@ -191,25 +192,13 @@ def test_outputs_are_finite_and_unit_norm_when_normalised(tiny, texts, normalize
 
 # --- crash injection: kill -9 a writer at random moments ----------------------------------------------------
 
-_REPO = str(Path(__file__).resolve().parent.parent)
-
-_LOOP = """
-import sys, numpy as np
-sys.path.insert(0, {repo!r})
-from berta_jax.convert.safetensors_io import atomic_copy, write_safetensors
-print("ready", flush=True)
-i = 0
-while True:
-    i += 1
-    {step}
-"""
-
-
-def _kill_repeatedly(code: str, target: Path, check_whole, *, rounds: int, seed: int) -> None:
-    """Run `code` (a writer looping over `target`), kill -9 it at a random moment, check what is there."""
+def _kill_repeatedly(args: list[str], target: Path, check_whole, *, rounds: int, seed: int) -> None:
+    """Run the write_loop worker (a writer looping over `target`), kill -9 it at a random moment, check what is
+    there."""
     rng = np.random.default_rng(seed)
     for _ in range(rounds):
-        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, str(WORKERS / "write_loop.py"), *args], stdout=subprocess.PIPE,
+                                text=True, cwd=REPO)
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(0.2 + rng.random() * 0.7)
         proc.send_signal(signal.SIGKILL)
@@ -225,12 +214,11 @@ def test_kill_9_during_writes_leaves_a_whole_file(tmp_path):
         assert tensors["w"].shape == (4_000_000,) and len(np.unique(tensors["w"])) == 1
 
     target = tmp_path / "model.safetensors"
-    step = f'write_safetensors({str(target)!r}, {{"w": np.full((4_000_000,), i % 2, np.float32)}}, {{"format": "pt"}})'
-    _kill_repeatedly(_LOOP.format(repo=_REPO, step=step), target, whole, rounds=5, seed=0)
+    _kill_repeatedly(["safetensors", str(target)], target, whole, rounds=5, seed=0)
 
 
 def test_kill_9_during_side_file_copies_leaves_a_whole_file(tmp_path):
-    """Converters copy tokenizer and config files with atomic_copy: a kill leaves one whole version."""
+    """Converters copy tokenizer and config files with storage.copy_file: a kill leaves one whole version."""
     sources = [tmp_path / "a.json", tmp_path / "b.json"]
     for i, source in enumerate(sources):
         source.write_bytes(bytes([ord("a") + i]) * 16_000_000)
@@ -240,5 +228,4 @@ def test_kill_9_during_side_file_copies_leaves_a_whole_file(tmp_path):
         assert target.read_bytes() in versions
 
     target = tmp_path / "out" / "tokenizer.json"
-    step = f"atomic_copy({[str(p) for p in sources]!r}[i % 2], {str(target)!r})"
-    _kill_repeatedly(_LOOP.format(repo=_REPO, step=step), target, whole, rounds=4, seed=1)
+    _kill_repeatedly(["copy", str(target), *map(str, sources)], target, whole, rounds=4, seed=1)
