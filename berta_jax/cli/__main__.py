@@ -2,6 +2,11 @@
 
 import sys
 
-from berta_jax.cli.main import main
+try:
+    from berta_jax.cli.main import main
 
-sys.exit(main())
+    code = main()
+except KeyboardInterrupt:  # before the command's own handling began
+    print("berta-jax: interrupted during start-up; nothing was written", file=sys.stderr)
+    code = 130
+sys.exit(code)

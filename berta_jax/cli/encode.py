@@ -21,12 +21,13 @@ def plural(n: int, word: str) -> str:
 
 
 class ProgressDisplay:
-    """Per-batch progress: a tqdm bar on a terminal, else a line every `log_every` seconds (and at the first
-    batch). Texts/s and tokens/s are over the same rows: those embedded by this run."""
+    """Per-batch progress: a tqdm bar on a terminal, else a line at the first batch and then every `log_every`
+    seconds. Texts/s and tokens/s are over the same rows (those embedded by this run) and are measured from the
+    end of the first batch, so the first program's compile time does not distort the rate or the ETA."""
 
     def __init__(self, total: int | None, *, log_every: float, stream=sys.stderr):
         self.total, self.log_every, self.stream = total, log_every, stream
-        self.start = time.perf_counter()
+        self.first: tuple[float, int, int] | None = None  # (time, rows, tokens) at the first batch
         self.last: float | None = None
         self.bar = None
         if stream.isatty():
@@ -36,20 +37,24 @@ class ProgressDisplay:
 
     def __call__(self, p: JobSummary) -> None:
         now = time.perf_counter()
-        elapsed = max(now - self.start, 1e-9)
-        rate, tokens = p.rows / elapsed, p.tokens / elapsed
+        if self.first is None:
+            self.first = (now, p.rows, p.tokens)
+        elapsed = now - self.first[0]
+        rate = (p.rows - self.first[1]) / elapsed if elapsed > 0 else 0.0
+        tokens = (p.tokens - self.first[2]) / elapsed if elapsed > 0 else 0.0
+        done = p.rows + p.rows_resumed
         if self.bar is not None:
-            self.bar.update(p.rows + p.rows_resumed - self.bar.n)
+            self.bar.update(done - self.bar.n)
             self.bar.set_postfix_str(f"{tokens:,.0f} tokens/s", refresh=False)
             return
         if self.last is not None and now - self.last < self.log_every:
             return
         self.last = now
-        done = p.rows + p.rows_resumed
+        speed = f", {rate:.1f} texts/s, {tokens:,.0f} tokens/s" if rate > 0 else " (first batch)"
         left = self.total - done if self.total else None
         eta = f", ETA {left / rate:.0f} s" if left is not None and rate > 0 else ""
-        print(f"embedded {done}{f'/{self.total}' if self.total else ''} texts ({p.rows_resumed} resumed), "
-              f"{rate:.1f} texts/s, {tokens:,.0f} tokens/s{eta}", file=self.stream, flush=True)
+        print(f"embedded {done}{f'/{self.total}' if self.total else ''} texts ({p.rows_resumed} resumed){speed}{eta}",
+              file=self.stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -7,11 +7,20 @@ refused `encode` answer at once.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
-from berta_jax import __version__
-from berta_jax.cli import commands, encode
-from berta_jax.errors import BertaJaxError
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+# SIGTERM is Ctrl-C from the very start: a scheduler's stop during start-up exits 130 cleanly, not by the signal.
+signal.signal(signal.SIGTERM, _interrupt)
+
+from berta_jax import __version__  # noqa: E402
+from berta_jax.cli import commands, encode  # noqa: E402
+from berta_jax.errors import BertaJaxError  # noqa: E402
 
 
 USAGE = """berta-jax: BERT sentence encoders (sergeyzh/BERTA first of all) in JAX.
@@ -37,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return 130
     try:
         return args.func(args)
     except BertaJaxError as e:

@@ -2,11 +2,13 @@
 
 Before the work starts, a signal interrupts at once (exit 130, nothing committed). Once armed, the first signal
 is acknowledged immediately and asks the run to stop after the current batch (what is done is committed); a
-second one aborts at once, leaving only committed state.
+second one ends the process at once (exit 130) without raising anything Python could swallow in a finalizer.
+Only committed state remains; a temporary file of a write in progress is removed by the next run.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -35,8 +37,11 @@ class StopSignals:
 
     def _handle(self, signum: int, frame) -> None:
         self.count += 1
-        if not self.armed or self.count > 1:
-            raise KeyboardInterrupt
+        if not self.armed:
+            raise KeyboardInterrupt  # start-up: nothing is being written yet
+        if self.count > 1:
+            print("berta-jax: aborted; committed chunks are kept, rerun with --resume", file=self.stream, flush=True)
+            os._exit(130)
         name = signal.Signals(signum).name
         print(f"berta-jax: {name}: stopping after the current batch and committing what is done; "
               "press Ctrl-C again to abort", file=self.stream, flush=True)

@@ -131,7 +131,13 @@ def _changed(recorded: dict, expected: dict) -> list[str]:
 
 def _check_completed(plan: Plan, overwrite: bool) -> bool:
     """True when a verified completion record for this very job is there; else clear it (--overwrite) or refuse."""
-    manifest = finish.read_manifest(plan.layout, plan.store)
+    try:
+        manifest = finish.read_manifest(plan.layout, plan.store)
+    except JobError:
+        if not overwrite:
+            raise
+        plan.store.delete(plan.layout.manifest)  # a damaged record lists nothing to trust: only it goes
+        return False
     if manifest is None:
         return False
     changed = _changed(manifest["fingerprint"], plan.fingerprint)
@@ -263,8 +269,10 @@ def _commit(plan: Plan, lease: Lease, chunk: Chunk, pending: PendingSegment, ind
 
 
 def _embed_chunk(plan: Plan, encoder: Encoder, lease: Lease, chunk: Chunk, existing: list[Segment],
-                 summary: JobSummary, progress, stop) -> None:
+                 summary: JobSummary, progress, stop) -> bool:
+    """Embed what the chunk still lacks; True when it is complete (False: a stop came first)."""
     covered = {r for seg in existing for r in seg.rows}
+    before = summary.rows
     next_index = max((seg.segment for seg in existing), default=-1) + 1
     batching = {"max_batch_tokens": plan.options.max_batch_tokens, "batch_size": plan.options.batch_size}
 
@@ -277,6 +285,7 @@ def _embed_chunk(plan: Plan, encoder: Encoder, lease: Lease, chunk: Chunk, exist
     embed_segments(encoder, chunk, covered, prompt=plan.options.prompt, batching=batching, after_batch=after_batch,
                    truncate_dim=plan.options.truncate_dim,
                    commit=lambda pending: _commit(plan, lease, chunk, pending, next_index, summary))
+    return len(covered) + summary.rows - before == len(chunk.rows)
 
 
 def embed_all(plan: Plan, encoder: Encoder, lease: Lease, cluster: Cluster, summary: JobSummary, progress,
@@ -299,10 +308,11 @@ def embed_all(plan: Plan, encoder: Encoder, lease: Lease, cluster: Cluster, summ
             summary.rows_resumed += len(chunk.rows)
             summary.chunks_resumed += 1
             continue
+        if stop and stop():
+            return None  # a stop was asked for and there is still work: leave it to a resume
         if not plan.work.claim(lease.run, chunk.index, cluster.index):
             continue  # another process of this run has it
-        _embed_chunk(plan, encoder, lease, chunk, done, summary, progress, stop)
-        if stop and stop():
+        if not _embed_chunk(plan, encoder, lease, chunk, done, summary, progress, stop):
             return None
         summary.chunks_done += 1
         if progress:

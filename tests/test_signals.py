@@ -1,0 +1,86 @@
+"""Class G: signals. SIGTERM is Ctrl-C; the first is acknowledged at once and honoured within one batch (what is
+done is committed); a second aborts, leaving only committed state; a signal during start-up exits 130 cleanly;
+a stop that comes after the last batch still finishes the job."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from berta_jax.cli import main
+from tests.helpers import berta_jax, committed_segments, start_berta_jax, wait_for
+from tests.test_job import big_input
+
+
+@pytest.fixture(scope="module")
+def job(tiny_bert_dir, tmp_path_factory):
+    """A 1500-line input in 3 chunks of 500 rows, batches of 16 rows (32 per chunk), and its reference output."""
+    folder = tmp_path_factory.mktemp("signals")
+    source = big_input(folder / "in.txt", 1500)
+    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "500", "--max-batch-tokens", "256", "--quiet"]
+    assert main(["encode", str(source), "-o", str(folder / "reference.npy"), *common]) == 0
+    return source, common, folder / "reference.npy"
+
+
+def _started(source, out, common) -> subprocess.Popen:
+    proc = start_berta_jax("encode", str(source), "-o", str(out), *common, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: committed_segments(out.parent / f"{out.name}.parts") >= 1, proc)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_first_signal_stops_within_a_batch_and_resume_finishes(job, tmp_path, sig):
+    source, common, reference = job
+    out = tmp_path / "out.npy"
+    proc = _started(source, out, common)
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and time.monotonic() - sent < 20
+    assert f"{signal.Signals(sig).name}: stopping after the current batch" in err and "--resume" in err
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out.npy.parts" / "chunks").glob("*.json")]
+    assert any(len(r["rows"]) < r["chunk_rows"] for r in records)  # the batches of the chunk in hand were kept
+    berta_jax("encode", str(source), "-o", str(out), *common, "--resume")
+    assert out.read_bytes() == reference.read_bytes()
+
+
+def test_a_second_signal_aborts_leaving_only_committed_state(job, tmp_path):
+    source, common, reference = job
+    out = tmp_path / "out.npy"
+    proc = _started(source, out, common)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "aborted" in err and not out.exists()
+    berta_jax("encode", str(source), "-o", str(out), *common, "--resume")
+    assert out.read_bytes() == reference.read_bytes()
+    assert not list(tmp_path.rglob("*.tmp"))  # whatever an aborted write left, the resume removed
+
+
+def test_a_signal_during_start_up_exits_130_and_leaves_nothing(job, tmp_path):
+    source, common, _ = job
+    proc = start_berta_jax("encode", str(source), "-o", str(tmp_path / "out.npy"), *common, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # importing and checking: before the first batch
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "Exception ignored" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stop_after_the_last_batch_still_finishes_the_job(job, tmp_path, monkeypatch, capsys):
+    source, common, reference = job
+    from berta_jax.cli import encode as cli_encode
+
+    out = tmp_path / "out.npy"
+    monkeypatch.setattr(cli_encode.StopSignals, "__call__",
+                        lambda self: committed_segments(tmp_path / "out.npy.parts") >= 3)
+    assert main(["encode", str(source), "-o", str(out), *common]) == 0
+    assert "wrote" in capsys.readouterr().out and out.read_bytes() == reference.read_bytes()
+    assert np.load(out).shape == (1500, 16)
