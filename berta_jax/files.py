@@ -65,11 +65,11 @@ class ModelFiles:
             raise ConfigError(f"{path}: file not found") from None
         except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
             raise ConfigError(f"{path}: cannot be resolved ({e})") from None
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{path}: is {_file_kind(info.st_mode)}, not a regular file")
         if not resolved.is_relative_to(self.root):
             raise ConfigError(f"{path}: is a link to {resolved}, outside the model folder {self.root}; berta-jax "
                               "reads only files inside the model folder")
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(f"{path}: is {_file_kind(info.st_mode)}, not a regular file")
         if limit is not None and info.st_size > limit:
             raise ConfigError(f"{path}: {info.st_size} bytes, over the {limit}-byte limit for this file; "
                               "it is not a model configuration file")

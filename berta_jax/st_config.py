@@ -127,8 +127,11 @@ def _read_st_config(files: ModelFiles, model: BertConfig) -> dict:
     name = "config_sentence_transformers.json"
     f = Fields(files.read_json(name), str(files.folder / name))
     truncate_dim = f.int("truncate_dim", None, minimum=1, maximum=model.hidden_size)
-    return {"prompts": f.str_map("prompts", {}), "default_prompt_name": f.str("default_prompt_name", None) or None,
-            "truncate_dim": truncate_dim}
+    prompts, default = f.str_map("prompts", {}), f.str("default_prompt_name", None) or None
+    if default is not None and default not in prompts:
+        raise ConfigError(f"{f.source}: field default_prompt_name={default!r} is not among the prompts "
+                          f"({', '.join(prompts) or 'none'})")
+    return {"prompts": prompts, "default_prompt_name": default, "truncate_dim": truncate_dim}
 
 
 def tokenizer_max_length(files: ModelFiles) -> int | float:
@@ -164,7 +167,10 @@ def _read_modules(files: ModelFiles, model: BertConfig) -> dict:
         if _NORMALIZE in types and types.index(_NORMALIZE) < types.index(_POOLING):
             raise ConfigError(f"{source}: Normalize before Pooling is not supported")
         folder = entries[types.index(_POOLING)].str("path", "")
-        values.update(_read_pooling(files, f"{folder}/config.json" if folder else "config.json", model))
+        if not folder.strip("/ ."):
+            raise ConfigError(f"{source}: the Pooling module's path must name its folder (e.g. 1_Pooling), got "
+                              f"{folder!r}")
+        values.update(_read_pooling(files, f"{folder.rstrip('/')}/config.json", model))
     return values
 
 
@@ -181,5 +187,8 @@ def _read_pooling(files: ModelFiles, name: str, model: BertConfig) -> dict:
             f"{f.source}: pooling mode(s) {modes} are not supported; berta-jax implements exactly one of "
             f"{', '.join(POOLING_MODES)}"
         )
-    f.int("word_embedding_dimension", model.hidden_size, minimum=model.hidden_size, maximum=model.hidden_size)
+    dimension = f.int("word_embedding_dimension", model.hidden_size, minimum=1)
+    if dimension != model.hidden_size:
+        raise ConfigError(f"{f.source}: field word_embedding_dimension={dimension} does not match config.json's "
+                          f"hidden_size={model.hidden_size}; the folder's files belong to different models")
     return {"pooling": modes[0], "include_prompt": f.bool("include_prompt", True)}

@@ -25,6 +25,7 @@ from typing import BinaryIO, Iterator
 from berta_jax.errors import StorageError
 
 _REMOTE_EXTRAS = {"gs": "gcs", "gcs": "gcs", "s3": "s3", "s3a": "s3"}
+TIMEOUT_VAR = "BERTA_JAX_STORAGE_TIMEOUT"  # seconds per storage request (default 300)
 
 
 def is_url(location: str | os.PathLike) -> bool:
@@ -193,7 +194,7 @@ class RemoteStore:
     def _call(self, what: str, url: str, fn, *args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except FileNotFoundError:
+        except (FileNotFoundError, FileExistsError):
             raise
         except Exception as e:  # backends raise many types (HTTP, auth, ...): name the URL and the operation
             raise StorageError(f"{url}: cannot {what} ({type(e).__name__}: {e})") from e
@@ -296,14 +297,20 @@ def store_for(location: str | os.PathLike) -> LocalStore | RemoteStore:
 
 
 def _options(protocol: str) -> dict:
-    """Backend options from the environment: emulators for tests and air-gapped setups."""
-    if protocol in ("gs", "gcs") and os.environ.get("STORAGE_EMULATOR_HOST"):
-        # an emulator cannot answer gcsfs' gRPC bucket-type probe, which would then retry for 60 s per call
-        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-        return {"token": "anon"}
-    if protocol in ("s3", "s3a") and os.environ.get("BERTA_JAX_S3_ENDPOINT"):
-        return {"client_kwargs": {"endpoint_url": os.environ["BERTA_JAX_S3_ENDPOINT"]}}
-    return {}
+    """Backend options. Listings are never cached: other processes write the same prefixes (locks, claims).
+    Against a Cloud Storage emulator (STORAGE_EMULATOR_HOST) access is anonymous; S3 endpoints come from the
+    standard AWS_ENDPOINT_URL."""
+    options: dict = {"use_listings_cache": False}
+    timeout = float(os.environ.get(TIMEOUT_VAR, 300))  # a request that hangs is an error, not a stuck job
+    if protocol in ("gs", "gcs"):
+        options["requests_timeout"] = timeout
+        if os.environ.get("STORAGE_EMULATOR_HOST"):
+            # an emulator cannot answer gcsfs' gRPC bucket-type probe, which would then retry for 60 s per call
+            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+            options["token"] = "anon"
+    elif protocol in ("s3", "s3a"):
+        options["config_kwargs"] = {"connect_timeout": min(timeout, 60), "read_timeout": timeout}
+    return options
 
 
 def copy_to_local(store, url: str, target: Path, limit: int | None = None) -> None:

@@ -59,7 +59,9 @@ class TextTokenizer:
     @classmethod
     def from_files(cls, files: ModelFiles, max_seq_length: int, model_vocab_size: int,
                    lowercase: bool = False) -> TextTokenizer:
-        return cls(load_hf_tokenizer(files), max_seq_length, model_vocab_size, str(files.folder), lowercase)
+        present = [name for name in TOKENIZER_FILES[:-1] if files.exists(name)]
+        source = f"{files.folder} (tokenizer from {', '.join(present)})"
+        return cls(load_hf_tokenizer(files), max_seq_length, model_vocab_size, source, lowercase)
 
     def _encode(self, texts: list[str]):
         return self.hf(texts, add_special_tokens=True, padding=False, truncation=True, max_length=self.max_seq_length,

@@ -128,8 +128,9 @@ def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
               f" and the batches done of the last); rerun the same command with --resume to finish", file=sys.stderr)
         return EXIT_INTERRUPTED
     if summary.pending:
-        print(f"{plural(len(summary.pending), 'chunk')} ({', '.join(map(str, summary.pending[:10]))}) were claimed by "
-              "processes that stopped; run the same command with --resume (on any hosts) to finish", file=sys.stderr)
+        were = "was" if len(summary.pending) == 1 else "were"
+        print(f"{plural(len(summary.pending), 'chunk')} ({', '.join(map(str, summary.pending[:10]))}) {were} claimed "
+              "by processes that stopped; run the same command with --resume (on any hosts) to finish", file=sys.stderr)
         return EXIT_PENDING
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     if summary.process != 0:

@@ -41,22 +41,32 @@ def new_run_id() -> str:
     return os.urandom(8).hex()
 
 
-def _pid_start(pid: int) -> str | None:
-    """The start time of a process (Linux), so a reused pid is not taken for the lock's owner."""
+def _proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (Linux), or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+            return f.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
 
 
+def _pid_start(pid: int) -> str | None:
+    """The start time of a process (Linux), so a reused pid is not taken for the lock's owner."""
+    fields = _proc_stat(pid)
+    return fields[19].decode() if fields and len(fields) > 19 else None
+
+
 def _alive(pid: int, start: str | None) -> bool:
+    """Whether the process still runs: not gone, not a zombie waiting to be reaped, not a reused pid."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    fields = _proc_stat(pid)
+    if fields is not None and fields[0] in (b"Z", b"X"):
+        return False
     return start is None or _pid_start(pid) in (None, start)
 
 

@@ -1,0 +1,191 @@
+"""Object storage: gs:// and s3:// inputs, outputs and model folders, against local stand-ins that speak the real
+protocols (gcp-storage-emulator for the Cloud Storage JSON API, moto for S3), one process and several, with
+kill -9 and resume; and the bad inputs a bucket brings."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tracemalloc
+import uuid
+
+import numpy as np
+import pytest
+
+from berta_jax import Encoder
+from berta_jax.cli import main
+from berta_jax.storage import store_for
+from tests.emulators import start_gcs_emulator, start_moto
+from tests.helpers import cli_env, start_berta_jax, wait_for
+from tests.test_inputs import TEXTS
+
+
+@pytest.fixture(scope="module")
+def stores():
+    """Both stand-ins in threads of this process; the environment points gcsfs and s3fs (and subprocesses) at them."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    gcs, gcs_server = start_gcs_emulator()
+    s3, s3_server = start_moto()
+    env = {"STORAGE_EMULATOR_HOST": gcs, "AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    gcs_server.stop()
+    s3_server.stop()
+
+
+def bucket(scheme: str) -> str:
+    name = f"b{uuid.uuid4().hex[:12]}"
+    store_for(f"{scheme}://{name}").fs.mkdir(name)
+    return f"{scheme}://{name}"
+
+
+def upload_folder(folder, url: str) -> None:
+    store = store_for(url)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            store.write(f"{url}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+
+
+def upload_corpus(url: str, shards: int = 3) -> None:
+    store = store_for(url)
+    per = -(-len(TEXTS) // shards)
+    for s in range(shards):
+        rows = [{"id": f"r{i}", "body": TEXTS[i]} for i in range(s * per, min(len(TEXTS), (s + 1) * per))]
+        store.write(f"{url}/part-{s:05d}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+
+
+def read_dataset(url: str):
+    import pyarrow.dataset as ds
+
+    store = store_for(url)
+    if not store.remote:
+        return ds.dataset(url, format="parquet").to_table().sort_by("row")
+    return ds.dataset(store.fs._strip_protocol(url), filesystem=store.fs, format="parquet").to_table().sort_by("row")
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_bert_dir):
+    return Encoder.from_pretrained(tiny_bert_dir)
+
+
+@pytest.mark.parametrize("scheme", ["gs", "s3"])
+def test_a_bucket_in_and_out_with_the_model_in_the_bucket_too(stores, tiny, tiny_bert_dir, scheme, capsys):
+    root = bucket(scheme)
+    upload_folder(tiny_bert_dir, f"{root}/model")
+    upload_corpus(f"{root}/corpus")
+    args = [f"{root}/corpus/*.jsonl", "--model", f"{root}/model", "--text-field", "body", "--id-field", "id",
+            "--chunk-rows", "4", "--quiet"]
+    assert main(["encode", *args, "-o", f"{root}/emb/"]) == 0
+    table = read_dataset(f"{root}/emb")
+    assert table.column("row").to_pylist() == list(range(len(TEXTS)))
+    assert table.column("id").to_pylist() == [f"r{i}" for i in range(len(TEXTS))]
+    assert np.abs(np.array(table.column("embedding").to_pylist()) - tiny.encode(TEXTS)).max() <= 1e-6
+    names = store_for(root).list(f"{root}/emb")
+    assert "_manifest.json" in names and "_state" not in names and "_lock.json" not in names
+    capsys.readouterr()
+    assert main(["encode", *args, "-o", f"{root}/emb/"]) == 0 and "already complete" in capsys.readouterr().out
+    assert main(["encode", *args, "-o", f"{root}/emb.npy"]) == 0
+    single = np.load(io.BytesIO(store_for(root).read(f"{root}/emb.npy")))
+    assert np.abs(single - tiny.encode(TEXTS)).max() <= 1e-6
+
+
+def _big_corpus(url: str, n: int) -> None:
+    rng = np.random.default_rng(0)
+    words = ["кот", "дом", "river", "city", "врачи", "program"]
+    text = "\n".join(" ".join(rng.choice(words, size=rng.integers(1, 10))) for _ in range(n)) + "\n"
+    store_for(url).write(url, text.encode())
+
+
+def _pair(args: list[str], **popen) -> list[subprocess.Popen]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [start_berta_jax("encode", *args, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                            "--process-id", str(i), env=cli_env(), **popen) for i in range(2)]
+
+
+def test_two_processes_write_shards_directly_and_survive_a_kill(stores, tiny_bert_dir, tmp_path, capsys):
+    """Two jax.distributed processes against the Cloud Storage stand-in give the rows of a one-process local run;
+    kill -9 of one process mid-run leaves the other to finish its share, and --resume (one process) finishes."""
+    root = bucket("gs")
+    _big_corpus(f"{root}/in.txt", 1200)
+    local_in = tmp_path / "in.txt"
+    local_in.write_bytes(store_for(root).read(f"{root}/in.txt"))
+    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "100", "--quiet"]
+    assert main(["encode", str(local_in), "-o", f"{tmp_path}/local/", *common]) == 0
+    reference = read_dataset(str(tmp_path / "local"))
+    procs = _pair([f"{root}/in.txt", "-o", f"{root}/emb/", *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                  text=True)
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [r[1][-1500:] for r in results]
+    assert read_dataset(f"{root}/emb").equals(reference)
+
+    procs = _pair([f"{root}/in.txt", "-o", f"{root}/emb2/", *common, "--max-batch-tokens", "256"],
+                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store = store_for(root)
+    assert wait_for(lambda: len(store.list(f"{root}/emb2/_state/chunks")) >= 3, procs[1])
+    procs[1].send_signal(signal.SIGKILL)
+    out0, err0 = procs[0].communicate(timeout=300)
+    procs[1].wait()
+    assert procs[0].returncode in (0, 3), err0[-1500:]  # 3: chunks the killed process had claimed are left
+    assert main(["encode", f"{root}/in.txt", "-o", f"{root}/emb2/", *common, "--max-batch-tokens", "256",
+                 "--resume"]) == 0
+    resumed = read_dataset(f"{root}/emb2")
+    assert resumed.column("row").to_pylist() == reference.column("row").to_pylist()
+    assert np.array_equal(np.array(resumed.column("embedding").to_pylist()),
+                          np.array(reference.column("embedding").to_pylist()))
+
+
+def test_a_held_lock_in_a_bucket_refuses_a_second_run(stores, tiny_bert_dir, capsys):
+    import time
+
+    root = bucket("s3")
+    store = store_for(root)
+    store.write(f"{root}/in.txt", b"a\nb\n")
+    holder = {"run": "a" * 16, "host": "another-host", "pid": 7, "processes": 2, "expires": time.time() + 600}
+    assert store.create(f"{root}/emb/_lock.json", json.dumps(holder).encode())
+    args = ["encode", f"{root}/in.txt", "-o", f"{root}/emb/", "--model", str(tiny_bert_dir), "--quiet"]
+    assert main(args) == 2
+    assert "another run is writing this output (run aaaaaaaaaaaaaaaa, pid 7 on another-host)" in capsys.readouterr().err
+    store.write(f"{root}/emb/_lock.json", json.dumps({**holder, "expires": time.time() - 1}).encode())
+    assert main(args) == 0 and "_lock.json" not in store.list(f"{root}/emb")
+
+
+def test_bad_buckets_schemes_and_foreign_records_are_one_line_errors(stores, tiny_bert_dir, capsys):
+    root = bucket("gs")
+    store_for(root).write(f"{root}/in.txt", b"a\n")
+    store_for(root).write(f"{root}/emb/_manifest.json", b'{"format": "somebody-else"}')
+    model = ["--model", str(tiny_bert_dir), "--quiet"]
+    for args, message in (
+        (["gs://no-such-bucket-xyz/in.txt", "-o", "x.npy"], "gs://no-such-bucket-xyz/in.txt: no such object"),
+        (["abfs://container/in.txt", "-o", "x.npy"], "the abfs:// scheme needs a package that is not installed"),
+        (["nosuchscheme://x/in.txt", "-o", "x.npy"], "unknown storage scheme 'nosuchscheme'"),
+        ([f"{root}/in.txt", "-o", f"{root}/emb/"], "not a berta-jax completion record"),
+    ):
+        assert main(["encode", *args, *model]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_reading_from_a_bucket_streams(stores):
+    """A 48 MB object is read row by row with a bounded buffer, never downloaded whole first."""
+    from berta_jax.job.inputs import InputFile, read_rows
+
+    root = bucket("gs")
+    line = ("слово " * 30 + "\n").encode()
+    store_for(root).write(f"{root}/big.txt", line * (48 * 2**20 // len(line)))
+    tracemalloc.start()
+    count = sum(1 for _ in read_rows(InputFile(f"{root}/big.txt", ".txt")))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert count == 48 * 2**20 // len(line) and peak < 24 * 2**20, peak
