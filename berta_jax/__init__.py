@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.1.0"
+from berta_jax.version import __version__  # noqa: F401
 
 _EXPORTS = {
     "BertConfig": "berta_jax.config",

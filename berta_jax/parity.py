@@ -70,8 +70,10 @@ class Reference:
         try:
             import torch  # noqa: F401  (checked before any work: the PyTorch side needs it)
             from transformers import BertModel
+            from transformers.utils import logging as transformers_logging
         except ImportError:
             raise RuntimeError("the parity report needs PyTorch: pip install torch transformers") from None
+        transformers_logging.disable_progress_bar()  # its "Loading weights" bars are noise in a report
         bert = BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
         try:
             from sentence_transformers import SentenceTransformer

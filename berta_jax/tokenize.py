@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from typing import Sequence
 
 import numpy as np
@@ -117,6 +118,8 @@ def _has_lowercase(normalizer) -> bool:
 
 def load_hf_tokenizer(files: ModelFiles):
     """The folder's fast tokenizer, after checking every file the transformers loader may open."""
+    # berta-jax needs only transformers' tokenizers: its advice that PyTorch is missing is noise here
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers import AutoTokenizer
 
     present = [name for name in TOKENIZER_FILES if files.exists(name)]

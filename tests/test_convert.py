@@ -98,13 +98,15 @@ def test_converted_folder_is_self_contained_and_loads_without_torch(tiny_bert_di
     np.testing.assert_array_equal(np.array(json.loads(done.stdout.splitlines()[-1]), np.float32), expected)
 
 
-def test_convert_in_place_keeps_the_hf_weights(tiny_bert_dir, tmp_path):
+def test_a_folder_with_both_layouts_loads_the_converted_weights(tiny_bert_dir, tmp_path):
+    """convert never writes into its source, but a folder may hold both files (copied there): berta-jax reads
+    flax_model.safetensors, PyTorch model.safetensors."""
     src = _copy(tiny_bert_dir, tmp_path)
-    before = load_file(str(src / "model.safetensors"))
-    hf_folder_to_flax(src, src)
-    _same_tensors(before, load_file(str(src / "model.safetensors")))
-    assert (src / "flax_model.safetensors").exists()
+    hf_folder_to_flax(src, tmp_path / "flax")
+    shutil.copy(tmp_path / "flax" / "flax_model.safetensors", src / "flax_model.safetensors")
     assert Encoder.from_pretrained(src).encode(["x"]).shape == (1, 16)
+    with pytest.raises(CheckpointError, match="is the source folder"):
+        hf_folder_to_flax(src, src)
 
 
 # --- accepted layouts ------------------------------------------------------------------------------
@@ -215,8 +217,10 @@ def test_config_that_does_not_match_the_weights(tiny_bert_dir, tmp_path):
     cfg["intermediate_size"], cfg["num_hidden_layers"] = 20, 3
     (src / "config.json").write_text(json.dumps(cfg))
     msg = _load_error(src)
+    assert "config.json says intermediate_size=20, num_hidden_layers=3; the weights have intermediate_size=24, " \
+           "num_hidden_layers=2" in msg
     assert "encoder.layer.0.intermediate.dense.weight" in msg and "checkpoint (24, 16) vs expected (20, 16)" in msg
-    assert "layers.2.ffn_in.kernel" in msg  # the third layer is missing from the weights
+    assert "missing parameter(s): encoder.layer.2." in msg  # the third layer is missing from the weights
 
 
 def test_mixed_prefixes_are_ambiguous(tiny_bert_dir, tmp_path):
@@ -361,3 +365,5 @@ def test_cli_convert_both_ways_and_clean_errors(tiny_bert_dir, tmp_path):
     _same_tensors(load_file(str(tiny_bert_dir / "model.safetensors")), load_file(str(tmp_path / "h" / "model.safetensors")))
     bad = subprocess.run([*cli, str(tmp_path / "nothing"), str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 2 and "config.json: file not found" in bad.stderr and "Traceback" not in bad.stderr
+    again = subprocess.run([*cli, str(tiny_bert_dir), str(tmp_path / "f")], capture_output=True, text=True)
+    assert again.returncode == 2 and "exists and is not empty; pass --overwrite" in again.stderr

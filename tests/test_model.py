@@ -106,7 +106,7 @@ def _dot_precisions(encoder: Encoder) -> set:
 
 def test_float32_matmuls_are_pinned_to_highest_precision(tiny_bert_dir):
     """JAX runs float32 matmuls as bf16 passes on TPU and TF32 on GPU by default: parity needs HIGHEST in
-    every dot of the model itself, not only in a global setting (checklist item 31)."""
+    every dot of the model itself, not only in a global setting."""
     highest = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
     assert _dot_precisions(Encoder.from_pretrained(tiny_bert_dir)) == {highest}
     assert highest not in _dot_precisions(Encoder.from_pretrained(tiny_bert_dir, dtype=jnp.bfloat16))

@@ -25,15 +25,15 @@ class ProgressDisplay:
     seconds. Texts/s and tokens/s are over the same rows (those embedded by this run) and are measured from the
     end of the first batch, so the first program's compile time does not distort the rate or the ETA."""
 
-    def __init__(self, total: int | None, *, log_every: float, stream=sys.stderr):
-        self.total, self.log_every, self.stream = total, log_every, stream
+    def __init__(self, total: int | None, *, log_every: float, stream=None):
+        self.total, self.log_every, self.stream = total, log_every, stream or sys.stderr
         self.first: tuple[float, int, int] | None = None  # (time, rows, tokens) at the first batch
         self.last: float | None = None
         self.bar = None
-        if stream.isatty():
+        if self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit=" texts", desc="embedding", dynamic_ncols=True, file=stream)
+            self.bar = tqdm(total=total, unit=" texts", desc="embedding", dynamic_ncols=True, file=self.stream)
 
     def __call__(self, p: JobSummary) -> None:
         now = time.perf_counter()

@@ -18,7 +18,7 @@ def _interrupt(signum, frame) -> None:
 # SIGTERM is Ctrl-C from the very start: a scheduler's stop during start-up exits 130 cleanly, not by the signal.
 signal.signal(signal.SIGTERM, _interrupt)
 
-from berta_jax import __version__  # noqa: E402
+from berta_jax.version import __version__  # noqa: E402
 from berta_jax.cli import commands, encode  # noqa: E402
 from berta_jax.errors import BertaJaxError  # noqa: E402
 

@@ -17,8 +17,8 @@ import threading
 class StopSignals:
     """Callable: True once a stop was asked for."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream, self.count, self.armed = stream, 0, False
+    def __init__(self, stream=None):
+        self.stream, self.count, self.armed = stream or sys.stderr, 0, False
         self._previous: dict[int, object] = {}
 
     def install(self) -> StopSignals:

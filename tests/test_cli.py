@@ -1,0 +1,124 @@
+"""What a user meets on the command line: help, version, progress per batch, clean exits, the demo's honest
+fallback, the parity report, convert's messages, and no third-party noise."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from berta_jax import Encoder, __version__
+from berta_jax.cli import main
+from berta_jax.cli.commands import card_cosines
+from tests.helpers import REPO, berta_jax, cli_env
+from tests.test_job import big_input
+
+
+def test_version_and_help_with_examples(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"berta-jax {__version__}"
+    for command in ("encode", "convert", "parity", "demo"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "example" in capsys.readouterr().out, command
+
+
+def test_progress_moves_per_batch_and_rates_count_the_same_rows(tmp_path, tiny_bert_dir, capsys):
+    source = big_input(tmp_path / "in.txt", 300)
+    code = main(["encode", str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir),
+                 "--chunk-rows", "300", "--max-batch-tokens", "256", "--log-every", "0"])
+    err = capsys.readouterr().err
+    assert code == 0
+    lines = [line for line in err.splitlines() if line.startswith("embedded ")]
+    assert len(lines) > 10  # one chunk of 300 rows, yet a line per batch
+    assert lines[0].endswith("(first batch)") and int(lines[0].split()[1].split("/")[0]) < 300
+    assert all("/300 texts" in line for line in lines) and "tokens/s" in lines[-1] and "ETA" in lines[-2]
+
+
+def test_summary_grammar_and_resumed_counts(tmp_path, tiny_bert_dir, capsys):
+    source = big_input(tmp_path / "in.txt", 10)
+    assert main(["encode", str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "10 texts (0 resumed from 0 chunks)" in out
+    one = tmp_path / "one.txt"
+    one.write_text("single\n")
+    assert main(["encode", str(one), "-o", str(tmp_path / "one.npy"), "--model", str(tiny_bert_dir), "--quiet"]) == 0
+    assert "wrote" in (out := capsys.readouterr().out) and "1 text (" in out
+
+
+def test_a_refused_run_answers_before_loading_anything_heavy(tmp_path, tiny_bert_dir):
+    """Existing output, changed inputs: answered from the cheap checks; JAX, flax and transformers never load."""
+    source = tmp_path / "in.txt"
+    source.write_text("x\n")
+    (tmp_path / "out.npy").write_bytes(b"someone's")
+    probe = ("import sys; from berta_jax.cli import main; code = main(sys.argv[1:]); "
+             "heavy = sorted(m for m in ('jax', 'flax', 'transformers', 'torch') if m in sys.modules); "
+             "print('heavy:', heavy); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", probe, "encode", str(source), "-o", str(tmp_path / "out.npy"),
+                           "--model", str(tiny_bert_dir)], capture_output=True, text=True, env=cli_env(), cwd=REPO)
+    assert done.returncode == 2 and "exists; pass --overwrite" in done.stderr
+    assert "heavy: []" in done.stdout
+
+
+def test_demo_falls_back_honestly(tmp_path, minilm_dir):
+    env = cli_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"))
+    done = berta_jax("demo", env=env)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("sergeyzh/BERTA unavailable") and "FALLING BACK to all-MiniLM-L6-v2" in lines[0]
+    assert "not comparable with the BERTA model card" in lines[0]
+    assert lines[1] == f"model: {minilm_dir}" and "defines none of BERTA's prompts" in lines[2]
+    assert all("model card" not in line for line in lines[3:6])  # like is compared only with like
+    printed = [float(line.split()[0]) for line in lines[3:6]]
+    np.testing.assert_allclose(printed, card_cosines(Encoder.from_pretrained(minilm_dir)), atol=1e-6)
+
+
+def test_demo_on_a_model_with_berta_prompts_shows_the_card(tiny_bert_dir):
+    lines = berta_jax("demo", "--model", str(tiny_bert_dir)).stdout.splitlines()
+    assert lines[0] == f"model: {tiny_bert_dir}" and len(lines) == 4
+    assert all("(model card: " in line and "paraphrase: " in lines[1] for line in lines[1:])
+
+
+def test_parity_command_names_every_stage_and_prints_no_third_party_noise(minilm_dir):
+    user_env = {k: v for k, v in cli_env().items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    done = berta_jax("parity", "--model", str(minilm_dir), env=user_env)
+    lines = done.stdout.splitlines()
+    stages = [line.split()[0] for line in lines if "max abs diff" in line]
+    assert stages == ["embeddings", "layer", "layer", "layer", "layer", "layer", "layer", "pooled", "sentence"]
+    assert lines[-1] == "PASS"
+    assert "Loading weights" not in done.stderr + done.stdout and "PyTorch was not found" not in done.stderr
+    no_torch = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; "
+                               "from berta_jax import Encoder; Encoder.from_pretrained(sys.argv[1]).encode(['x'])",
+                               str(minilm_dir)], capture_output=True, text=True, env=user_env, cwd=REPO)
+    assert no_torch.returncode == 0 and "PyTorch was not found" not in no_torch.stderr + no_torch.stdout
+
+
+def test_parity_command_on_a_berta_jax_only_folder(tiny_bert_dir, tmp_path):
+    from berta_jax.convert.folders import hf_folder_to_flax
+
+    hf_folder_to_flax(tiny_bert_dir, tmp_path / "flax-only")
+    done = berta_jax("parity", "--model", str(tmp_path / "flax-only"))
+    assert done.stdout.splitlines()[-1] == "PASS"
+
+
+def test_parity_texts_file_errors_name_the_line(tiny_bert_dir, tmp_path):
+    bad = tmp_path / "texts.txt"
+    bad.write_bytes("ok\nтоже ok\n".encode() + b"bad \xff byte\n")
+    done = berta_jax("parity", "--model", str(tiny_bert_dir), "--texts", str(bad), check=False)
+    assert done.returncode == 2 and "texts.txt:3: not valid UTF-8" in done.stderr
+
+
+def test_convert_says_what_a_folder_is_and_which_command_to_use(tiny_bert_dir, tmp_path, capsys):
+    assert main(["convert", str(tiny_bert_dir), str(tmp_path / "flax")]) == 0
+    assert main(["convert", str(tmp_path / "flax"), str(tmp_path / "again")]) == 2
+    assert "is already a berta-jax folder" in (err := capsys.readouterr().err) and "convert --to hf" in err
+    assert main(["convert", "--to", "hf", str(tiny_bert_dir), str(tmp_path / "hf")]) == 2
+    assert "is an HF folder, not a berta-jax folder" in (err := capsys.readouterr().err) and "berta-jax convert " in err
+    empty = tmp_path / "empty"
+    shutil.copytree(tiny_bert_dir, empty)
+    (empty / "model.safetensors").unlink()
+    assert main(["convert", "--to", "hf", str(empty), str(tmp_path / "x")]) == 2
+    assert "a folder with no weights" in capsys.readouterr().err
