@@ -24,6 +24,7 @@ from berta_jax.config import BertConfig
 from berta_jax.errors import TruncationWarning
 from berta_jax.folder import ModelFolder
 from berta_jax.model import BertModel
+from berta_jax.packing import PackingPlanner, make_packed_batches, unpack_batch
 from berta_jax.runtime import CompileStats, Runtime
 from berta_jax.st_config import SentenceConfig
 from berta_jax.tokenize import TextTokenizer, TokenizedTexts
@@ -72,7 +73,7 @@ class Encoder:
 
     def __init__(self, model: BertModel, tokenizer: TextTokenizer, sentence: SentenceConfig, *, name: str = "",
                  folder: Path | None = None, devices: Sequence[jax.Device] | None = None,
-                 max_batch_tokens: int | None = None):
+                 max_batch_tokens: int | None = None, packing: bool = True):
         self.model = model
         self.config: BertConfig = model.cfg
         self.tokenizer = tokenizer
@@ -85,6 +86,7 @@ class Encoder:
             max_batch_tokens = default_batch_tokens(self.devices, sentence.max_seq_length)
         BatchPlanner(sentence.max_seq_length, max_batch_tokens, num_devices=len(self.devices))  # validates now
         self.max_batch_tokens = max_batch_tokens
+        self.packing = packing  # several texts per row (see packing.py); False: one text per padded row
         self.compile_stats = CompileStats()
         self.runtime = Runtime(self.graphdef, self.params, devices=self.devices, chunk_tokens=max_batch_tokens,
                                stats=self.compile_stats)
@@ -94,7 +96,7 @@ class Encoder:
                         pooling: str | None = None, max_seq_length: int | None = None, truncate_dim: int | None = None,
                         revision: str | None = None, cache_dir: str | None = None,
                         devices: Sequence[jax.Device] | None = None, max_batch_tokens: int | None = None,
-                        compilation_cache: str | os.PathLike | bool | None = None) -> Encoder:
+                        packing: bool = True, compilation_cache: str | os.PathLike | bool | None = None) -> Encoder:
         """Load a model folder (HF / sentence-transformers layout, or converted), a storage URL or a hub id.
 
         Args:
@@ -105,6 +107,7 @@ class Encoder:
           truncate_dim: keep the first N dimensions of every embedding (Matryoshka), as sentence-transformers.
           devices: devices to shard each batch over (default: every local device).
           max_batch_tokens: padded tokens per batch (default: 2048 per device on CPU, 16384 on accelerators).
+          packing: pack several texts into each row (almost no padding); False gives one text per padded row.
           compilation_cache: a directory for JAX's persistent compilation cache, or True for the default one
             ($BERTA_JAX_CACHE_DIR or ~/.cache/berta_jax/xla). None leaves JAX's settings alone.
         """
@@ -113,18 +116,19 @@ class Encoder:
         folder = ModelFolder.open(name_or_path, revision=revision, cache_dir=cache_dir, pooling=pooling,
                                   max_seq_length=max_seq_length, truncate_dim=truncate_dim)
         return cls.from_folder(folder, dtype=dtype, param_dtype=param_dtype, devices=devices,
-                               max_batch_tokens=max_batch_tokens)
+                               max_batch_tokens=max_batch_tokens, packing=packing)
 
     @classmethod
     def from_folder(cls, folder: ModelFolder, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                    devices: Sequence[jax.Device] | None = None, max_batch_tokens: int | None = None) -> Encoder:
+                    devices: Sequence[jax.Device] | None = None, max_batch_tokens: int | None = None,
+                    packing: bool = True) -> Encoder:
         """Load the tokenizer and the weights of an opened `ModelFolder`."""
         sentence = folder.sentence
         tokenizer = TextTokenizer.from_files(folder.files, sentence.max_seq_length, folder.config.vocab_size,
                                              sentence.lowercase)
         model = load_model(folder.files, folder.config, dtype=dtype, param_dtype=param_dtype)
         return cls(model, tokenizer, sentence, name=folder.name, folder=folder.folder, devices=devices,
-                   max_batch_tokens=max_batch_tokens)
+                   max_batch_tokens=max_batch_tokens, packing=packing)
 
     @property
     def hidden_size(self) -> int:
@@ -139,17 +143,22 @@ class Encoder:
                 max_batch_tokens: int | None = None) -> Prepared:
         """Tokenize `texts` (with `prompt` prepended) and plan their batches."""
         tokens = self.tokenizer(texts, prompt=prompt)
-        planner = BatchPlanner(max_seq_length=self.sentence.max_seq_length,
+        planner_type, batcher = (PackingPlanner, make_packed_batches) if self.packing else (BatchPlanner, make_batches)
+        planner = planner_type(max_seq_length=self.sentence.max_seq_length,
                                max_batch_tokens=self.max_batch_tokens if max_batch_tokens is None else max_batch_tokens,
                                batch_size=batch_size, num_devices=self.runtime.num_devices)
-        batches = make_batches(tokens, planner, pad_token_id=self.config.pad_token_id,
-                               exclude_prompt=not self.sentence.include_prompt)
+        batches = batcher(tokens, planner, pad_token_id=self.config.pad_token_id,
+                          exclude_prompt=not self.sentence.include_prompt)
         return Prepared(tokens, list(batches))
 
     def run_batches(self, batches: Sequence[Batch], *, normalize: bool | None = None) -> Iterator[tuple[Batch, np.ndarray]]:
         """(batch, raw sentence vectors of its texts), in order; see `finish` for truncation."""
-        normalize = self.sentence.normalize if normalize is None else normalize
-        return self.runtime.run(batches, pooling=self.sentence.pooling, normalize=bool(normalize))
+        normalize = bool(self.sentence.normalize if normalize is None else normalize)
+        for batch, vectors in self.runtime.run(batches, pooling=self.sentence.pooling, normalize=normalize):
+            if batch.num_segments > 1 and not np.isfinite(vectors).all():  # name only the texts at fault
+                _, vectors = next(self.runtime.run([unpack_batch(batch)], pooling=self.sentence.pooling,
+                                                   normalize=normalize))
+            yield batch, vectors
 
     def finish(self, vectors: np.ndarray, *, normalize: bool | None = None, truncate_dim: int | None = None) -> np.ndarray:
         """sentence-transformers' last steps: keep the first `truncate_dim` dimensions (default: the folder's),

@@ -1,7 +1,8 @@
 """Pack several texts into each row, so batches carry almost no padding, over a small fixed set of shapes.
 
-Texts are grouped by row length (128, 256, 512 tokens, and the context itself), and each group is packed
-best-fit-decreasing into rows of that length, at most `length // 8` texts per row. Each text keeps its own
+Texts are packed best-fit-decreasing into rows of 128, 256 or 512 tokens (and the context itself), at most
+`length // 8` texts per row: a text opens a row of the shortest length that holds it, and shorter texts fill
+the space longer ones leave. Each text keeps its own
 segment id (attention stays inside it), positions restarting at 0, and its own pooled vector. Rows are cut
 into batches of `max_batch_tokens // length` rows; as with one text per row, each row length has one batch
 shape (a group too small to fill a batch gets a power-of-two row count), so a run compiles at most two
@@ -52,15 +53,10 @@ class PackingPlanner(BatchPlanner):
 
     def plan(self, lengths: np.ndarray) -> list[PackedBatchPlan]:
         """Batches covering every text once, longest row lengths first."""
-        lengths = np.asarray(lengths)
-        classes = np.searchsorted(np.asarray(self.row_lengths()), lengths)  # the smallest row length that fits
+        rows = pack(np.asarray(lengths), self.row_lengths(), self.segments)
         plan: list[PackedBatchPlan] = []
-        for c in range(len(self.row_lengths()) - 1, -1, -1):
-            members = np.flatnonzero(classes == c)
-            if len(members):
-                length = self.row_lengths()[c]
-                rows = pack(lengths, members, length, self.segments(length))
-                plan += self._batches(rows, length)
+        for length in sorted({length for length, _ in rows}, reverse=True):
+            plan += self._batches([texts for row_length, texts in rows if row_length == length], length)
         return plan
 
     def _batches(self, rows: list[list[int]], length: int) -> list[PackedBatchPlan]:
@@ -75,21 +71,24 @@ class PackingPlanner(BatchPlanner):
         return [PackedBatchPlan(g, shape_rows, length, self.segments(length)) for g in groups]
 
 
-def pack(lengths: np.ndarray, members: np.ndarray, length: int, segments: int) -> list[list[int]]:
-    """Best-fit decreasing: each text (longest first) goes to the open row whose free space fits it most tightly."""
-    order = members[np.argsort(-lengths[members], kind="stable")]
-    rows: list[list[int]] = []
+def pack(lengths: np.ndarray, row_lengths: tuple[int, ...], segments) -> list[tuple[int, list[int]]]:
+    """Best-fit decreasing over all texts: each text (longest first) goes to the open row, of any length, whose free
+    space fits it most tightly; only when none fits does it open a row, of the shortest length that holds it.
+    So short texts fill what long texts leave, and padding is what no text could fill. Returns (row length,
+    input indices) per row."""
+    rows: list[tuple[int, list[int]]] = []
     free: list[tuple[int, int]] = []  # (free tokens, row index) of rows that can take another text, sorted
-    for i in order:
+    for i in np.argsort(-lengths, kind="stable"):
         n = int(lengths[i])
         at = bisect.bisect_left(free, (n, -1))
         if at < len(free):
             space, r = free.pop(at)
         else:
+            length = row_lengths[bisect.bisect_left(row_lengths, n)]
             space, r = length, len(rows)
-            rows.append([])
-        rows[r].append(int(i))
-        if space - n > 0 and len(rows[r]) < segments:
+            rows.append((length, []))
+        rows[r][1].append(int(i))
+        if space - n > 0 and len(rows[r][1]) < segments(rows[r][0]):
             bisect.insort(free, (space - n, r))
     return rows
 
@@ -116,3 +115,20 @@ def make_packed_batches(tokens: TokenizedTexts, planner: PackingPlanner, *, pad_
                 start += n
         yield Batch(np.asarray(texts, np.int64), np.asarray(slots, np.int64), ids, types, segments, positions, pool,
                     num_segments=step.segments)
+
+
+def unpack_batch(batch: Batch) -> Batch:
+    """The texts of a packed batch one per row (same row length): how a non-finite packed batch is re-run, since a
+    text whose activations overflow would otherwise spread NaN to its row's other texts (0 x NaN is NaN)."""
+    n_rows, length = len(batch.texts), batch.input_ids.shape[1]
+    shape = (n_rows, length)
+    ids, types = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+    segments, pool = np.zeros(shape, np.int32), np.zeros(shape, bool)
+    for j, slot in enumerate(batch.slots):
+        row, segment = divmod(int(slot), batch.num_segments)
+        where = batch.segment_ids[row] == segment + 1
+        n = int(where.sum())
+        ids[j, :n], types[j, :n] = batch.input_ids[row, where], batch.token_type_ids[row, where]
+        segments[j, :n], pool[j, :n] = 1, batch.pool_mask[row, where]
+    positions = np.broadcast_to(np.arange(length, dtype=np.int32), shape)
+    return Batch(batch.texts, np.arange(n_rows, dtype=np.int64), ids, types, segments, positions, pool)

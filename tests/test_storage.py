@@ -121,7 +121,7 @@ def test_two_processes_write_shards_directly_and_survive_a_kill(stores, tiny_ber
     _big_corpus(f"{root}/in.txt", 1200)
     local_in = tmp_path / "in.txt"
     local_in.write_bytes(store_for(root).read(f"{root}/in.txt"))
-    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "100", "--quiet"]
+    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "100", "--max-batch-tokens", "256", "--quiet"]
     assert main(["encode", str(local_in), "-o", f"{tmp_path}/local/", *common]) == 0
     reference = read_dataset(str(tmp_path / "local"))
     procs = _pair([f"{root}/in.txt", "-o", f"{root}/emb/", *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -130,7 +130,7 @@ def test_two_processes_write_shards_directly_and_survive_a_kill(stores, tiny_ber
     assert [p.returncode for p in procs] == [0, 0], [r[1][-1500:] for r in results]
     assert read_dataset(f"{root}/emb").equals(reference)
 
-    procs = _pair([f"{root}/in.txt", "-o", f"{root}/emb2/", *common, "--max-batch-tokens", "256"],
+    procs = _pair([f"{root}/in.txt", "-o", f"{root}/emb2/", *common],
                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store = store_for(root)
     assert wait_for(lambda: len(store.list(f"{root}/emb2/_state/chunks")) >= 3, procs[1])
@@ -138,8 +138,7 @@ def test_two_processes_write_shards_directly_and_survive_a_kill(stores, tiny_ber
     out0, err0 = procs[0].communicate(timeout=300)
     procs[1].wait()
     assert procs[0].returncode in (0, 3), err0[-1500:]  # 3: chunks the killed process had claimed are left
-    assert main(["encode", f"{root}/in.txt", "-o", f"{root}/emb2/", *common, "--max-batch-tokens", "256",
-                 "--resume"]) == 0
+    assert main(["encode", f"{root}/in.txt", "-o", f"{root}/emb2/", *common, "--resume"]) == 0
     resumed = read_dataset(f"{root}/emb2")
     assert resumed.column("row").to_pylist() == reference.column("row").to_pylist()
     assert np.array_equal(np.array(resumed.column("embedding").to_pylist()),

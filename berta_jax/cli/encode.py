@@ -78,7 +78,10 @@ class JaxCluster(Cluster):
         buffer[:4] = np.frombuffer(len(payload).to_bytes(4, "little"), np.uint8)
         buffer[4:4 + len(payload)] = np.frombuffer(payload, np.uint8)
         out = np.asarray(multihost_utils.broadcast_one_to_all(buffer)).astype(np.uint8)
-        return json.loads(out[4:4 + int.from_bytes(out[:4].tobytes(), "little")].tobytes())
+        outcome = json.loads(out[4:4 + int.from_bytes(out[:4].tobytes(), "little")].tobytes())
+        if outcome.get("status") != "go":  # every process stops here: meet once more, so that all are past
+            multihost_utils.sync_global_devices("berta-jax-stop")  # the collectives before anyone leaves
+        return outcome
 
 
 def _cluster(args: argparse.Namespace) -> Cluster:
@@ -144,11 +147,10 @@ def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, stop: StopSignals) -> int:
+def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
     from berta_jax.folder import ModelFolder
     from berta_jax.job.run import run_job
 
-    cluster = _cluster(args)
     model = ModelFolder.open(args.model)
     try:
         options = JobOptions(text_field=args.text_field, id_field=args.id_field,
@@ -172,19 +174,43 @@ def _run(args: argparse.Namespace, stop: StopSignals) -> int:
 
 def _encode(args: argparse.Namespace) -> int:
     stop = StopSignals().install()
+    cluster, code = None, 2
     try:
-        code = _run(args, stop)
+        cluster = _cluster(args)
+        code = _run(args, stop, cluster)
+        return code
     except OSError as e:  # disk full, read-only folder, ...: committed chunks stay, temporary files are removed
         print(f"berta-jax encode: error: {e.filename or args.output}: {e.strerror or e}; chunks committed so far "
               "are kept, rerun with --resume once fixed", file=sys.stderr)
-        code = 2
+        return 2
     finally:
         stop.restore()
-    if args.distributed or args.coordinator:  # JAX's exit barrier would wait for a peer that died
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+        if cluster is not None and cluster.count > 1:
+            _leave_cluster(cluster, code, sys.exc_info()[1])
+
+
+def _leave_cluster(cluster: Cluster, code: int, error: BaseException | None) -> None:
+    """End this process of a jax.distributed run now. JAX aborts the others when the coordinator goes, and its exit
+    handshake would wait for a peer that died: the others leave at once, process 0 last (after a run it waited for
+    their records; after a refusal every process knew at the same moment)."""
+    import traceback
+
+    from berta_jax.errors import BertaJaxError
+
+    if isinstance(error, BertaJaxError):
+        print(f"berta-jax encode: error: {error}", file=sys.stderr)
+        code = 2
+    elif isinstance(error, KeyboardInterrupt):
+        print("berta-jax encode: interrupted; nothing more was committed", file=sys.stderr)
+        code = 130
+    elif error is not None:
+        traceback.print_exception(error)
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if cluster.index == 0 and code:
+        time.sleep(1.0)
+    os._exit(code)
 
 
 def add_encode(sub) -> None:

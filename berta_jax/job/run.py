@@ -372,21 +372,28 @@ def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list[str], output:
                     compute_dtype=compute_dtype)
     summary = JobSummary(output=plan.layout.output, process=cluster.index)
     lease = Lease(plan.store, plan.layout.lock, new_run_id(), lock_ttl)
-    outcome = _agree_on_start(plan, lease, cluster, resume=resume, overwrite=overwrite)
-    if outcome["status"] == "complete":
-        manifest = finish.read_manifest(plan.layout, plan.store)
-        summary.output_rows, summary.already_complete = manifest["rows"], True
-        if cluster.index == 0:
-            finish.write_report(plan.layout, plan.store, manifest)
-        return summary
-    lease.run = outcome["run"]
-    return _run(plan, encoder, lease, cluster, summary, progress, stop)
+    try:  # from here on, whatever happens (an error, Ctrl-C during start-up), process 0 leaves no lock behind
+        outcome = _agree_on_start(plan, lease, cluster, resume=resume, overwrite=overwrite)
+        if outcome["status"] == "complete":
+            manifest = finish.read_manifest(plan.layout, plan.store)
+            summary.output_rows, summary.already_complete = manifest["rows"], True
+            if cluster.index == 0:
+                finish.write_report(plan.layout, plan.store, manifest)
+            return summary
+        lease.run = outcome["run"]
+        return _run(plan, encoder, lease, cluster, summary, progress, stop)
+    finally:
+        if cluster.index == 0 and lease.held:
+            if not plan.work.segments()[0] and not plan.work.end():
+                plan.work.remove([])  # nothing was committed: leave no files behind
+            lease.release()
 
 
 def _run(plan: Plan, encoder, lease: Lease, cluster: Cluster, summary: JobSummary, progress, stop) -> JobSummary:
     start_time = time.perf_counter()
-    beat = _Heartbeat(plan.work, lease.run, cluster.index)
+    beat = None
     try:
+        beat = _Heartbeat(plan.work, lease.run, cluster.index)
         encoder = encoder if hasattr(encoder, "prepare") else encoder()  # loaded only now that there is work
         total = embed_all(plan, encoder, lease, cluster, summary, progress, stop)
         summary.interrupted = total is None
@@ -395,13 +402,19 @@ def _run(plan: Plan, encoder, lease: Lease, cluster: Cluster, summary: JobSummar
             if cluster.index == 0:
                 _finish(plan, lease, total, cluster, summary)
     finally:
-        beat.stop()
+        if beat is not None:
+            beat.stop()
         if cluster.index == 0:
-            if not plan.work.segments()[0] and not plan.work.end():
-                plan.work.remove([])  # nothing was committed: leave no files behind
-            lease.release()
+            _wait_for_peers_to_leave(plan, lease.run, cluster)
         summary.seconds = time.perf_counter() - start_time
     return summary
+
+
+def _wait_for_peers_to_leave(plan: Plan, run: str, cluster: Cluster) -> None:
+    """Process 0 leaves last: JAX stops every other process when the coordinator goes (bounded wait)."""
+    deadline = time.monotonic() + LOCK_TTL
+    while time.monotonic() < deadline and any(plan.work.peer_alive(run, p, LOCK_TTL) for p in range(1, cluster.count)):
+        time.sleep(0.1)
 
 
 class _Heartbeat:
@@ -411,6 +424,7 @@ class _Heartbeat:
         import threading
 
         self._stop = threading.Event()
+        self.work, self.run, self.process = work, run, process
         work.heartbeat(run, process)
 
         def beat() -> None:
@@ -424,8 +438,10 @@ class _Heartbeat:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop beating and remove the record: process 0 waits for the others' records to go before it exits."""
         self._stop.set()
         self._thread.join(timeout=5)
+        self.work.store.delete(self.work.path("heartbeats", f"{self.run}-{self.process}.json"))
 
 
 def summary_dict(summary: JobSummary) -> dict[str, Any]:

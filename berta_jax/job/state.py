@@ -95,6 +95,7 @@ class Lease:
     path: str
     run: str
     ttl: float
+    held: bool = False
     _thread: threading.Thread | None = None
     _stop: threading.Event = dataclasses.field(default_factory=threading.Event)
 
@@ -107,6 +108,7 @@ class Lease:
         """Take the lock, or raise JobError naming the run that holds it."""
         for _ in range(3):
             if self.store.create(self.path, dump_json(self._record(processes))):
+                self.held = True
                 return
             holder = self.holder()
             if holder is not None and _holder_alive(holder):
@@ -143,11 +145,13 @@ class Lease:
         self._thread.start()
 
     def release(self) -> None:
+        """Stop the heartbeat and delete the lock if this run holds it (safe to call twice)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        if self.holder().get("run") == self.run:
+        if self.held and self.holder().get("run") == self.run:
             self.store.delete(self.path)
+        self.held = False
 
 
 def _holder_alive(holder: dict) -> bool:
