@@ -23,7 +23,7 @@ LAYERS: list[list[str]] = [
     ["berta_jax.params", "berta_jax.pooling", "berta_jax.convert.mapping", "berta_jax.convert.safetensors_io"],
     ["berta_jax.convert.checkpoint", "berta_jax.st_config", "berta_jax.hub", "berta_jax.tokenize"],
     ["berta_jax.convert.folders", "berta_jax.weights", "berta_jax.folder", "berta_jax.batching"],
-    ["berta_jax.runtime"],
+    ["berta_jax.runtime", "berta_jax.packing"],
     ["berta_jax.encoder"],
     ["berta_jax.parity", "berta_jax.job.inputs"],
     ["berta_jax.job.layout", "berta_jax.job.state", "berta_jax.job.outputs"],

@@ -19,10 +19,12 @@ from tests.test_job import big_input
 
 @pytest.fixture(scope="module")
 def job(tiny_bert_dir, tmp_path_factory):
-    """A 1500-line input in 3 chunks of 500 rows, batches of 16 rows (32 per chunk), and its reference output."""
+    """A 1500-line input in 3 chunks of 500 rows, batches of at most 16 texts (packed or not), and its reference
+    output."""
     folder = tmp_path_factory.mktemp("signals")
     source = big_input(folder / "in.txt", 1500)
-    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "500", "--max-batch-tokens", "256", "--quiet"]
+    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "500", "--max-batch-tokens", "256", "--batch-size", "16",
+              "--quiet"]
     assert main(["encode", str(source), "-o", str(folder / "reference.npy"), *common]) == 0
     return source, common, folder / "reference.npy"
 

@@ -210,7 +210,9 @@ def start(plan: Plan, lease: Lease, *, resume: bool, overwrite: bool, processes:
             lease.release()
             return {"status": "complete"}
         _prepare_work(plan, resume, overwrite)
-    except BaseException:
+    except BaseException:  # a refusal, or Ctrl-C / SIGTERM during start-up
+        if plan.work.created and not plan.work.holds_work():
+            plan.work.remove([])  # the work folder this run began: leave no files behind
         lease.release()
         raise
     lease.start_heartbeat(processes)
@@ -384,7 +386,7 @@ def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list[str], output:
         return _run(plan, encoder, lease, cluster, summary, progress, stop)
     finally:
         if cluster.index == 0 and lease.held:
-            if not plan.work.segments()[0] and not plan.work.end():
+            if not plan.work.holds_work():
                 plan.work.remove([])  # nothing was committed: leave no files behind
             lease.release()
 

@@ -204,6 +204,7 @@ class WorkFolder:
 
     def __init__(self, store, root: str, data_root: str):
         self.store, self.root, self.data_root = store, root, data_root
+        self.created = False  # by this run (so a run stopped before any commit can remove it again)
 
     def path(self, *names: str) -> str:
         return self.store.join(self.root, *names)
@@ -219,6 +220,7 @@ class WorkFolder:
         return record
 
     def create_job(self, fingerprint: dict) -> None:
+        self.created = True
         self.store.makedirs(self.root)
         record = {"format": "berta-jax-work", "version": FORMAT_VERSION, "fingerprint": fingerprint}
         if not self.store.create(self.path("job.json"), dump_json(record)):
@@ -303,6 +305,10 @@ class WorkFolder:
             if name.startswith(".") and name.endswith(".tmp"):  # a writer killed mid-write left it
                 self.store.delete(self.path(name))
         self.store.remove_empty_folder(self.root)
+
+    def holds_work(self) -> bool:
+        """Whether anything was committed here (a segment record, or the end record)."""
+        return bool(self.store.list(self.path("chunks"))) or self.store.exists(self.path("end.json"))
 
     def runs(self) -> list[str]:
         return self.store.list(self.path("claims"))
