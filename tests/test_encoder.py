@@ -170,7 +170,7 @@ def test_embedding_is_the_same_alone_beside_long_texts_and_at_any_batch_size(whi
     encoder = request.getfixturevalue(which)
     text = "Женщину спасают врачи."
     alone = encoder.encode([text])[0]
-    for batch_size in (1, 2, 3, 7, 32):
+    for batch_size in (1, 3, 32):  # alone in its batch, an odd small batch, a full one
         batch = encoder.encode(MIXED + [text] + LONG, batch_size=batch_size)
         assert np.abs(batch[len(MIXED)] - alone).max() <= BATCH_INVARIANCE_TOL, batch_size
     full = encoder.encode(ALL, batch_size=32)

@@ -1,5 +1,6 @@
 """Parity with the PyTorch reference (transformers BertModel, sentence-transformers), CPU, float32.
 
+Embeddings are checked on both batch paths: packed rows (the default) and one text per padded row.
 Every check goes through `berta_jax.parity.compare`, the comparison `berta-jax parity` prints, stage by stage:
 the embeddings output and every layer's hidden states within 1e-4 (max abs over real tokens) of transformers;
 the pooled vectors and the normalised sentence embeddings within 1e-5 of sentence-transformers. bfloat16
@@ -36,6 +37,11 @@ def _expected_truncated(encoder: Encoder, texts, prompt: str) -> list[bool]:
     return [n > encoder.sentence.max_seq_length for n in lengths]
 
 
+def unpacked(encoder: Encoder) -> Encoder:
+    """The same model and folder with one text per padded row (the path `packing=False` selects)."""
+    return Encoder(encoder.model, encoder.tokenizer, encoder.sentence, packing=False)
+
+
 def _min_cosine(a, b) -> float:
     a = a / np.linalg.norm(a, axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
@@ -63,8 +69,9 @@ def test_berta_shaped_default_prompt_matches_at_every_stage(berta):
     assert encoder.sentence.default_prompt_name == "categorize_entailment"
     assert_parity(compare(encoder, reference, ALL, prompt="categorize_entailment: "))
     ours = encoder.encode_detailed(ALL, batch_size=8)
-    ref = reference.sentence_transformer.encode(ALL, batch_size=8, convert_to_numpy=True)
+    ref = reference.sentence_transformer.encode(ALL, batch_size=4, convert_to_numpy=True)
     assert ours.embeddings.shape == (len(ALL), 768) and np.abs(ours.embeddings - ref).max() <= EMBED_TOL
+    assert np.abs(unpacked(encoder).encode(ALL, batch_size=8) - ref).max() <= EMBED_TOL  # both paths
     # the two LONG texts go past 512 tokens; everything else fits
     assert ours.truncated.tolist() == _expected_truncated(encoder, ALL, "categorize_entailment: ")
     assert ours.truncated[-len(LONG):].all()
@@ -98,7 +105,9 @@ def test_minilm_matches_at_every_stage(minilm):
     encoder, reference = minilm
     assert_parity(compare(encoder, reference, MIXED + LONG))
     ours = encoder.encode_detailed(ALL, batch_size=16)
-    assert np.abs(ours.embeddings - reference.sentence_transformer.encode(ALL, batch_size=16)).max() <= EMBED_TOL
+    ref = reference.sentence_transformer.encode(ALL, batch_size=16)
+    assert np.abs(ours.embeddings - ref).max() <= EMBED_TOL
+    assert np.abs(unpacked(encoder).encode(ALL, batch_size=16) - ref).max() <= EMBED_TOL  # both paths
     assert ours.truncated.tolist() == _expected_truncated(encoder, ALL, "")  # max_seq_length 256 from the folder
     assert ours.num_tokens.max() == 256
 
