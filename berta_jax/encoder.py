@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from berta_jax.attention import select_kernel
 from berta_jax.batching import Batch, BatchPlanner, make_batches
 from berta_jax.compile_cache import enable_compilation_cache
 from berta_jax.config import BertConfig
@@ -73,7 +74,7 @@ class Encoder:
 
     def __init__(self, model: BertModel, tokenizer: TextTokenizer, sentence: SentenceConfig, *, name: str = "",
                  folder: Path | None = None, devices: Sequence[jax.Device] | None = None,
-                 max_batch_tokens: int | None = None, packing: bool = True):
+                 max_batch_tokens: int | None = None, packing: bool = True, attention: str = "auto"):
         self.model = model
         self.config: BertConfig = model.cfg
         self.tokenizer = tokenizer
@@ -88,15 +89,17 @@ class Encoder:
         self.max_batch_tokens = max_batch_tokens
         self.packing = packing  # several texts per row (see packing.py); False: one text per padded row
         self.compile_stats = CompileStats()
+        kernel = select_kernel(attention, self.devices[0].platform, model.layers.attention.dtype)
         self.runtime = Runtime(self.graphdef, self.params, devices=self.devices, chunk_tokens=max_batch_tokens,
-                               stats=self.compile_stats)
+                               stats=self.compile_stats, attention=kernel, fallback=attention == "auto")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
                         pooling: str | None = None, max_seq_length: int | None = None, truncate_dim: int | None = None,
                         revision: str | None = None, cache_dir: str | None = None,
                         devices: Sequence[jax.Device] | None = None, max_batch_tokens: int | None = None,
-                        packing: bool = True, compilation_cache: str | os.PathLike | bool | None = None) -> Encoder:
+                        packing: bool = True, attention: str = "auto",
+                        compilation_cache: str | os.PathLike | bool | None = None) -> Encoder:
         """Load a model folder (HF / sentence-transformers layout, or converted), a storage URL or a hub id.
 
         Args:
@@ -108,6 +111,8 @@ class Encoder:
           devices: devices to shard each batch over (default: every local device).
           max_batch_tokens: padded tokens per batch (default: 2048 per device on CPU, 16384 on accelerators).
           packing: pack several texts into each row (almost no padding); False gives one text per padded row.
+          attention: the attention kernel: "auto" (cuDNN's fused attention on NVIDIA GPUs in bfloat16/float16, the
+            explicit XLA form elsewhere; `compile_stats.attention` names the one used), "xla" or "cudnn".
           compilation_cache: a directory for JAX's persistent compilation cache, or True for the default one
             ($BERTA_JAX_CACHE_DIR or ~/.cache/berta_jax/xla). None leaves JAX's settings alone.
         """
@@ -116,19 +121,19 @@ class Encoder:
         folder = ModelFolder.open(name_or_path, revision=revision, cache_dir=cache_dir, pooling=pooling,
                                   max_seq_length=max_seq_length, truncate_dim=truncate_dim)
         return cls.from_folder(folder, dtype=dtype, param_dtype=param_dtype, devices=devices,
-                               max_batch_tokens=max_batch_tokens, packing=packing)
+                               max_batch_tokens=max_batch_tokens, packing=packing, attention=attention)
 
     @classmethod
     def from_folder(cls, folder: ModelFolder, *, dtype=jnp.float32, param_dtype=jnp.float32,
                     devices: Sequence[jax.Device] | None = None, max_batch_tokens: int | None = None,
-                    packing: bool = True) -> Encoder:
+                    packing: bool = True, attention: str = "auto") -> Encoder:
         """Load the tokenizer and the weights of an opened `ModelFolder`."""
         sentence = folder.sentence
         tokenizer = TextTokenizer.from_files(folder.files, sentence.max_seq_length, folder.config.vocab_size,
                                              sentence.lowercase)
         model = load_model(folder.files, folder.config, dtype=dtype, param_dtype=param_dtype)
         return cls(model, tokenizer, sentence, name=folder.name, folder=folder.folder, devices=devices,
-                   max_batch_tokens=max_batch_tokens, packing=packing)
+                   max_batch_tokens=max_batch_tokens, packing=packing, attention=attention)
 
     @property
     def hidden_size(self) -> int:

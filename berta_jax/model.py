@@ -109,11 +109,13 @@ class SelfAttention(nnx.Module):
         return heads[:, :, 0], heads[:, :, 1], heads[:, :, 2]  # each [B, L, H, K]
 
     def __call__(self, x: Float[Array, "B L D"], bias: Float[Array, "B 1 Lq Lk"], rngs: nnx.Rngs | None = None,
-                 *, with_probs: bool = False) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"] | None]:
+                 *, with_probs: bool = False, kernel: str = "xla") -> tuple[Float[Array, "B L D"],
+                                                                          Float[Array, "B H L L"] | None]:
         """The attention output and, when asked, the attention probabilities (before dropout)."""
         q, k, v = self._projections(x)
         dropout = None if rngs is None else (lambda p: self.dropout(p, deterministic=False, rngs=rngs))
-        context, probs = attention(q, k, v, bias, precision=self.precision, dropout=dropout, with_probs=with_probs)
+        context, probs = attention(q, k, v, bias, precision=self.precision, dropout=dropout, with_probs=with_probs,
+                                   kernel=kernel)
         batch, length = x.shape[:2]
         return self.out(context.reshape(batch, length, -1)), probs
 
@@ -131,10 +133,11 @@ class EncoderLayer(nnx.Module):
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
     def __call__(self, x: Float[Array, "B L D"], bias: Float[Array, "B 1 Lq Lk"], rngs: nnx.Rngs | None = None,
-                 *, with_probs: bool = False) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"] | None]:
+                 *, with_probs: bool = False, kernel: str = "xla") -> tuple[Float[Array, "B L D"],
+                                                                          Float[Array, "B H L L"] | None]:
         """The layer output and (when asked) its attention probabilities."""
         drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)  # noqa: E731
-        attended, probs = self.attention(x, bias, rngs, with_probs=with_probs)
+        attended, probs = self.attention(x, bias, rngs, with_probs=with_probs, kernel=kernel)
         x = self.ln_attn(x + drop(attended))
         h = self.ffn_out(self.activation(self.ffn_in(x)))  # [B, L, I] -> [B, L, D]
         return self.ln_ffn(x + drop(h)), probs
@@ -175,6 +178,7 @@ class BertModel(nnx.Module):
         dropout_key: jax.Array | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        attention_kernel: str = "xla",
     ) -> BertOutput:
         """The encoder, with packed rows, training dropout and introspection when asked.
 
@@ -186,6 +190,8 @@ class BertModel(nnx.Module):
             needs `dropout_key`, from which every layer and call site derives its own key.
           output_hidden_states: also return the embeddings output and every layer's output.
           output_attentions: also return every layer's attention probabilities `[B, H, L, L]`.
+          attention_kernel: "xla" (explicit, every backend) or "cudnn" (fused, NVIDIA GPUs, 16-bit compute); see
+            `attention.select_kernel`. Dropout and `output_attentions` always run the explicit kernel.
         """
         if not deterministic and dropout_key is None:
             raise ValueError("deterministic=False (training) needs a dropout_key, e.g. jax.random.key(0)")
@@ -194,10 +200,11 @@ class BertModel(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if positions is None:  # right padding, one text per row: position = index
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        bias = attention_bias(attention_mask.astype(bool), segment_ids)
+        kernel = "xla" if key is not None or output_attentions else attention_kernel
+        bias = attention_bias(attention_mask.astype(bool), segment_ids, full=kernel != "xla")
         rngs = None if key is None else nnx.Rngs(dropout=jax.random.fold_in(key, 0))
         embedded = self.embeddings(input_ids, token_type_ids, positions, rngs)
-        last, hidden, probs = self._run_layers(embedded, bias, key, output_hidden_states, output_attentions)
+        last, hidden, probs = self._run_layers(embedded, bias, key, output_hidden_states, output_attentions, kernel)
         return BertOutput(
             last_hidden_state=last.astype(jnp.float32),
             hidden_states=None if hidden is None else (embedded, *(h.astype(jnp.float32) for h in hidden)),
@@ -205,13 +212,14 @@ class BertModel(nnx.Module):
         )
 
     def _run_layers(self, x: Float[Array, "B L D"], bias: Float[Array, "B 1 Lq Lk"], key: jax.Array | None,
-                    keep_hidden: bool, keep_probs: bool) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+                    keep_hidden: bool, keep_probs: bool, kernel: str) -> tuple[jax.Array, jax.Array | None,
+                                                                               jax.Array | None]:
         """Scan the stacked layer over the layer axis: (last state, [N, B, L, D] states, [N, B, H, L, L] probs)."""
         keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), self.cfg.num_hidden_layers)
 
         def body(x, layer: EncoderLayer, layer_key):
             rngs = None if layer_key is None else nnx.Rngs(dropout=layer_key)
-            y, probs = layer(x, bias, rngs, with_probs=keep_probs)
+            y, probs = layer(x, bias, rngs, with_probs=keep_probs, kernel=kernel)
             return y, (y if keep_hidden else None, probs)
 
         if self.remat:

@@ -88,10 +88,10 @@ def embed(
 
 
 def embed_packed(model: BertModel, input_ids, token_type_ids, segment_ids, positions, pool_mask, *,
-                 num_segments: int, pooling: str, normalize: bool) -> Float[Array, "B S D"]:
+                 num_segments: int, pooling: str, normalize: bool, attention_kernel: str = "xla") -> Float[Array, "B S D"]:
     """Sentence embeddings of packed rows: one vector per (row, segment), zeros for empty segments."""
     hidden = model.forward(input_ids, segment_ids > 0, token_type_ids, segment_ids=segment_ids,
-                           positions=positions).last_hidden_state
+                           positions=positions, attention_kernel=attention_kernel).last_hidden_state
     pooled = pool_segments(hidden, segment_ids, pool_mask, num_segments, pooling)
     return l2_normalize(pooled) if normalize else pooled
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from collections import deque
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -37,6 +38,7 @@ class CompileStats:
 
     seconds: dict[tuple, float] = dataclasses.field(default_factory=dict)
     from_cache: dict[tuple, bool] = dataclasses.field(default_factory=dict)
+    attention: str = "xla"  # the attention kernel of the sentence-embedding programs (see attention.select_kernel)
 
     @property
     def count(self) -> int:
@@ -67,14 +69,16 @@ def _counting_cache_hits() -> Iterator[list[int]]:
         jax.monitoring.unregister_event_listener(listener)
 
 
-def _embed_fn(graphdef: nnx.GraphDef, pooling: str, normalize: bool, num_segments: int) -> Callable:
+def _embed_fn(graphdef: nnx.GraphDef, pooling: str, normalize: bool, num_segments: int, kernel: str) -> Callable:
     def fn(params, input_ids, token_type_ids, segment_ids, positions, pool_mask):
         model = nnx.merge(graphdef, params)
         if num_segments > 1:  # packed rows
             out = embed_packed(model, input_ids, token_type_ids, segment_ids, positions, pool_mask,
-                               num_segments=num_segments, pooling=pooling, normalize=normalize)
+                               num_segments=num_segments, pooling=pooling, normalize=normalize,
+                               attention_kernel=kernel)
             return out.reshape(-1, out.shape[-1])
-        hidden = model.forward(input_ids, segment_ids > 0, token_type_ids, positions=positions).last_hidden_state
+        hidden = model.forward(input_ids, segment_ids > 0, token_type_ids, positions=positions,
+                               attention_kernel=kernel).last_hidden_state
         pooled = pool(hidden, pool_mask, pooling)
         return l2_normalize(pooled) if normalize else pooled
 
@@ -85,7 +89,8 @@ class Runtime:
     """Compiled, sharded forwards of one model on `devices` (default: every local device)."""
 
     def __init__(self, graphdef: nnx.GraphDef, params: nnx.State, *, devices: Sequence[jax.Device] | None = None,
-                 chunk_tokens: int | None = None, stats: CompileStats | None = None):
+                 chunk_tokens: int | None = None, stats: CompileStats | None = None, attention: str = "xla",
+                 fallback: bool = False):
         devices = list(devices) if devices is not None else jax.local_devices()
         self.graphdef = graphdef
         self.mesh = Mesh(np.array(devices), (DATA_AXIS,))
@@ -94,6 +99,8 @@ class Runtime:
         self.params = jax.device_put(params, self.replicated)
         self.chunk_tokens = chunk_tokens
         self.stats = stats if stats is not None else CompileStats()
+        self.kernel = self.stats.attention = attention
+        self.fallback = fallback  # a fused kernel that fails to compile falls back to "xla", saying so
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
 
     @property
@@ -116,10 +123,21 @@ class Runtime:
     def embed(self, batch: Batch, *, pooling: str, normalize: bool) -> jax.Array:
         """Start the forward of one batch (asynchronously): `[rows * segments, hidden]`, sharded by rows."""
         args = (batch.input_ids, batch.token_type_ids, batch.segment_ids, batch.positions, batch.pool_mask)
-        key = ("embed", pooling, normalize, *batch.shape)
-        program = self._program(key, lambda: _embed_fn(self.graphdef, pooling, normalize, batch.num_segments), args,
-                                self.rows_sharding)
+        program = self._embed_program(args, pooling, normalize, batch)
         return program(self.params, *(jax.device_put(a, self.rows_sharding) for a in args))
+
+    def _embed_program(self, args, pooling: str, normalize: bool, batch: Batch) -> jax.stages.Compiled:
+        kernel = self.kernel
+        make = lambda: _embed_fn(self.graphdef, pooling, normalize, batch.num_segments, kernel)  # noqa: E731
+        try:
+            return self._program(("embed", kernel, pooling, normalize, *batch.shape), make, args, self.rows_sharding)
+        except Exception as e:  # noqa: BLE001 - only an automatic fused-kernel choice falls back, and says why
+            if kernel == "xla" or not self.fallback:
+                raise
+            warnings.warn(f"the {kernel} attention kernel did not compile here ({type(e).__name__}: {str(e)[:200]}); "
+                          "using the xla kernel (pass attention='xla' to skip the attempt)", RuntimeWarning, stacklevel=3)
+            self.kernel, self.stats.attention, self.fallback = "xla", f"xla ({kernel} unavailable)", False
+            return self._embed_program(args, pooling, normalize, batch)
 
     def run(self, batches: Iterable[Batch], *, pooling: str, normalize: bool) -> Iterator[tuple[Batch, np.ndarray]]:
         """(batch, vectors of its texts in `batch.texts` order), keeping one batch in flight while the next
