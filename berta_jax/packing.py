@@ -5,8 +5,9 @@ Texts are packed best-fit-decreasing into rows of 128, 256 or 512 tokens (and th
 the space longer ones leave. Each text keeps its own
 segment id (attention stays inside it), positions restarting at 0, and its own pooled vector. Rows are cut
 into batches of `max_batch_tokens // length` rows; as with one text per row, each row length has one batch
-shape (a group too small to fill a batch gets a power-of-two row count), so a run compiles at most two
-programs per row length it reaches.
+shape, and the last batch of a row length takes half as many rows when it fits in them (a call too small to
+fill one batch gets a power-of-two row count instead), so a run compiles at most two programs per row length
+it reaches: at most 6 for a 512-token context.
 
 Why these row lengths: attention over a packed row costs in proportion to the row's length for every token in
 it. For BERT-base a token's attention is 2.8% of its layer's matmul work in a 128-token row, 5.6% at 256 and
@@ -67,8 +68,17 @@ class PackingPlanner(BatchPlanner):
             if group and (len(group) == per_batch or sum(map(len, group)) + len(row) > cap):
                 groups.append(group := [])
             group.append(row)
-        shape_rows = per_batch if len(groups) > 1 else min(per_batch, self.tail_rows(len(groups[0])))
-        return [PackedBatchPlan(g, shape_rows, length, self.segments(length)) for g in groups]
+        if len(groups) == 1:  # a small call: the smallest power-of-two shape that holds it
+            return [PackedBatchPlan(groups[0], min(per_batch, self.tail_rows(len(groups[0]))), length,
+                                    self.segments(length))]
+        half = self.half_rows(length)
+        return [PackedBatchPlan(g, half if g is groups[-1] and len(g) <= half else per_batch, length,
+                                self.segments(length)) for g in groups]
+
+    def half_rows(self, length: int) -> int:
+        """Rows of the one smaller shape a row length has: the last batch of a longer run, when it fits."""
+        rows = self.rows_per_batch(length) // 2
+        return max(self.num_devices, rows - rows % self.num_devices)
 
 
 def pack(lengths: np.ndarray, row_lengths: tuple[int, ...], segments) -> list[tuple[int, list[int]]]:
