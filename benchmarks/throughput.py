@@ -40,6 +40,15 @@ def encoder_flops(cfg: dict, batch: int, length: int) -> float:
     return float(n * per_layer)
 
 
+def attention_share(cfg, shapes) -> float:
+    """Attention's share (scores and context) of the forward's matmul FLOPs over batches of `shapes` [(rows, length)]:
+    with packing a row's attention spans its whole length, so long rows pay for it."""
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    attn = sum(4 * r * n * n * h for r, n in shapes)
+    dense = sum(2 * r * n * (4 * h * h + 2 * h * i) for r, n in shapes)
+    return attn / (attn + dense)
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -78,7 +87,10 @@ def run_engine(engine: str, model: str, dtype: str, n_texts: int, out: Path, rep
             result = encoder.encode_detailed(texts)
             times.append(time.perf_counter() - start)
         embeddings = result.embeddings
+        batches = encoder.prepare(texts, prompt=encoder.sentence.resolve_prompt(None, None)).batches
         extra = dict(
+            attention=encoder.compile_stats.attention,
+            attention_share=attention_share(encoder.config, [b.input_ids.shape for b in batches]),
             compile_s=encoder.compile_stats.total_seconds,
             shapes=encoder.compile_stats.count,
             cache_hits=encoder.compile_stats.cache_hits,
@@ -140,7 +152,8 @@ def mixed(args) -> None:
     print(f"ratio berta-jax / sentence-transformers (real tokens/s): {pt['seconds'] / jx['seconds']:.2f}x; "
           f"max abs diff of embeddings: {diff:.2e}; berta-jax first call {jx['first_call_s']:.1f}s "
           f"({jx['cache_hits']} of {jx['shapes']} programs from the persistent cache), "
-          f"max_batch_tokens {jx['max_batch_tokens']}")
+          f"max_batch_tokens {jx['max_batch_tokens']}; attention kernel {jx['attention']}, "
+          f"{100 * jx['attention_share']:.1f}% of the forward's matmul FLOPs")
 
 
 # --- dense fixed shape ----------------------------------------------------------------------------------
