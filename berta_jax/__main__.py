@@ -1,12 +1,5 @@
-"""`python -m berta_jax ...` is the `berta-jax` command."""
+"""`python -m berta_jax ...` is the `berta-jax` command (the same program as `python -m berta_jax.cli`)."""
 
-import sys
+import runpy
 
-try:
-    from berta_jax.cli.main import main
-
-    code = main()
-except KeyboardInterrupt:  # before the command's own handling began
-    print("berta-jax: interrupted during start-up; nothing was written", file=sys.stderr)
-    code = 130
-sys.exit(code)
+runpy.run_module("berta_jax.cli", run_name="__main__", alter_sys=True)
