@@ -12,11 +12,15 @@ caller-made token ids (`hidden`: what `Encoder.token_embeddings` and the parity 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import os
+import threading
 import time
 import warnings
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
@@ -38,6 +42,7 @@ class CompileStats:
 
     seconds: dict[tuple, float] = dataclasses.field(default_factory=dict)
     from_cache: dict[tuple, bool] = dataclasses.field(default_factory=dict)
+    wall_seconds: float = 0.0  # time spent waiting for compiles (programs compiled side by side count once)
     attention: str = "xla"  # the attention kernel of the sentence-embedding programs (see attention.select_kernel)
 
     @property
@@ -54,13 +59,14 @@ class CompileStats:
 
 
 @contextlib.contextmanager
-def _counting_cache_hits() -> Iterator[list[int]]:
-    """Count persistent-cache hits while the block runs (the listener exists only during the block)."""
-    hits = [0]
+def _counting_cache_hits() -> Iterator[collections.Counter]:
+    """Count persistent-cache hits per thread while the block runs (the listener exists only during the block;
+    JAX reports a hit in the thread that compiles, so programs compiled side by side are told apart)."""
+    hits: collections.Counter = collections.Counter()
 
     def listener(event: str, **_) -> None:
         if event == _CACHE_HIT:
-            hits[0] += 1
+            hits[threading.get_ident()] += 1
 
     jax.monitoring.register_event_listener(listener)
     try:
@@ -85,6 +91,11 @@ def _embed_fn(graphdef: nnx.GraphDef, pooling: str, normalize: bool, num_segment
     return fn
 
 
+def _batch_args(batch: Batch) -> tuple[np.ndarray, ...]:
+    """The arrays a compiled embedding program takes, in its order."""
+    return batch.input_ids, batch.token_type_ids, batch.segment_ids, batch.positions, batch.pool_mask
+
+
 class Runtime:
     """Compiled, sharded forwards of one model on `devices` (default: every local device)."""
 
@@ -102,6 +113,7 @@ class Runtime:
         self.kernel = self.stats.attention = attention
         self.fallback = fallback  # a fused kernel that fails to compile falls back to "xla", saying so
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
+        self._lock = threading.Lock()
 
     @property
     def num_devices(self) -> int:
@@ -111,37 +123,72 @@ class Runtime:
         """The compiled program for `key`, compiling it (or loading it from the persistent cache) once."""
         if key not in self._compiled:
             start = time.perf_counter()
-            specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.rows_sharding) for a in args]
-            jitted = jax.jit(make(), in_shardings=(self.replicated, *(self.rows_sharding,) * len(args)),
-                             out_shardings=out_sharding)
             with _counting_cache_hits() as hits:
-                self._compiled[key] = jitted.lower(self.params, *specs).compile()
-            self.stats.seconds[key] = time.perf_counter() - start
-            self.stats.from_cache[key] = hits[0] > 0
+                self._compile(key, make, args, out_sharding, hits)
+            self.stats.wall_seconds += time.perf_counter() - start
         return self._compiled[key]
+
+    def _compile(self, key: tuple, make: Callable[[], Callable], args: Sequence[np.ndarray], out_sharding,
+                 hits: collections.Counter) -> None:
+        start, before = time.perf_counter(), hits[threading.get_ident()]
+        specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.rows_sharding) for a in args]
+        jitted = jax.jit(make(), in_shardings=(self.replicated, *(self.rows_sharding,) * len(args)),
+                         out_shardings=out_sharding)
+        compiled = jitted.lower(self.params, *specs).compile()
+        with self._lock:
+            self._compiled[key] = compiled
+            self.stats.seconds[key] = time.perf_counter() - start
+            self.stats.from_cache[key] = hits[threading.get_ident()] > before
+
+    def precompile(self, batches: Sequence[Batch], *, pooling: str, normalize: bool) -> None:
+        """Compile the programs of every batch shape not compiled yet, side by side in threads (XLA compiles outside
+        the GIL), before any batch runs: a run's cold start is about its slowest program rather than the sum, and
+        no compile competes with a running batch. The first program settles the attention kernel (and a fallback)."""
+        todo = list({b.shape: b for b in batches if self._embed_key(b, pooling, normalize) not in self._compiled}.values())
+        if not todo:
+            return
+        self.embed_program(todo[0], pooling=pooling, normalize=normalize)
+        if len(todo) > 1:
+            start = time.perf_counter()
+            with _counting_cache_hits() as hits, ThreadPoolExecutor(min(len(todo) - 1, os.cpu_count() or 1)) as pool:
+                jobs = [pool.submit(self._compile, self._embed_key(b, pooling, normalize),
+                                    self._embed_maker(b, pooling, normalize), _batch_args(b), self.rows_sharding, hits)
+                        for b in todo[1:]]
+                for job in jobs:
+                    job.result()
+            self.stats.wall_seconds += time.perf_counter() - start
 
     def embed(self, batch: Batch, *, pooling: str, normalize: bool) -> jax.Array:
         """Start the forward of one batch (asynchronously): `[rows * segments, hidden]`, sharded by rows."""
-        args = (batch.input_ids, batch.token_type_ids, batch.segment_ids, batch.positions, batch.pool_mask)
-        program = self._embed_program(args, pooling, normalize, batch)
-        return program(self.params, *(jax.device_put(a, self.rows_sharding) for a in args))
+        program = self.embed_program(batch, pooling=pooling, normalize=normalize)
+        return program(self.params, *(jax.device_put(a, self.rows_sharding) for a in _batch_args(batch)))
 
-    def _embed_program(self, args, pooling: str, normalize: bool, batch: Batch) -> jax.stages.Compiled:
+    def _embed_key(self, batch: Batch, pooling: str, normalize: bool) -> tuple:
+        return ("embed", self.kernel, pooling, normalize, *batch.shape)
+
+    def _embed_maker(self, batch: Batch, pooling: str, normalize: bool) -> Callable[[], Callable]:
         kernel = self.kernel
-        make = lambda: _embed_fn(self.graphdef, pooling, normalize, batch.num_segments, kernel)  # noqa: E731
+        return lambda: _embed_fn(self.graphdef, pooling, normalize, batch.num_segments, kernel)
+
+    def embed_program(self, batch: Batch, *, pooling: str, normalize: bool) -> jax.stages.Compiled:
+        """The program for this batch's shape; an automatic fused-kernel choice that fails to compile falls back."""
+        kernel = self.kernel
         try:
-            return self._program(("embed", kernel, pooling, normalize, *batch.shape), make, args, self.rows_sharding)
+            return self._program(self._embed_key(batch, pooling, normalize), self._embed_maker(batch, pooling, normalize),
+                                 _batch_args(batch), self.rows_sharding)
         except Exception as e:  # noqa: BLE001 - only an automatic fused-kernel choice falls back, and says why
             if kernel == "xla" or not self.fallback:
                 raise
             warnings.warn(f"the {kernel} attention kernel did not compile here ({type(e).__name__}: {str(e)[:200]}); "
                           "using the xla kernel (pass attention='xla' to skip the attempt)", RuntimeWarning, stacklevel=3)
             self.kernel, self.stats.attention, self.fallback = "xla", f"xla ({kernel} unavailable)", False
-            return self._embed_program(args, pooling, normalize, batch)
+            return self.embed_program(batch, pooling=pooling, normalize=normalize)
 
     def run(self, batches: Iterable[Batch], *, pooling: str, normalize: bool) -> Iterator[tuple[Batch, np.ndarray]]:
         """(batch, vectors of its texts in `batch.texts` order), keeping one batch in flight while the next
         is prepared."""
+        batches = list(batches)
+        self.precompile(batches, pooling=pooling, normalize=normalize)
         pending: deque[tuple[Batch, jax.Array]] = deque()
         for batch in batches:
             pending.append((batch, self.embed(batch, pooling=pooling, normalize=normalize)))
