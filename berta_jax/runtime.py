@@ -141,9 +141,10 @@ class Runtime:
             self.stats.from_cache[key] = hits[threading.get_ident()] > before
 
     def precompile(self, batches: Sequence[Batch], *, pooling: str, normalize: bool) -> None:
-        """Compile the programs of every batch shape not compiled yet, side by side in threads (XLA compiles outside
-        the GIL), before any batch runs: a run's cold start is about its slowest program rather than the sum, and
-        no compile competes with a running batch. The first program settles the attention kernel (and a fallback)."""
+        """Compile the programs of every batch shape not compiled yet before any batch runs, so no compile competes
+        with a running batch; the first settles the attention kernel (and a fallback), the rest compile side by
+        side in threads, one per host core (on the 2-core CPU machine that is no faster than one after another;
+        it is meant for many-core accelerator hosts, where it is not measured yet)."""
         todo = list({b.shape: b for b in batches if self._embed_key(b, pooling, normalize) not in self._compiled}.values())
         if not todo:
             return
