@@ -73,10 +73,13 @@ def attention(
     with_probs: bool = False,
     kernel: str = "xla",
 ) -> tuple[Float[Array, "B L H K"], Float[Array, "B H L L"] | None]:
-    """softmax(q k^T / sqrt(K) + bias) v, and the probabilities when asked (which, like dropout, needs "xla")."""
-    if kernel != "xla" and dropout is None and not with_probs:
-        return fused_attention(q, k, v, bias, implementation=kernel), None
-    return explicit_attention(q, k, v, bias, precision=precision, dropout=dropout, with_probs=with_probs)
+    """softmax(q k^T / sqrt(K) + bias) v, and the probabilities when asked (which, like dropout, needs "xla":
+    `BertModel.forward` picks "xla" whenever either is in play)."""
+    if kernel == "xla":
+        return explicit_attention(q, k, v, bias, precision=precision, dropout=dropout, with_probs=with_probs)
+    if dropout is not None or with_probs:
+        raise ValueError(f"the {kernel} attention kernel returns no probabilities and applies no dropout; use 'xla'")
+    return fused_attention(q, k, v, bias, implementation=kernel), None
 
 
 def fused_attention(q: Float[Array, "B L H K"], k: Float[Array, "B L H K"], v: Float[Array, "B L H K"],

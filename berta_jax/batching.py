@@ -78,6 +78,10 @@ class BatchPlanner:
         rows = self.max_batch_tokens // length
         if self.batch_size is not None:
             rows = min(rows, self.batch_size)
+        return self.device_rows(rows)
+
+    def device_rows(self, rows: int) -> int:
+        """`rows` rounded down to a multiple of the device count (at least one row per device)."""
         return max(self.num_devices, rows - rows % self.num_devices)
 
     def tail_rows(self, n: int) -> int:

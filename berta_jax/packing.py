@@ -49,8 +49,7 @@ class PackingPlanner(BatchPlanner):
         return max(1, min(length // TOKENS_PER_SEGMENT, self.batch_size or length))
 
     def rows_per_batch(self, length: int) -> int:
-        rows = self.max_batch_tokens // length
-        return max(self.num_devices, rows - rows % self.num_devices)
+        return self.device_rows(self.max_batch_tokens // length)
 
     def plan(self, lengths: np.ndarray) -> list[PackedBatchPlan]:
         """Batches covering every text once, longest row lengths first."""
@@ -77,8 +76,7 @@ class PackingPlanner(BatchPlanner):
 
     def half_rows(self, length: int) -> int:
         """Rows of the one smaller shape a row length has: the last batch of a longer run, when it fits."""
-        rows = self.rows_per_batch(length) // 2
-        return max(self.num_devices, rows - rows % self.num_devices)
+        return self.device_rows(self.rows_per_batch(length) // 2)
 
 
 def pack(lengths: np.ndarray, row_lengths: tuple[int, ...], segments) -> list[tuple[int, list[int]]]:

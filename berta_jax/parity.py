@@ -95,11 +95,10 @@ def compare(encoder: Encoder, reference: Reference, texts: Sequence[str], *, pro
                                  max_length=encoder.sentence.max_seq_length, return_tensors="np")
     ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)
     types = batch["token_type_ids"].astype(np.int32) if token_type_ids is None else token_type_ids.astype(np.int32)
-    layers = None
-    for rows in _length_groups(mask.sum(axis=1), encoder.sentence.max_seq_length):
-        length = int(mask[rows].sum(axis=1).max())
-        group = _layer_differences(encoder, reference, *(a[rows, :length] for a in (ids, mask, types)))
-        layers = group if layers is None else [max(a, b) for a, b in zip(layers, group)]
+    lengths = mask.sum(axis=1)
+    groups = [_layer_differences(encoder, reference, *(a[rows, :lengths[rows].max()] for a in (ids, mask, types)))
+              for rows in _length_groups(lengths, encoder.sentence.max_seq_length)]
+    layers = [max(stage) for stage in zip(*groups)]  # per stage, the largest difference over the groups
     st = reference.sentence_transformer
     if st is None:
         return ParityReport(layers, None, None, None, None)
