@@ -9,13 +9,14 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from berta_jax import Encoder, JobError
 from berta_jax.cli import main
-from tests.helpers import berta_jax, cli_env, committed_segments, start_berta_jax, wait_for, worker
+from tests.helpers import REPO, WORKERS, berta_jax, cli_env, committed_segments, start_berta_jax, wait_for, worker
 from tests.test_inputs import TEXTS, write_inputs
 
 
@@ -214,6 +215,8 @@ def test_existing_output_and_changed_inputs_are_refused(tmp_path, tiny_bert_dir,
 
 
 def test_two_processes_with_jax_distributed_match_one_process(tmp_path, tiny_bert_dir):
+    """Process 1 reports late, after its share is done and its heartbeat gone: process 0, which hosts JAX's
+    coordinator, must still leave last (JAX aborts every process connected to a coordinator that goes)."""
     source = big_input(tmp_path / "in.txt", 230)
     single = tmp_path / "single.npy"
     assert encode(str(source), "-o", str(single), "--model", str(tiny_bert_dir), "--chunk-rows", "20")[0] == 0
@@ -221,12 +224,18 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path, tiny_ber
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "multi.npy"
-    procs = [start_berta_jax("encode", str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "20",
-                             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
-                             "--quiet", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    results = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
+    args = ["encode", str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--chunk-rows", "20",
+            "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--quiet"]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [start_berta_jax(*args, "--process-id", "0", **pipes),
+             subprocess.Popen([sys.executable, str(WORKERS / "slow_leaver.py"), "3", *args, "--process-id", "1"],
+                              cwd=REPO, env=cli_env(), **pipes)]
+    wait_for(lambda: any(p.poll() not in (None, 0) for p in procs) or all(p.poll() == 0 for p in procs), timeout=240)
+    for p in procs:  # one that failed must not leave the other waiting for it
+        if p.poll() is None:
+            p.kill()
+    results = [p.communicate() for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1][-6000:] for r in results]
     report = next(line for line in results[1][0].splitlines() if line.startswith("process 1: embedded"))
     assert 0 <= int(report.split()[3]) <= 12  # chunks are claimed as the processes go: any share is right
     assert "wrote" in results[0][0] and "230 texts" in results[0][0]
@@ -320,3 +329,56 @@ def test_bf16_compute_and_batch_knobs_reach_the_encoder(tmp_path, tiny, tiny_ber
     assert np.min(np.sum(fast * reference, axis=1)) >= 0.99 and np.abs(fast - reference).max() > 0  # bf16, not f32
     with pytest.raises(SystemExit):
         main(["encode", str(files["txt"]), "-o", str(out), "--model", str(tiny_bert_dir), "--dtype", "float64"])
+
+
+class _Peers:
+    """A cluster of three whose other processes have not (yet) disconnected."""
+
+    index, count, peers_waited_for = 0, 3, False
+
+    def __init__(self, left: bool):
+        import concurrent.futures
+
+        self.future = concurrent.futures.Future()
+        if left:
+            self.future.set_result({0: 1})
+
+    def departure(self):
+        return self.future
+
+
+@pytest.mark.parametrize("left, dead, timeout, waits", [(True, set(), 30.0, (0.0, 0.5)),  # all gone: at once
+                                                        (False, set(), 0.6, (0.6, 1.2)),  # bounded by the timeout
+                                                        (False, {2}, 30.0, (0.4, 1.0))])  # a dead peer: the grace
+def test_process_0_waits_for_the_others_to_disconnect_within_bounds(monkeypatch, left, dead, timeout, waits):
+    import time
+
+    from berta_jax.job import run
+
+    monkeypatch.setattr(run, "DEAD_PEER_GRACE", 0.4)
+    cluster, start = _Peers(left), time.monotonic()
+    run.wait_for_peers_to_leave(cluster, lambda process: process in dead, timeout=timeout)
+    assert waits[0] <= time.monotonic() - start < waits[1] and cluster.peers_waited_for
+
+
+def test_a_heartbeat_tells_alive_dead_and_left_apart(tmp_path):
+    import socket
+    import time
+
+    from berta_jax.job.state import WorkFolder, dump_json
+    from berta_jax.storage import store_for
+
+    store = store_for(tmp_path)
+    work = WorkFolder(store, str(tmp_path / "state"), str(tmp_path / "data"))
+    work.heartbeat("run", 1)  # this process, on this host
+    beats = {2: dict(host=socket.gethostname(), pid=2 ** 22 + 1, time=time.time()),  # a pid that is gone
+             3: dict(host="elsewhere", pid=1, time=time.time()),  # another host, beating
+             4: dict(host="elsewhere", pid=1, time=time.time() - 120),  # another host, silent past the TTL
+             5: dict(host="elsewhere", pid=1, time="soon")}  # not written by berta-jax
+    for process, record in beats.items():
+        store.write(work.path("heartbeats", f"run-{process}.json"), dump_json(record))
+    store.write(work.path("heartbeats", "run-6.json"), b"{damaged")
+    alive = {p: work.peer_alive("run", p, 60.0) for p in range(1, 8)}
+    dead = {p: work.peer_dead("run", p, 60.0) for p in range(1, 8)}
+    assert alive == {1: True, 2: False, 3: True, 4: False, 5: False, 6: False, 7: False}
+    assert dead == {1: False, 2: True, 3: False, 4: True, 5: True, 6: True, 7: False}  # 7 left (no heartbeat)

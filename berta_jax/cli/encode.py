@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import sys
+import threading
 import time
 
 from berta_jax.cli.commands import add_prompt_options, command
 from berta_jax.cli.signals import StopSignals
 from berta_jax.job.outputs import PRECISIONS
-from berta_jax.job.run import Cluster, JobOptions, JobSummary
+from berta_jax.job.run import Cluster, JobOptions, JobSummary, wait_for_peers_to_leave
 
 EXIT_INTERRUPTED, EXIT_PENDING = 130, 3
 
@@ -68,6 +70,7 @@ class JaxCluster(Cluster):
         import jax
 
         self.index, self.count = jax.process_index(), jax.process_count()
+        self._departure: concurrent.futures.Future | None = None
 
     def agree(self, fn) -> dict:
         import numpy as np
@@ -82,6 +85,31 @@ class JaxCluster(Cluster):
         if outcome.get("status") != "go":  # every process stops here: meet once more, so that all are past
             multihost_utils.sync_global_devices("berta-jax-stop")  # the collectives before anyone leaves
         return outcome
+
+    def departure(self) -> concurrent.futures.Future:
+        """JAX's "which tasks are alive" query is a barrier: it returns once every listed task has either asked too
+        or disconnected. Only process 0 asks, so its answer comes when all the others have left."""
+        if self._departure is None:
+            from jax._src import distributed  # the client multihost_utils itself uses; JAX has no public accessor
+
+            client, everyone = distributed.global_state.client, list(range(self.count))
+            self._departure = concurrent.futures.Future()
+
+            def ask() -> None:
+                try:
+                    self._departure.set_result(client.get_live_nodes(everyone))
+                except BaseException as e:  # handed to the waiter, which raises it
+                    self._departure.set_exception(e)
+
+            threading.Thread(target=ask, name="berta-jax-departure", daemon=True).start()
+        return self._departure
+
+    def leave(self) -> None:
+        """Disconnect from the coordination service. With recoverability on this waits for no one, and a process
+        that has left is not stopped when the coordinator goes."""
+        import jax
+
+        jax.distributed.shutdown()
 
 
 def _cluster(args: argparse.Namespace) -> Cluster:
@@ -190,9 +218,9 @@ def _encode(args: argparse.Namespace) -> int:
 
 
 def _leave_cluster(cluster: Cluster, code: int, error: BaseException | None) -> None:
-    """End this process of a jax.distributed run now. JAX aborts the others when the coordinator goes, and its exit
-    handshake would wait for a peer that died: the others leave at once, process 0 last (after a run it waited for
-    their records; after a refusal every process knew at the same moment)."""
+    """End this process of a jax.distributed run now. JAX aborts every process still connected when the coordinator
+    goes, and its exit handshake would wait for a peer that died: the others disconnect and leave at once, process 0
+    waits until they have disconnected (or died) and leaves last."""
     import traceback
 
     from berta_jax.errors import BertaJaxError
@@ -208,8 +236,10 @@ def _leave_cluster(cluster: Cluster, code: int, error: BaseException | None) -> 
         code = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    if cluster.index == 0 and code:
-        time.sleep(1.0)
+    if cluster.index == 0 and not cluster.peers_waited_for:  # an error before run_job: everyone is leaving now
+        wait_for_peers_to_leave(cluster, timeout=10.0)
+    elif cluster.index != 0:
+        cluster.leave()
     os._exit(code)
 
 

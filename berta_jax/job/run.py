@@ -11,6 +11,7 @@ crash, on local disk or object storage, from one process or many.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -29,6 +30,7 @@ if TYPE_CHECKING:  # planning and refusals import no JAX; the encoder is loaded 
     from berta_jax.encoder import Encoder
 
 LOCK_TTL = 60.0  # seconds a lock (or a process's heartbeat) stays valid without renewal
+DEAD_PEER_GRACE = 5.0  # seconds process 0 still waits for the others to leave once one is known dead
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +74,16 @@ class Cluster:
 
     index: int = 0
     count: int = 1
+    peers_waited_for: bool = False  # process 0 has waited for the others to leave (see wait_for_peers_to_leave)
 
     def agree(self, fn: Callable[[], dict]) -> dict:
         return fn()
+
+    def departure(self) -> concurrent.futures.Future:
+        """Done once every other process has disconnected from the cluster (at once, for a single process)."""
+        done = concurrent.futures.Future()
+        done.set_result(None)
+        return done
 
 
 @dataclasses.dataclass
@@ -389,6 +398,8 @@ def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list[str], output:
             if not plan.work.holds_work():
                 plan.work.remove([])  # nothing was committed: leave no files behind
             lease.release()
+        if cluster.index == 0:
+            wait_for_peers_to_leave(cluster, lambda process: plan.work.peer_dead(lease.run, process, LOCK_TTL))
 
 
 def _run(plan: Plan, encoder, lease: Lease, cluster: Cluster, summary: JobSummary, progress, stop) -> JobSummary:
@@ -406,17 +417,25 @@ def _run(plan: Plan, encoder, lease: Lease, cluster: Cluster, summary: JobSummar
     finally:
         if beat is not None:
             beat.stop()
-        if cluster.index == 0:
-            _wait_for_peers_to_leave(plan, lease.run, cluster)
         summary.seconds = time.perf_counter() - start_time
     return summary
 
 
-def _wait_for_peers_to_leave(plan: Plan, run: str, cluster: Cluster) -> None:
-    """Process 0 leaves last: JAX stops every other process when the coordinator goes (bounded wait)."""
-    deadline = time.monotonic() + LOCK_TTL
-    while time.monotonic() < deadline and any(plan.work.peer_alive(run, p, LOCK_TTL) for p in range(1, cluster.count)):
-        time.sleep(0.1)
+def wait_for_peers_to_leave(cluster: Cluster, dead: Callable[[int], bool] = lambda process: False,
+                            timeout: float = LOCK_TTL) -> None:
+    """Process 0 leaves last: JAX aborts every process still connected when the coordinator (process 0) goes.
+    Waits until the others have disconnected, at most `timeout` seconds, and only a few more once one of them is
+    `dead` (a killed process stays "connected" until JAX's heartbeat timeout, 100 s by default)."""
+    departure = cluster.departure()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            departure.result(timeout=0.05)
+            break
+        except concurrent.futures.TimeoutError:
+            if any(dead(p) for p in range(1, cluster.count)):
+                deadline = min(deadline, time.monotonic() + DEAD_PEER_GRACE)
+    cluster.peers_waited_for = True
 
 
 class _Heartbeat:

@@ -275,15 +275,25 @@ class WorkFolder:
         self.store.write(self.path("heartbeats", f"{run}-{process}.json"), dump_json(record))
 
     def peer_alive(self, run: str, process: int, ttl: float) -> bool:
+        """Whether process `process` of `run` has a live heartbeat (its pid on this host, a fresh time elsewhere)."""
+        return self._peer_state(run, process, ttl) == "alive"
+
+    def peer_dead(self, run: str, process: int, ttl: float) -> bool:
+        """Whether the heartbeat of `process` says it died without leaving (a leaver removes its heartbeat)."""
+        return self._peer_state(run, process, ttl) == "dead"
+
+    def _peer_state(self, run: str, process: int, ttl: float) -> str:
         try:
             record = read_json_record(self.store, self.path("heartbeats", f"{run}-{process}.json"), "a heartbeat")
         except JobError:
-            return False
+            return "dead"  # a damaged heartbeat is no sign of life
         if not isinstance(record, dict):
-            return False
+            return "absent" if record is None else "dead"
         if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
-            return _alive(record["pid"], record.get("pid_start"))
-        return time.time() - float(record.get("time", 0)) < ttl
+            return "alive" if _alive(record["pid"], record.get("pid_start")) else "dead"
+        beat = record.get("time")
+        fresh = isinstance(beat, (int, float)) and time.time() - beat < ttl
+        return "alive" if fresh else "dead"
 
     def remove_record(self, name: str) -> None:
         self.store.delete(self.path("chunks", name))
