@@ -5,6 +5,7 @@ a stop that comes after the last batch still finishes the job."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -97,3 +98,22 @@ def test_a_stop_after_the_last_batch_still_finishes_the_job(job, tmp_path, monke
     assert main(["encode", str(source), "-o", str(out), *common]) == 0
     assert "wrote" in capsys.readouterr().out and out.read_bytes() == reference.read_bytes()
     assert np.load(out).shape == (1500, 16)
+
+
+def test_a_signal_while_the_model_loads_interrupts_once_loading_is_over():
+    from berta_jax.cli.signals import StopSignals
+
+    stop, steps = StopSignals(), []
+    with pytest.raises(KeyboardInterrupt):
+        with stop.held():
+            stop._handle(signal.SIGTERM, None)  # what the interpreter calls when SIGTERM arrives
+            stop._handle(signal.SIGINT, None)  # a second one does not end the process mid-import either
+            steps.append("loaded")
+    assert steps == ["loaded"] and stop()
+    with pytest.raises(KeyboardInterrupt):  # outside the block, before arming: at once
+        StopSignals()._handle(signal.SIGTERM, None)
+    armed = StopSignals(stream=open(os.devnull, "w"))
+    armed.arm()
+    with armed.held():
+        armed._handle(signal.SIGTERM, None)  # armed: a graceful stop request, nothing raised
+    assert armed()

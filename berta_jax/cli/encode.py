@@ -129,13 +129,14 @@ def _cluster(args: argparse.Namespace) -> Cluster:
 
 def _loader(args: argparse.Namespace, model, stop: StopSignals):
     def load():
-        import jax.numpy as jnp
+        with stop.held():  # native libraries start here: a signal now interrupts once the model is loaded
+            import jax.numpy as jnp
 
-        from berta_jax.compile_cache import enable_compilation_cache
-        from berta_jax.encoder import Encoder
+            from berta_jax.compile_cache import enable_compilation_cache
+            from berta_jax.encoder import Encoder
 
-        enable_compilation_cache()
-        encoder = Encoder.from_folder(model, dtype=jnp.dtype(args.dtype), max_batch_tokens=args.max_batch_tokens)
+            enable_compilation_cache()
+            encoder = Encoder.from_folder(model, dtype=jnp.dtype(args.dtype), max_batch_tokens=args.max_batch_tokens)
         stop.arm()
         return encoder
 

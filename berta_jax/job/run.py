@@ -394,12 +394,12 @@ def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list[str], output:
         lease.run = outcome["run"]
         return _run(plan, encoder, lease, cluster, summary, progress, stop)
     finally:
+        if cluster.index == 0:  # the lock is held until the others are gone: they check it to their last step
+            wait_for_peers_to_leave(cluster, lambda process: plan.work.peer_dead(lease.run, process, LOCK_TTL))
         if cluster.index == 0 and lease.held:
             if not plan.work.holds_work():
                 plan.work.remove([])  # nothing was committed: leave no files behind
             lease.release()
-        if cluster.index == 0:
-            wait_for_peers_to_leave(cluster, lambda process: plan.work.peer_dead(lease.run, process, LOCK_TTL))
 
 
 def _run(plan: Plan, encoder, lease: Lease, cluster: Cluster, summary: JobSummary, progress, stop) -> JobSummary:
