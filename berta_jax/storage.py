@@ -249,15 +249,24 @@ class RemoteStore:
         self._call("upload", path, self.fs.pipe_file, self._path(path), data)
 
     def create(self, path: str, data: bytes) -> bool:
+        """Create-if-absent (the backend's generation/if-none-match precondition). The backends retry a request
+        whose answer was lost; a retry of a create that did land fails its precondition, so an object that holds
+        exactly `data` (records name their run, process and host) counts as created by this call."""
         try:
             self._call("create", path, self.fs.pipe_file, self._path(path), data, mode="create")
         except FileExistsError:
-            return False
+            return self._holds(path, data)
         except StorageError as e:
             if _precondition_failed(e.__cause__):
-                return False
+                return self._holds(path, data)
             raise
         return True
+
+    def _holds(self, path: str, data: bytes) -> bool:
+        try:
+            return self.read(path) == data
+        except FileNotFoundError:
+            return False
 
     def delete(self, path: str) -> None:
         try:
