@@ -26,7 +26,7 @@ from berta_jax.errors import TruncationWarning
 from berta_jax.folder import ModelFolder
 from berta_jax.model import BertModel
 from berta_jax.packing import PackingPlanner, make_packed_batches, unpack_batch
-from berta_jax.runtime import CompileStats, Runtime
+from berta_jax.runtime import CompileStats, Runtime, RunStats
 from berta_jax.st_config import SentenceConfig
 from berta_jax.tokenize import TextTokenizer, TokenizedTexts
 from berta_jax.vectors import check_finite, check_truncate_dim, truncate
@@ -69,7 +69,8 @@ class Encoder:
       sentence: pooling, normalisation, context, prompts and output dimension (`SentenceConfig`).
       tokenizer: the tokenizer step (`TextTokenizer`).
       graphdef, params: `nnx.split(model)`, for the pure functions.
-      runtime: the compiled, sharded forwards; `compile_stats` says what was compiled.
+      runtime: the compiled, sharded forwards; `compile_stats` says what was compiled, `run_stats` how busy the
+        device was while batches ran.
     """
 
     def __init__(self, model: BertModel, tokenizer: TextTokenizer, sentence: SentenceConfig, *, name: str = "",
@@ -84,7 +85,7 @@ class Encoder:
         self.graphdef, self.params = nnx.split(model)
         self.devices = list(devices) if devices is not None else jax.local_devices()
         if max_batch_tokens is None:
-            max_batch_tokens = default_batch_tokens(self.devices, sentence.max_seq_length)
+            max_batch_tokens = default_batch_tokens(self.devices, sentence.max_seq_length, self.config)
         BatchPlanner(sentence.max_seq_length, max_batch_tokens, num_devices=len(self.devices))  # validates now
         self.max_batch_tokens = max_batch_tokens
         self.packing = packing  # several texts per row (see packing.py); False: one text per padded row
@@ -109,7 +110,8 @@ class Encoder:
           max_seq_length: override the folder's context length (at most max_position_embeddings).
           truncate_dim: keep the first N dimensions of every embedding (Matryoshka), as sentence-transformers.
           devices: devices to shard each batch over (default: every local device).
-          max_batch_tokens: padded tokens per batch (default: 2048 per device on CPU, 16384 on accelerators).
+          max_batch_tokens: padded tokens per batch (default: 2048 per CPU device; on accelerators sized to the
+            device's memory, see `default_batch_tokens`).
           packing: pack several texts into each row (almost no padding); False gives one text per padded row.
           attention: the attention kernel: "auto" (cuDNN's fused attention on NVIDIA GPUs in bfloat16/float16, the
             explicit XLA form elsewhere; `compile_stats.attention` names the one used), "xla" or "cudnn".
@@ -134,6 +136,10 @@ class Encoder:
         model = load_model(folder.files, folder.config, dtype=dtype, param_dtype=param_dtype)
         return cls(model, tokenizer, sentence, name=folder.name, folder=folder.folder, devices=devices,
                    max_batch_tokens=max_batch_tokens, packing=packing, attention=attention)
+
+    @property
+    def run_stats(self) -> RunStats:
+        return self.runtime.run_stats
 
     @property
     def hidden_size(self) -> int:
@@ -281,7 +287,24 @@ def check_ids(name: str, ids: np.ndarray, limit: int) -> None:
         raise ValueError(f"{name}[{b}, {t}] = {ids[b, t]} is outside [0, {limit}); JAX would silently read a wrong row")
 
 
-def default_batch_tokens(devices: Sequence[jax.Device], max_seq_length: int) -> int:
-    """Padded tokens per batch: small on CPU (cache-sized batches run fastest there), large on accelerators."""
-    per_device = 2048 if devices[0].platform == "cpu" else 16384
+def default_batch_tokens(devices: Sequence[jax.Device], max_seq_length: int, cfg: BertConfig | None = None) -> int:
+    """Padded tokens per batch: 2048 per CPU device (cache-sized batches run fastest there); on accelerators, what
+    an eighth of the device's memory holds of one layer's activations at the longest rows (see
+    `activation_bytes_per_token`), as a power of two from 8192 to 262144 per device (16384 when the device does
+    not report its memory)."""
+    per_device = 2048
+    if devices[0].platform != "cpu":
+        limit = (devices[0].memory_stats() or {}).get("bytes_limit") if hasattr(devices[0], "memory_stats") else None
+        if not limit or cfg is None:
+            per_device = 16384
+        else:
+            fits = limit / 8 / activation_bytes_per_token(cfg, max_seq_length)
+            per_device = int(min(max(2 ** int(np.log2(max(fits, 1))), 8192), 262144))
     return max(per_device * len(devices), max_seq_length)
+
+
+def activation_bytes_per_token(cfg: BertConfig, length: int) -> int:
+    """Bytes one token of a `length`-token row keeps live in a layer's forward: float32 attention logits and
+    probabilities over the row (2 x heads x length), the hidden-size tensors (about 8 of them) and the two
+    feed-forward intermediates."""
+    return 4 * (2 * cfg.num_attention_heads * length + 8 * cfg.hidden_size + 2 * cfg.intermediate_size)

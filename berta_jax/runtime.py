@@ -16,6 +16,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import queue
 import threading
 import time
 import warnings
@@ -32,6 +33,7 @@ from berta_jax.batching import Batch
 from berta_jax.pooling import embed_packed, l2_normalize, make_hidden_fn, pool
 
 DATA_AXIS = "data"
+IN_FLIGHT = 1  # batches dispatched ahead of the one whose results the host is taking
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 
 
@@ -56,6 +58,52 @@ class CompileStats:
     @property
     def cache_hits(self) -> int:
         return sum(self.from_cache.values())
+
+
+@dataclasses.dataclass
+class RunStats:
+    """How busy the device was while batches ran: `device_seconds` is the time at least one dispatched batch was
+    computing (from its dispatch, or the previous batch's end, to its result being ready), `wall_seconds` the time
+    from each run's first dispatch to its last result handed back. Their ratio is the device-busy fraction: below 1
+    the device waited on the host (tokenizing, packing, copying, writing)."""
+
+    batches: int = 0
+    device_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def busy_fraction(self) -> float:
+        return self.device_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+
+class _DeviceClock:
+    """Times each dispatched batch to its ready point in a watcher thread (results are ready in dispatch order)."""
+
+    def __init__(self, stats: RunStats):
+        self.stats, self._queue = stats, queue.SimpleQueue()
+        self._start = time.perf_counter()
+        self._thread = threading.Thread(target=self._watch, name="berta-jax-device-clock", daemon=True)
+        self._thread.start()
+
+    def dispatched(self, out: jax.Array) -> None:
+        self._queue.put((time.perf_counter(), out))
+
+    def _watch(self) -> None:
+        last_ready = 0.0
+        while (item := self._queue.get()) is not None:
+            sent, out = item
+            try:
+                jax.block_until_ready(out)
+            except Exception:  # noqa: BLE001 - a failed batch: `run` raises the same error when it takes the result
+                return
+            ready = time.perf_counter()
+            self.stats.device_seconds += ready - max(sent, last_ready)
+            self.stats.batches, last_ready = self.stats.batches + 1, ready
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self.stats.wall_seconds += time.perf_counter() - self._start
 
 
 @contextlib.contextmanager
@@ -110,6 +158,7 @@ class Runtime:
         self.params = jax.device_put(params, self.replicated)
         self.chunk_tokens = chunk_tokens
         self.stats = stats if stats is not None else CompileStats()
+        self.run_stats = RunStats()
         self.kernel = self.stats.attention = attention
         self.fallback = fallback  # a fused kernel that fails to compile falls back to "xla", saying so
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
@@ -186,19 +235,25 @@ class Runtime:
             return self.embed_program(batch, pooling=pooling, normalize=normalize)
 
     def run(self, batches: Iterable[Batch], *, pooling: str, normalize: bool) -> Iterator[tuple[Batch, np.ndarray]]:
-        """(batch, vectors of its texts in `batch.texts` order), keeping one batch in flight while the next
-        is prepared."""
+        """(batch, vectors of its texts in `batch.texts` order), keeping `IN_FLIGHT` batches dispatched while the
+        host takes the results of earlier ones; `run_stats` accumulates how busy the device was."""
         batches = list(batches)
         self.precompile(batches, pooling=pooling, normalize=normalize)
         pending: deque[tuple[Batch, jax.Array]] = deque()
-        for batch in batches:
-            pending.append((batch, self.embed(batch, pooling=pooling, normalize=normalize)))
-            if len(pending) > 1:
+        clock = _DeviceClock(self.run_stats)
+        try:
+            for batch in batches:
+                out = self.embed(batch, pooling=pooling, normalize=normalize)
+                clock.dispatched(out)
+                pending.append((batch, out))
+                if len(pending) > IN_FLIGHT:
+                    done, out = pending.popleft()
+                    yield done, np.asarray(out)[done.slots]
+            while pending:
                 done, out = pending.popleft()
                 yield done, np.asarray(out)[done.slots]
-        while pending:
-            done, out = pending.popleft()
-            yield done, np.asarray(out)[done.slots]
+        finally:
+            clock.close()
 
     def hidden(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray, *,
                all_layers: bool = False) -> jax.Array | tuple[jax.Array, ...]:

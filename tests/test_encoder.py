@@ -174,8 +174,7 @@ def test_embedding_is_the_same_alone_beside_long_texts_and_at_any_batch_size(whi
         batch = encoder.encode(MIXED + [text] + LONG, batch_size=batch_size)
         assert np.abs(batch[len(MIXED)] - alone).max() <= BATCH_INVARIANCE_TOL, batch_size
     full = encoder.encode(ALL, batch_size=32)
-    for batch_size in (1, 5):
-        assert np.abs(encoder.encode(ALL, batch_size=batch_size) - full).max() <= BATCH_INVARIANCE_TOL
+    assert np.abs(encoder.encode(ALL, batch_size=5) - full).max() <= BATCH_INVARIANCE_TOL
 
 
 def test_rows_come_back_in_input_order(minilm):

@@ -186,8 +186,10 @@ def test_resume_after_kill_9_at_several_points_is_byte_identical(tmp_path, tiny_
         killed_at.append(committed_segments(parts))
         assert not out.exists()
     assert killed_at == sorted(killed_at) and killed_at[-1] < 30
-    # a kill inside a write leaves a temporary file (never a final one); plant some, and one that is not ours
-    stale = [parts / ".part-000025-00-deadbeef.npy.k9x.tmp", tmp_path / ".out.npy.k9y.tmp"]
+    # a kill inside a write leaves a temporary file (never a final one), a kill between a part and its record an
+    # unrecorded part; plant some, and one that is not ours
+    stale = [parts / ".part-000025-00-deadbeef.npy.k9x.tmp", tmp_path / ".out.npy.k9y.tmp",
+             parts / "part-000026-00-deadbeef.npy"]
     for path in stale:
         path.write_bytes(b"half")
     (tmp_path / ".someone-else.tmp").write_bytes(b"theirs")
@@ -195,7 +197,7 @@ def test_resume_after_kill_9_at_several_points_is_byte_identical(tmp_path, tiny_
     assert f"{killed_at[-1] * 100} resumed from {killed_at[-1]} chunks" in done.stdout
     assert out.read_bytes() == reference.read_bytes()
     assert not any(p.exists() for p in stale) and (tmp_path / ".someone-else.tmp").exists()
-    assert not parts.exists() and not (tmp_path / "out.npy.lock").exists()
+    assert not parts.exists() and not (tmp_path / "out.npy.lock").exists(), sorted(map(str, parts.rglob("*")))
 
 
 def test_existing_output_and_changed_inputs_are_refused(tmp_path, tiny_bert_dir, capsys):
@@ -243,11 +245,11 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path, tiny_ber
 
 
 def test_memory_stays_flat_as_the_input_grows(tmp_path, tiny_bert_dir):
-    small, large = big_input(tmp_path / "small.txt", 10_000), big_input(tmp_path / "large.txt", 100_000)
-    common = ["--model", str(tiny_bert_dir), "--quiet", "--chunk-rows", "2500"]
+    small, large = big_input(tmp_path / "small.txt", 5_000), big_input(tmp_path / "large.txt", 50_000)
+    common = ["--model", str(tiny_bert_dir), "--quiet", "--chunk-rows", "1250"]
     rss_small = worker("peak_rss", "encode", str(small), "-o", str(tmp_path / "small.npy"), *common)["maxrss_kb"]
     rss_large = worker("peak_rss", "encode", str(large), "-o", str(tmp_path / "large.npy"), *common)["maxrss_kb"]
-    assert np.load(tmp_path / "large.npy", mmap_mode="r").shape == (100_000, 16)
+    assert np.load(tmp_path / "large.npy", mmap_mode="r").shape == (50_000, 16)
     assert rss_large - rss_small < 100_000, (rss_small, rss_large)  # 10x the rows, < 100 MB more
 
 
@@ -349,7 +351,8 @@ class _Peers:
 
 @pytest.mark.parametrize("left, dead, timeout, waits", [(True, set(), 30.0, (0.0, 0.5)),  # all gone: at once
                                                         (False, set(), 0.6, (0.6, 1.2)),  # bounded by the timeout
-                                                        (False, {2}, 30.0, (0.4, 1.0))])  # a dead peer: the grace
+                                                        (False, {2}, 30.0, (0.4, 1.0)),  # a dead peer: the grace
+                                                        (False, {1, 2}, 30.0, (0.0, 0.3))])  # all dead: at once
 def test_process_0_waits_for_the_others_to_disconnect_within_bounds(monkeypatch, left, dead, timeout, waits):
     import time
 
@@ -382,3 +385,56 @@ def test_a_heartbeat_tells_alive_dead_and_left_apart(tmp_path):
     dead = {p: work.peer_dead("run", p, 60.0) for p in range(1, 8)}
     assert alive == {1: True, 2: False, 3: True, 4: False, 5: False, 6: False, 7: False}
     assert dead == {1: False, 2: True, 3: False, 4: True, 5: True, 6: True, 7: False}  # 7 left (no heartbeat)
+
+
+def test_the_next_chunk_is_claimed_and_tokenized_while_the_device_embeds_this_one(tmp_path, tiny, monkeypatch):
+    import threading
+    import time
+
+    from berta_jax.job import run
+    from berta_jax.job.run import JobOptions, run_job
+
+    source = big_input(tmp_path / "in.txt", 50)
+    events, plan_chunk, embed_segments = [], run.plan_chunk, run.embed_segments
+
+    def planned(encoder, chunk, *args, **kwargs):
+        events.append(("plan", chunk.index, threading.current_thread().name, time.monotonic()))
+        return plan_chunk(encoder, chunk, *args, **kwargs)
+
+    def embedded(encoder, work, **kwargs):
+        claims = len(list((tmp_path / "out.npy.parts").rglob("claims/*/*")))
+        events.append(("embed", work.chunk.index, claims, time.monotonic()))
+        time.sleep(0.3)  # a device busy long enough for the next chunk's host work to happen meanwhile
+        embed_segments(encoder, work, **kwargs)
+        events.append(("done", work.chunk.index, None, time.monotonic()))
+
+    monkeypatch.setattr(run, "plan_chunk", planned)
+    monkeypatch.setattr(run, "embed_segments", embedded)
+    summary = run_job(tiny, [source], tmp_path / "out.npy", JobOptions(chunk_rows=10))
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), tiny.encode(source.read_text().splitlines(), prompt=""),
+                               atol=1e-6)
+    assert summary.embed_seconds >= 5 * 0.3 and 0 < summary.device_seconds < summary.embed_seconds  # the sleeps idle it
+    when = {(kind, index): t for kind, index, _, t in events}
+    assert all(name.startswith("berta-jax-prepare") for kind, _, name, _ in events if kind == "plan")
+    for k in range(1, 5):  # chunk k was planned while chunk k - 1 was on the device
+        assert when[("plan", k - 1)] < when[("plan", k)] < when[("done", k - 1)]
+    assert max(claims - index for kind, index, claims, _ in events if kind == "embed") <= 2  # this one and the next
+
+
+def test_the_device_busy_fraction_shows_a_host_that_makes_the_device_wait(tiny):
+    import time
+
+    texts = [f"text number {i} " * (1 + i % 7) for i in range(64)]
+    prepared = tiny.prepare(texts, max_batch_tokens=64)
+    assert len(prepared.batches) >= 4
+    tiny.encode(texts, max_batch_tokens=64)  # compiled
+    stats, waits = tiny.run_stats, {}
+    for host_seconds in (0.0, 0.2):
+        before = (stats.batches, stats.device_seconds, stats.wall_seconds)
+        for _ in tiny.run_batches(prepared.batches):
+            time.sleep(host_seconds)  # the host's own work on each result (writing, say)
+        batches, busy, wall = (now - then for now, then in zip((stats.batches, stats.device_seconds,
+                                                                stats.wall_seconds), before))
+        assert batches == len(prepared.batches) and 0 < busy <= wall
+        waits[host_seconds] = busy / wall
+    assert waits[0.2] < 0.5 * waits[0.0] and 0 < stats.busy_fraction <= 1

@@ -118,13 +118,13 @@ def test_second_process_loads_programs_from_the_persistent_cache(minilm_dir, tmp
     assert any((tmp_path / "xla").iterdir())
 
 
-def test_four_devices_give_the_same_embeddings_as_one(minilm_dir, tmp_path):
+def test_four_devices_give_the_same_embeddings_as_one(minilm, minilm_dir, tmp_path):
     texts_count = len(ALL)
     assert texts_count % 4 != 0  # a batch that does not divide by the device count
-    one = _run_worker(minilm_dir, tmp_path / "xla1", devices=1)
+    assert len(minilm.devices) == 1  # this process: one CPU device
     four = _run_worker(minilm_dir, tmp_path / "xla4", devices=4)
-    assert (one["devices"], four["devices"]) == (1, 4)
-    assert np.abs(np.array(one["emb"]) - np.array(four["emb"])).max() <= 1e-6
+    assert four["devices"] == 4
+    assert np.abs(minilm.encode(ALL) - np.array(four["emb"])).max() <= 1e-6
 
 
 def test_long_texts_in_a_tight_budget_are_still_exact(minilm):
@@ -197,3 +197,27 @@ def test_packed_texts_embed_as_if_alone(tiny_bert_dir):
         result = packed.encode_detailed(texts)
         assert result.padded_tokens < alone.encode_detailed(texts).padded_tokens
         assert np.abs(result.embeddings - alone.encode(texts)).max() <= 1e-6, pooling
+
+
+class _Device:
+    def __init__(self, platform: str, bytes_limit: int | None):
+        self.platform, self._limit = platform, bytes_limit
+
+    def memory_stats(self):
+        return None if self._limit is None else {"bytes_limit": self._limit, "bytes_in_use": 0}
+
+
+@pytest.mark.parametrize("platform, gib, devices, expected", [
+    ("cpu", None, 1, 2048), ("cpu", None, 4, 8192),  # cache-sized batches on CPU, whatever the memory
+    ("gpu", 132, 1, 131072),  # an H200 (about 132 GiB usable): 1/8 of it over 98 KiB a token, as a power of two
+    ("gpu", 16, 1, 16384), ("tpu", 2, 4, 4 * 8192),  # a small device: never below 8192 a device
+    ("gpu", 2048, 1, 262144), ("gpu", None, 2, 32768)])  # capped; a device that reports no memory: 16384
+def test_the_default_token_budget_follows_the_device_memory(platform, gib, devices, expected):
+    from berta_jax.config import BertConfig
+    from berta_jax.encoder import activation_bytes_per_token, default_batch_tokens
+
+    cfg = BertConfig(vocab_size=55_000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                     intermediate_size=3072, max_position_embeddings=512)
+    assert activation_bytes_per_token(cfg, 512) == 4 * (2 * 12 * 512 + 8 * 768 + 2 * 3072)
+    limit = None if gib is None else gib * 2 ** 30
+    assert default_batch_tokens([_Device(platform, limit)] * devices, 512, cfg) == expected

@@ -167,13 +167,19 @@ def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
     if summary.process != 0:
         print(f"process {summary.process}: embedded {plural(summary.chunks_done, 'chunk')} "
-              f"({plural(summary.rows, 'text')}); process 0 finishes {summary.output}")
+              f"({plural(summary.rows, 'text')}{_busy(summary)}); process 0 finishes {summary.output}")
         return 0
     others = summary.output_rows - summary.rows - summary.rows_resumed
     print(f"wrote {summary.output}: {plural(summary.output_rows, 'text')} ({summary.rows_resumed} resumed from "
           f"{plural(summary.chunks_resumed, 'chunk')}{f', {others} embedded by other processes' if others else ''}), "
-          f"{summary.skipped} skipped, {summary.truncated} truncated at {context} tokens, {rate:.1f} texts/s")
+          f"{summary.skipped} skipped, {summary.truncated} truncated at {context} tokens, {rate:.1f} texts/s"
+          f"{_busy(summary)}")
     return 0
+
+
+def _busy(summary: JobSummary) -> str:
+    """How much of the embedding time the device computed (the rest it waited on the host)."""
+    return f", device busy {summary.device_busy:.0%} of {summary.embed_seconds:.1f} s" if summary.embed_seconds else ""
 
 
 def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
@@ -273,8 +279,8 @@ def add_encode(sub) -> None:
     enc.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (Matryoshka)")
     enc.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                      help="compute dtype: float32 (PyTorch parity) or bfloat16 (the fast mode on accelerators)")
-    enc.add_argument("--max-batch-tokens", type=int, help="padded tokens per batch (default: 2048 per CPU device, "
-                     "16384 per accelerator)")
+    enc.add_argument("--max-batch-tokens", type=int, help="padded tokens per batch (default: 2048 per CPU device; on "
+                     "accelerators what an eighth of the device memory holds, 8192-262144 per device)")
     enc.add_argument("--batch-size", type=int, help="at most this many texts per batch")
     enc.add_argument("--chunk-rows", type=int, default=10_000, help="rows per committed chunk (default 10000)")
     enc.add_argument("--on-error", choices=("raise", "skip"), default="raise",

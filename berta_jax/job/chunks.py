@@ -101,21 +101,39 @@ def remaining_plan(encoder: Encoder, texts: list[str], good: list[int], covered:
     return encoder.prepare([texts[position[i]] for i in rest], prompt=prompt, **batching), rest, 0
 
 
-def embed_segments(encoder: Encoder, chunk: Chunk, covered: set[int], *, prompt: str, batching: dict,
-                   commit: Callable[[PendingSegment], None], after_batch: Callable[[PendingSegment], bool],
-                   truncate_dim: int | None = None) -> None:
-    """Embed the chunk's rows outside `covered`; `commit` a segment when done or when `after_batch` (called after
-    every batch, returns True to stop) asks to stop."""
+@dataclasses.dataclass
+class ChunkPlan:
+    """A claimed chunk made ready for the device: its rows still to embed, tokenized and planned into batches."""
+
+    chunk: Chunk
+    covered: set[int]  # rows committed by earlier runs
+    prepared: Prepared
+    offsets: list[int]  # the chunk row of each planned text
+    first: int  # first batch to run
+    skipped: PendingSegment  # the chunk's unreadable rows not yet covered: all-zero vectors
+
+
+def plan_chunk(encoder: Encoder, chunk: Chunk, covered: set[int], *, prompt: str, batching: dict,
+               truncate_dim: int | None = None) -> ChunkPlan:
+    """Tokenize and plan the chunk's rows outside `covered` (host work, done ahead while the device runs)."""
     good = [i for i, row in enumerate(chunk.rows) if row.error is None]
-    pending = PendingSegment()
+    skipped = PendingSegment()
     for i, row in enumerate(chunk.rows):  # skipped rows: all-zero vectors, covered by the first segment
         if row.error is not None and i not in covered:
-            pending.offsets.append(i)
-            pending.vectors.append(np.zeros((1, truncate_dim or encoder.embedding_dim), np.float32))
+            skipped.offsets.append(i)
+            skipped.vectors.append(np.zeros((1, truncate_dim or encoder.embedding_dim), np.float32))
     texts = [chunk.rows[i].text for i in good]
     prepared, offsets, first = remaining_plan(encoder, texts, good, covered, prompt, batching)
-    tokens = prepared.tokens
-    for batch, vectors in encoder.run_batches(prepared.batches[first:]):
+    return ChunkPlan(chunk, covered, prepared, offsets, first, skipped)
+
+
+def embed_segments(encoder: Encoder, work: ChunkPlan, *, commit: Callable[[PendingSegment], None],
+                   after_batch: Callable[[PendingSegment], bool], truncate_dim: int | None = None) -> None:
+    """Embed a planned chunk; `commit` a segment when done or when `after_batch` (called after every batch,
+    returns True to stop) asks to stop."""
+    chunk, tokens, offsets = work.chunk, work.prepared.tokens, work.offsets
+    pending = dataclasses.replace(work.skipped, offsets=list(work.skipped.offsets), vectors=list(work.skipped.vectors))
+    for batch, vectors in encoder.run_batches(work.prepared.batches[work.first:]):
         rows = [offsets[t] for t in batch.texts]
         _check(vectors, chunk, rows)
         pending.offsets += rows
@@ -123,7 +141,7 @@ def embed_segments(encoder: Encoder, chunk: Chunk, covered: set[int], *, prompt:
         pending.tokens += int(tokens.lengths[batch.texts].sum())
         pending.truncated += [{"file": chunk.rows[r].source, "line": chunk.rows[r].line}
                               for r, t in zip(rows, batch.texts) if tokens.truncated[t]]
-        if after_batch(pending) and len(pending.offsets) + len(covered) < len(chunk.rows):
+        if after_batch(pending) and len(pending.offsets) + len(work.covered) < len(chunk.rows):
             break
     if pending.offsets:
         commit(pending)

@@ -5,7 +5,8 @@ crash, on local disk or object storage, from one process or many.
    inputs, model and options.
 2. `start` (process 0, under the lock): answer "already complete" only for a verified output, refuse what
    must not be replaced, clear what --overwrite replaces, verify what a resume keeps.
-3. `embed_all` (every process): stream the chunks; claim each unfinished one; embed it into segments.
+3. `embed_all` (every process): stream the chunks; claim each unfinished one; embed it into segments (the next
+   chunk is claimed and tokenized in a background thread while the device embeds this one).
 4. `finish` (process 0): wait for the other processes' chunks, then assemble the file or publish the dataset.
 """
 
@@ -14,12 +15,13 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from berta_jax.errors import BertaJaxError, JobError
 from berta_jax.folder import ModelFolder
 from berta_jax.job import finish
-from berta_jax.job.chunks import Chunk, PendingSegment, Progress, embed_segments, read_chunks, segment_record
+from berta_jax.job.chunks import (Chunk, ChunkPlan, PendingSegment, Progress, embed_segments, plan_chunk, read_chunks,
+                                  segment_record)
 from berta_jax.job.inputs import InputFile, check_fields, expand_inputs
 from berta_jax.job.layout import Layout, check_collisions, layout_for
 from berta_jax.job.outputs import PRECISIONS, WHOLE_OUTPUT_PRECISIONS, npy_bytes, per_row, shard_bytes
@@ -66,6 +68,13 @@ class JobSummary(Progress):
     process: int = 0
     total_chunks: int = 0
     output_rows: int = 0  # rows of the finished output (all processes, resumed included)
+    embed_seconds: float = 0.0  # this process's time embedding chunks, compiles excluded
+    device_seconds: float = 0.0  # of which the device was computing (see runtime.RunStats)
+
+    @property
+    def device_busy(self) -> float:
+        """The fraction of the embedding time the device was computing (below 1: it waited on the host)."""
+        return min(self.device_seconds / self.embed_seconds, 1.0) if self.embed_seconds > 0 else 0.0
 
 
 class Cluster:
@@ -268,7 +277,7 @@ def _commit(plan: Plan, lease: Lease, chunk: Chunk, pending: PendingSegment, ind
         rows = np.asarray(offsets, np.int64) + chunk.start
         data = shard_bytes(rows, [chunk.rows[i].id for i in offsets], per_row(vectors, plan.options.precision))
     else:
-        name, data = f"part-{chunk.index:06d}-{index:02d}-{run[:8]}.npy", npy_bytes(vectors.astype(np.float32))
+        name, data = plan.work.part_name(chunk.index, index, run), npy_bytes(vectors.astype(np.float32))
     pending = dataclasses.replace(pending, offsets=offsets)
     segment = segment_record(chunk, pending, index=index, run=run, data=name, data_bytes=data, sha=sha256(data))
     lease.check()
@@ -279,13 +288,11 @@ def _commit(plan: Plan, lease: Lease, chunk: Chunk, pending: PendingSegment, ind
     summary.truncated += len(segment.truncated)
 
 
-def _embed_chunk(plan: Plan, encoder: Encoder, lease: Lease, chunk: Chunk, existing: list[Segment],
+def _embed_chunk(plan: Plan, encoder: Encoder, lease: Lease, work: ChunkPlan, existing: list[Segment],
                  summary: JobSummary, progress, stop) -> bool:
-    """Embed what the chunk still lacks; True when it is complete (False: a stop came first)."""
-    covered = {r for seg in existing for r in seg.rows}
-    before = summary.rows
+    """Embed what the planned chunk still lacks; True when it is complete (False: a stop came first)."""
+    chunk, before = work.chunk, summary.rows
     next_index = max((seg.segment for seg in existing), default=-1) + 1
-    batching = {"max_batch_tokens": plan.options.max_batch_tokens, "batch_size": plan.options.batch_size}
 
     def after_batch(pending: PendingSegment) -> bool:
         if progress:
@@ -293,21 +300,28 @@ def _embed_chunk(plan: Plan, encoder: Encoder, lease: Lease, chunk: Chunk, exist
                                          tokens=summary.tokens + pending.tokens))
         return bool(stop and stop())
 
-    embed_segments(encoder, chunk, covered, prompt=plan.options.prompt, batching=batching, after_batch=after_batch,
-                   truncate_dim=plan.options.truncate_dim,
+    embed_segments(encoder, work, after_batch=after_batch, truncate_dim=plan.options.truncate_dim,
                    commit=lambda pending: _commit(plan, lease, chunk, pending, next_index, summary))
-    return len(covered) + summary.rows - before == len(chunk.rows)
+    return len(work.covered) + summary.rows - before == len(chunk.rows)
 
 
-def embed_all(plan: Plan, encoder: Encoder, lease: Lease, cluster: Cluster, summary: JobSummary, progress,
-              stop) -> int | None:
-    """Embed every unfinished chunk this process can claim; the number of chunks, or None when stopped."""
-    segments, _ = plan.work.segments()
-    existing: dict[int, list[Segment]] = {}
-    for seg in segments:
-        existing.setdefault(seg.chunk, []).append(seg)
+@dataclasses.dataclass(frozen=True)
+class _End:
+    """The inputs are read to the end: `chunks` chunks holding `rows` rows."""
+
+    chunks: int
+    rows: int
+
+
+_STOPPED = object()  # a stop was asked for while work remained
+
+
+def _claimed_chunks(plan: Plan, encoder: Encoder, lease: Lease, cluster: Cluster, existing: dict[int, list[Segment]],
+                    summary: JobSummary, stop) -> Iterator[ChunkPlan | _End | object]:
+    """Each unfinished chunk this process claims, planned for the device; then `_End` (or `_STOPPED`)."""
     total = rows = 0
     o = plan.options
+    batching = {"max_batch_tokens": o.max_batch_tokens, "batch_size": o.batch_size}
     for chunk in read_chunks(plan.inputs, chunk_rows=o.chunk_rows, text_field=o.text_field, id_field=o.id_field,
                              on_error=o.on_error):
         total, rows = chunk.index + 1, chunk.start + len(chunk.rows)
@@ -315,21 +329,49 @@ def embed_all(plan: Plan, encoder: Encoder, lease: Lease, cluster: Cluster, summ
         if done and done[0].input_sha256 != chunk.digest:
             raise JobError(f"{chunk.rows[0].source}: the rows of chunk {chunk.index} (lines {chunk.rows[0].line}-"
                            f"{chunk.rows[-1].line}) changed since they were embedded; pass --overwrite to start again")
-        if len({r for seg in done for r in seg.rows}) == len(chunk.rows):
+        covered = {r for seg in done for r in seg.rows}
+        if len(covered) == len(chunk.rows):
             summary.rows_resumed += len(chunk.rows)
             summary.chunks_resumed += 1
             continue
         if stop and stop():
-            return None  # a stop was asked for and there is still work: leave it to a resume
-        if not plan.work.claim(lease.run, chunk.index, cluster.index):
-            continue  # another process of this run has it
-        if not _embed_chunk(plan, encoder, lease, chunk, done, summary, progress, stop):
-            return None
-        summary.chunks_done += 1
-        if progress:
-            progress(summary)
-    plan.work.record_end(total, rows)
-    return total
+            yield _STOPPED  # leave the rest to a resume
+            return
+        if plan.work.claim(lease.run, chunk.index, cluster.index):  # else another process of this run has it
+            yield plan_chunk(encoder, chunk, covered, prompt=o.prompt, batching=batching, truncate_dim=o.truncate_dim)
+    yield _End(total, rows)
+
+
+def embed_all(plan: Plan, encoder: Encoder, lease: Lease, cluster: Cluster, summary: JobSummary, progress,
+              stop) -> int | None:
+    """Embed every unfinished chunk this process can claim; the number of chunks, or None when stopped.
+
+    The next chunk is read, claimed, tokenized and planned in a background thread while the device embeds the
+    current one, so a process holds at most two claims and the device does not wait for the host between chunks."""
+    segments, _ = plan.work.segments()
+    existing: dict[int, list[Segment]] = {}
+    for seg in segments:
+        existing.setdefault(seg.chunk, []).append(seg)
+    feed = _claimed_chunks(plan, encoder, lease, cluster, existing, summary, stop)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="berta-jax-prepare") as ahead:
+        upcoming = ahead.submit(next, feed)
+        try:
+            while isinstance(work := upcoming.result(), ChunkPlan):
+                upcoming = ahead.submit(next, feed)
+                if (stop and stop()) or not _embed_chunk(plan, encoder, lease, work, existing.get(work.chunk.index, []),
+                                                         summary, progress, stop):
+                    return None
+                summary.chunks_done += 1
+                if progress:
+                    progress(summary)
+        finally:
+            upcoming.cancel()
+            concurrent.futures.wait([upcoming])
+            feed.close()
+    if work is _STOPPED:
+        return None
+    plan.work.record_end(work.chunks, work.rows)
+    return work.chunks
 
 
 def _wait_for_chunks(plan: Plan, lease: Lease, total: int, cluster: Cluster) -> tuple[dict, list[int]]:
@@ -408,7 +450,7 @@ def _run(plan: Plan, encoder, lease: Lease, cluster: Cluster, summary: JobSummar
     try:
         beat = _Heartbeat(plan.work, lease.run, cluster.index)
         encoder = encoder if hasattr(encoder, "prepare") else encoder()  # loaded only now that there is work
-        total = embed_all(plan, encoder, lease, cluster, summary, progress, stop)
+        total = _timed(embed_all, encoder, summary)(plan, encoder, lease, cluster, summary, progress, stop)
         summary.interrupted = total is None
         if total is not None:
             summary.total_chunks = total
@@ -421,11 +463,24 @@ def _run(plan: Plan, encoder, lease: Lease, cluster: Cluster, summary: JobSummar
     return summary
 
 
+def _timed(embed: Callable, encoder: Encoder, summary: JobSummary) -> Callable:
+    """`embed`, adding its time (compiles excluded) and the device's busy time to `summary`."""
+    def timed(*args, **kwargs):
+        start, compiled, busy = time.perf_counter(), encoder.compile_stats.wall_seconds, encoder.run_stats.device_seconds
+        try:
+            return embed(*args, **kwargs)
+        finally:
+            summary.embed_seconds += time.perf_counter() - start - (encoder.compile_stats.wall_seconds - compiled)
+            summary.device_seconds += encoder.run_stats.device_seconds - busy
+
+    return timed
+
+
 def wait_for_peers_to_leave(cluster: Cluster, dead: Callable[[int], bool] = lambda process: False,
                             timeout: float = LOCK_TTL) -> None:
     """Process 0 leaves last: JAX aborts every process still connected when the coordinator (process 0) goes.
-    Waits until the others have disconnected, at most `timeout` seconds, and only a few more once one of them is
-    `dead` (a killed process stays "connected" until JAX's heartbeat timeout, 100 s by default)."""
+    Waits until the others have disconnected or are all `dead`, at most `timeout` seconds, and only a few more once
+    one of them is dead (a killed process stays "connected" until JAX's heartbeat timeout, 100 s by default)."""
     departure = cluster.departure()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -433,7 +488,10 @@ def wait_for_peers_to_leave(cluster: Cluster, dead: Callable[[int], bool] = lamb
             departure.result(timeout=0.05)
             break
         except concurrent.futures.TimeoutError:
-            if any(dead(p) for p in range(1, cluster.count)):
+            gone = [dead(p) for p in range(1, cluster.count)]
+            if all(gone):
+                break
+            if any(gone):
                 deadline = min(deadline, time.monotonic() + DEAD_PEER_GRACE)
     cluster.peers_waited_for = True
 

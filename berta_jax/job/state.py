@@ -31,6 +31,7 @@ from berta_jax.jsonfields import Fields
 
 FORMAT_VERSION = 1
 _RECORD = re.compile(r"(\d{6})-(\d{2})\.json\Z")
+_PART = re.compile(r"part-\d{6}-\d{2}-[0-9a-f]{8}\.npy\Z")  # a single-file output's parts, in the work folder
 
 
 def sha256(data: bytes) -> str:
@@ -209,6 +210,11 @@ class WorkFolder:
     def path(self, *names: str) -> str:
         return self.store.join(self.root, *names)
 
+    @staticmethod
+    def part_name(chunk: int, segment: int, run: str) -> str:
+        """The work-folder file of one segment of a single-file output."""
+        return f"part-{chunk:06d}-{segment:02d}-{run[:8]}.npy"
+
     def data_path(self, name: str) -> str:
         return self.store.join(self.data_root, name)
 
@@ -311,8 +317,8 @@ class WorkFolder:
         self.store.remove_empty_folder(self.path("claims"))
         for name in [*names, "end.json", "job.json"]:
             self.store.delete(self.path(name) if "/" not in name else name)
-        for name in self.store.list(self.root):
-            if name.startswith(".") and name.endswith(".tmp"):  # a writer killed mid-write left it
+        for name in self.store.list(self.root):  # a writer killed mid-write, or between a part and its record
+            if (name.startswith(".") and name.endswith(".tmp")) or _PART.match(name):
                 self.store.delete(self.path(name))
         self.store.remove_empty_folder(self.root)
 
