@@ -81,11 +81,12 @@ def run_engine(engine: str, model: str, dtype: str, n_texts: int, out: Path, rep
         first = time.perf_counter()
         result = encoder.encode_detailed(texts)  # warm-up: compiles each shape (or loads it from the cache)
         first = time.perf_counter() - first
-        times = []
+        times, busy_before = [], encoder.run_stats.device_seconds
         for _ in range(repeats):
             start = time.perf_counter()
             result = encoder.encode_detailed(texts)
             times.append(time.perf_counter() - start)
+        busy = (encoder.run_stats.device_seconds - busy_before) / sum(times)  # of the whole call, tokenizing included
         embeddings = result.embeddings
         batches = encoder.prepare(texts, prompt=encoder.sentence.resolve_prompt(None, None)).batches
         extra = dict(
@@ -98,6 +99,7 @@ def run_engine(engine: str, model: str, dtype: str, n_texts: int, out: Path, rep
             padded_tokens=int(result.padded_tokens),
             real_tokens=int(result.num_tokens.sum()),
             max_batch_tokens=encoder.max_batch_tokens,
+            device_busy=busy,
         )
     else:
         import torch
@@ -153,7 +155,8 @@ def mixed(args) -> None:
           f"max abs diff of embeddings: {diff:.2e}; berta-jax first call {jx['first_call_s']:.1f}s "
           f"({jx['cache_hits']} of {jx['shapes']} programs from the persistent cache), "
           f"max_batch_tokens {jx['max_batch_tokens']}; attention kernel {jx['attention']}, "
-          f"{100 * jx['attention_share']:.1f}% of the forward's matmul FLOPs")
+          f"{100 * jx['attention_share']:.1f}% of the forward's matmul FLOPs; device busy "
+          f"{100 * jx['device_busy']:.0f}% of berta-jax's encode time")
 
 
 # --- dense fixed shape ----------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class ParityReport:
     embedding_max_abs: float | None  # vs SentenceTransformer.encode; None without it
     cosine_min: float | None
     cosine_mean: float | None
+    reference_embeddings: np.ndarray | None = None  # SentenceTransformer.encode's vectors, to compare more runs with
 
     def stages(self) -> list[tuple[str, float, str]]:
         """(stage name, max abs difference, which tolerance applies) in pipeline order."""
@@ -108,7 +109,7 @@ def compare(encoder: Encoder, reference: Reference, texts: Sequence[str], *, pro
     ref = st.encode(list(texts), prompt=prompt, convert_to_numpy=True, batch_size=REFERENCE_BATCH)
     cos = np.sum(mine * ref, axis=1) / np.maximum(np.linalg.norm(mine, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
     return ParityReport(layers, _max_abs(pooled, pooled_ref), _max_abs(mine, ref), float(cos.min()),
-                        float(cos.mean()))
+                        float(cos.mean()), ref)
 
 
 def _length_groups(lengths: np.ndarray, context: int) -> list[np.ndarray]:

@@ -67,9 +67,10 @@ def test_berta_shaped_tokenizer_reaches_the_whole_embedding_table(berta):
 def test_berta_shaped_default_prompt_matches_at_every_stage(berta):
     encoder, reference = berta
     assert encoder.sentence.default_prompt_name == "categorize_entailment"
-    assert_parity(compare(encoder, reference, ALL, prompt="categorize_entailment: "))
+    report = compare(encoder, reference, ALL, prompt="categorize_entailment: ")
+    assert_parity(report)
     ours = encoder.encode_detailed(ALL, batch_size=8)
-    ref = reference.sentence_transformer.encode(ALL, batch_size=4, convert_to_numpy=True)
+    ref = report.reference_embeddings  # SentenceTransformer.encode(ALL) with its default prompt, batches of 4
     assert ours.embeddings.shape == (len(ALL), 768) and np.abs(ours.embeddings - ref).max() <= EMBED_TOL
     assert np.abs(unpacked(encoder).encode(ALL, batch_size=8) - ref).max() <= EMBED_TOL  # both paths
     # the two LONG texts go past 512 tokens; everything else fits
