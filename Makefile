@@ -15,4 +15,4 @@ demo:
 test:
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)

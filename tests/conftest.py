@@ -113,3 +113,18 @@ def overflowing_bert_dir(tiny_bert_dir, tmp_path_factory):
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
     return folder
 
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--slow", action="store_true",
+                     help="also run the slow tier (@pytest.mark.slow: extra subprocess and scale checks, about 1.5 min)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The default run leaves out the slow tier, so it fits in 10 minutes on 2 CPU cores; `--slow` includes it."""
+    if config.getoption("--slow"):
+        return
+    skip = pytest.mark.skip(reason="slow tier: run `pytest --slow` (or `make test PYTEST_ARGS=--slow`)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

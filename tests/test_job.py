@@ -244,6 +244,7 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path, tiny_ber
     assert out.read_bytes() == single.read_bytes()
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_as_the_input_grows(tmp_path, tiny_bert_dir):
     small, large = big_input(tmp_path / "small.txt", 5_000), big_input(tmp_path / "large.txt", 50_000)
     common = ["--model", str(tiny_bert_dir), "--quiet", "--chunk-rows", "1250"]

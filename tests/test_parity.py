@@ -88,6 +88,7 @@ def test_berta_shaped_every_prompt_matches_sentence_transformers(berta, prompt_n
     assert np.abs(ours - ref).max() <= EMBED_TOL
 
 
+@pytest.mark.slow
 def test_berta_shaped_bfloat16_close_to_float32(berta, berta_shaped_dir):
     _, reference = berta
     fast = Encoder.from_pretrained(berta_shaped_dir, dtype=jnp.bfloat16)

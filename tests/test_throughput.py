@@ -86,6 +86,7 @@ def test_encoder_refuses_bad_batch_settings_up_front(tiny_bert_dir):
         encoder.encode(["x"], max_batch_tokens=0)
 
 
+@pytest.mark.slow
 def test_token_budget_does_not_change_embeddings_and_counts_shapes(minilm_dir):
     encoder = Encoder.from_pretrained(minilm_dir)
     texts = ALL * 3
@@ -109,6 +110,7 @@ def _run_worker(model: Path, cache: Path, devices: int = 1) -> dict:
                   env=cli_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
 
 
+@pytest.mark.slow
 def test_second_process_loads_programs_from_the_persistent_cache(minilm_dir, tmp_path):
     first = _run_worker(minilm_dir, tmp_path / "xla")
     second = _run_worker(minilm_dir, tmp_path / "xla")

@@ -214,6 +214,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint(minilm_dir, tmp_path, m
     assert not [p for p in (tmp_path / "ckpt").iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_parameters_sharded_on_the_hidden_axis_give_the_same_numbers(minilm_dir):
     result = worker("sharded_gradients", str(minilm_dir),
                     env=cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
