@@ -113,8 +113,9 @@ class Encoder:
           max_batch_tokens: padded tokens per batch (default: 2048 per CPU device; on accelerators sized to the
             device's memory, see `default_batch_tokens`).
           packing: pack several texts into each row (almost no padding); False gives one text per padded row.
-          attention: the attention kernel: "auto" (cuDNN's fused attention on NVIDIA GPUs in bfloat16/float16, the
-            explicit XLA form elsewhere; `compile_stats.attention` names the one used), "xla" or "cudnn".
+          attention: the attention kernel: "auto" (in bfloat16/float16, cuDNN's fused attention on NVIDIA GPUs and
+            Pallas splash attention on TPUs; the explicit XLA form elsewhere and in float32;
+            `compile_stats.attention` names the one used), "xla", "cudnn" or "splash".
           compilation_cache: a directory for JAX's persistent compilation cache, or True for the default one
             ($BERTA_JAX_CACHE_DIR or ~/.cache/berta_jax/xla). None leaves JAX's settings alone.
         """

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from berta_jax.attention import attention, attention_bias
+from berta_jax.attention import attention, kernel_mask
 from berta_jax.config import BertConfig
 
 _ACTIVATIONS = {
@@ -108,13 +108,14 @@ class SelfAttention(nnx.Module):
         heads = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim)
         return heads[:, :, 0], heads[:, :, 1], heads[:, :, 2]  # each [B, L, H, K]
 
-    def __call__(self, x: Float[Array, "B L D"], bias: Float[Array, "B 1 Lq Lk"], rngs: nnx.Rngs | None = None,
+    def __call__(self, x: Float[Array, "B L D"], mask: Float[Array, "B 1 Lq Lk"] | Int[Array, "B L"],
+                 rngs: nnx.Rngs | None = None,
                  *, with_probs: bool = False, kernel: str = "xla") -> tuple[Float[Array, "B L D"],
                                                                           Float[Array, "B H L L"] | None]:
         """The attention output and, when asked, the attention probabilities (before dropout)."""
         q, k, v = self._projections(x)
         dropout = None if rngs is None else (lambda p: self.dropout(p, deterministic=False, rngs=rngs))
-        context, probs = attention(q, k, v, bias, precision=self.precision, dropout=dropout, with_probs=with_probs,
+        context, probs = attention(q, k, v, mask, precision=self.precision, dropout=dropout, with_probs=with_probs,
                                    kernel=kernel)
         batch, length = x.shape[:2]
         return self.out(context.reshape(batch, length, -1)), probs
@@ -132,12 +133,13 @@ class EncoderLayer(nnx.Module):
         self.activation = _ACTIVATIONS[cfg.hidden_act]
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(self, x: Float[Array, "B L D"], bias: Float[Array, "B 1 Lq Lk"], rngs: nnx.Rngs | None = None,
+    def __call__(self, x: Float[Array, "B L D"], mask: Float[Array, "B 1 Lq Lk"] | Int[Array, "B L"],
+                 rngs: nnx.Rngs | None = None,
                  *, with_probs: bool = False, kernel: str = "xla") -> tuple[Float[Array, "B L D"],
                                                                           Float[Array, "B H L L"] | None]:
         """The layer output and (when asked) its attention probabilities."""
         drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)  # noqa: E731
-        attended, probs = self.attention(x, bias, rngs, with_probs=with_probs, kernel=kernel)
+        attended, probs = self.attention(x, mask, rngs, with_probs=with_probs, kernel=kernel)
         x = self.ln_attn(x + drop(attended))
         h = self.ffn_out(self.activation(self.ffn_in(x)))  # [B, L, I] -> [B, L, D]
         return self.ln_ffn(x + drop(h)), probs
@@ -190,8 +192,8 @@ class BertModel(nnx.Module):
             needs `dropout_key`, from which every layer and call site derives its own key.
           output_hidden_states: also return the embeddings output and every layer's output.
           output_attentions: also return every layer's attention probabilities `[B, H, L, L]`.
-          attention_kernel: "xla" (explicit, every backend) or "cudnn" (fused, NVIDIA GPUs, 16-bit compute); see
-            `attention.select_kernel`. Dropout and `output_attentions` always run the explicit kernel.
+          attention_kernel: "xla" (explicit, every backend), "cudnn" (fused, NVIDIA GPUs, 16-bit compute) or
+            "splash" (fused, TPUs, 16-bit compute; the Pallas interpreter elsewhere); see `attention.select_kernel`. Dropout and `output_attentions` always run the explicit kernel.
         """
         if not deterministic and dropout_key is None:
             raise ValueError("deterministic=False (training) needs a dropout_key, e.g. jax.random.key(0)")
@@ -201,17 +203,18 @@ class BertModel(nnx.Module):
         if positions is None:  # right padding, one text per row: position = index
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         kernel = "xla" if key is not None or output_attentions else attention_kernel
-        bias = attention_bias(attention_mask.astype(bool), segment_ids, full=kernel != "xla")
+        mask = kernel_mask(kernel, attention_mask.astype(bool), segment_ids)
         rngs = None if key is None else nnx.Rngs(dropout=jax.random.fold_in(key, 0))
         embedded = self.embeddings(input_ids, token_type_ids, positions, rngs)
-        last, hidden, probs = self._run_layers(embedded, bias, key, output_hidden_states, output_attentions, kernel)
+        last, hidden, probs = self._run_layers(embedded, mask, key, output_hidden_states, output_attentions, kernel)
         return BertOutput(
             last_hidden_state=last.astype(jnp.float32),
             hidden_states=None if hidden is None else (embedded, *(h.astype(jnp.float32) for h in hidden)),
             attentions=None if probs is None else tuple(probs),
         )
 
-    def _run_layers(self, x: Float[Array, "B L D"], bias: Float[Array, "B 1 Lq Lk"], key: jax.Array | None,
+    def _run_layers(self, x: Float[Array, "B L D"], mask: Float[Array, "B 1 Lq Lk"] | Int[Array, "B L"],
+                    key: jax.Array | None,
                     keep_hidden: bool, keep_probs: bool, kernel: str) -> tuple[jax.Array, jax.Array | None,
                                                                                jax.Array | None]:
         """Scan the stacked layer over the layer axis: (last state, [N, B, L, D] states, [N, B, H, L, L] probs)."""
@@ -219,7 +222,7 @@ class BertModel(nnx.Module):
 
         def body(x, layer: EncoderLayer, layer_key):
             rngs = None if layer_key is None else nnx.Rngs(dropout=layer_key)
-            y, probs = layer(x, bias, rngs, with_probs=keep_probs, kernel=kernel)
+            y, probs = layer(x, mask, rngs, with_probs=keep_probs, kernel=kernel)
             return y, (y if keep_hidden else None, probs)
 
         if self.remat:

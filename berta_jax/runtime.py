@@ -183,7 +183,9 @@ class Runtime:
         specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.rows_sharding) for a in args]
         jitted = jax.jit(make(), in_shardings=(self.replicated, *(self.rows_sharding,) * len(args)),
                          out_shardings=out_sharding)
-        compiled = jitted.lower(self.params, *specs).compile()
+        # splash runs in a shard_map over this mesh (XLA cannot partition a Pallas TPU kernel); the others need none
+        with jax.set_mesh(self.mesh) if self.kernel == "splash" else contextlib.nullcontext():
+            compiled = jitted.lower(self.params, *specs).compile()
         with self._lock:
             self._compiled[key] = compiled
             self.stats.seconds[key] = time.perf_counter() - start

@@ -1,5 +1,5 @@
-"""Attention kernels: which one each backend gets, that the fused call computes what the explicit one does, and that
-an automatic fused choice that cannot compile falls back to the explicit kernel and says so."""
+"""Attention kernels: which one each backend gets, that the fused calls (cuDNN's, splash's) compute what the explicit
+one does, and that an automatic fused choice that cannot compile falls back to the explicit kernel and says so."""
 
 from __future__ import annotations
 
@@ -7,22 +7,26 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from berta_jax import Encoder
-from berta_jax.attention import attention_bias, explicit_attention, fused_attention, select_kernel
+from berta_jax.attention import attention_bias, explicit_attention, fused_attention, select_kernel, splash_attention
 from berta_jax.runtime import Runtime
+from tests.helpers import cli_env, worker
 from tests.texts import MIXED
 
 
 @pytest.mark.parametrize("requested, platform, dtype, kernel", [
     ("auto", "cpu", jnp.float32, "xla"),
     ("auto", "cpu", jnp.bfloat16, "xla"),
-    ("auto", "tpu", jnp.bfloat16, "xla"),
+    ("auto", "tpu", jnp.bfloat16, "splash"),
+    ("auto", "tpu", jnp.float32, "xla"),  # splash multiplies at the TPU's default (bf16-pass) precision
     ("auto", "gpu", jnp.float32, "xla"),  # cuDNN's fused attention has no float32 mode; float32 is the parity mode
     ("auto", "gpu", jnp.bfloat16, "cudnn"),
     ("auto", "gpu", jnp.float16, "cudnn"),
     ("xla", "gpu", jnp.bfloat16, "xla"),
     ("cudnn", "gpu", jnp.bfloat16, "cudnn"),
+    ("splash", "tpu", jnp.bfloat16, "splash"),
 ])
 def test_each_backend_gets_its_kernel(requested, platform, dtype, kernel):
     assert select_kernel(requested, platform, dtype) == kernel
@@ -31,6 +35,8 @@ def test_each_backend_gets_its_kernel(requested, platform, dtype, kernel):
 @pytest.mark.parametrize("requested, platform, dtype, message", [
     ("cudnn", "cpu", jnp.bfloat16, "needs an NVIDIA GPU"),
     ("cudnn", "gpu", jnp.float32, "bfloat16/float16 compute"),
+    ("splash", "gpu", jnp.bfloat16, "needs a TPU"),
+    ("splash", "tpu", jnp.float32, "bfloat16/float16 compute"),
     ("flash", "gpu", jnp.bfloat16, "is not a kernel"),
 ])
 def test_a_kernel_the_backend_cannot_run_is_a_clear_error(requested, platform, dtype, message):
@@ -59,6 +65,58 @@ def test_the_fused_call_computes_the_explicit_attention(packed):
     out = fused_attention(q, k, v, full, implementation="xla")
     real = segments > 0  # padding queries are never read
     assert np.abs(np.asarray(out)[real] - np.asarray(ref)[real]).max() <= 1e-6
+
+
+def _segments(length: int) -> np.ndarray:
+    """Three rows: three packed texts, one text and padding, one token then a long text then padding."""
+    third = length // 3
+    return np.array([[1] * third + [2] * third + [3] * (length - 2 * third),
+                     [1] * (length - 5) + [0] * 5,
+                     [1] + [2] * (length - 2) + [0]])
+
+
+@pytest.mark.parametrize("length", [12, 300])  # under one 128-token tile; over two (padded to 384)
+@pytest.mark.parametrize("packed", [False, True])
+def test_splash_attention_computes_the_explicit_attention(length, packed):
+    """The splash kernel as berta-jax calls it (layout, scale, segment ids, rows padded to the tile), run by the
+    Pallas interpreter; on a TPU the same call compiles the Mosaic kernel. Equal on every token a text owns."""
+    q, k, v = _qkv(length=length, heads=2, dim=16)
+    segments = _segments(length)
+    if not packed:
+        segments = (segments > 0).astype(np.int32)
+    ref, _ = explicit_attention(q, k, v, attention_bias(jnp.asarray(segments > 0), jnp.asarray(segments)),
+                                precision=jax.lax.Precision.HIGHEST)
+    out = splash_attention(q, k, v, jnp.asarray(segments), interpret=True)
+    assert out.shape == q.shape
+    real = segments > 0
+    assert np.abs(np.asarray(out)[real] - np.asarray(ref)[real]).max() <= 1e-6
+
+
+def test_the_model_with_splash_attention_gives_the_explicit_kernels_hidden_states(tiny_bert_dir):
+    """The whole forward with attention_kernel="splash" (the interpreter off TPU) on packed rows."""
+    encoder = Encoder.from_pretrained(tiny_bert_dir)
+    model = nnx.merge(encoder.graphdef, encoder.params)
+    segments = jnp.asarray(_segments(24))
+    ids = jnp.where(segments > 0, jnp.arange(24) % 50 + 5, 0)
+    positions = np.zeros_like(np.asarray(segments))  # restarting at 0 for each text, as packing sets them
+    for i in range(1, 24):
+        positions[:, i] = np.where(segments[:, i] == segments[:, i - 1], positions[:, i - 1] + 1, 0)
+    hidden = {kernel: model.forward(ids, segments > 0, segment_ids=segments, positions=jnp.asarray(positions),
+                                    attention_kernel=kernel).last_hidden_state for kernel in ("xla", "splash")}
+    real = np.asarray(segments) > 0
+    assert np.abs(np.asarray(hidden["splash"])[real] - np.asarray(hidden["xla"])[real]).max() <= 1e-5
+
+
+def test_splash_runs_in_a_shard_map_over_the_runtime_rows(tiny_bert_dir):
+    """Four devices: the Runtime runs the kernel inside a shard_map over its row mesh (XLA cannot partition a
+    Pallas TPU kernel), and gives the explicit kernel's embeddings."""
+    result = worker("splash_rows", str(tiny_bert_dir),
+                    env=cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert result["devices"] == result["splash_devices"] == 4 and result["packed"]
+    assert result["xla_shard_maps"] == [] and result["splash_shard_maps"]
+    assert all(m == {"data": 4} for m in result["splash_shard_maps"])
+    assert result["rows"] == len(MIXED)
+    assert result["max_abs_diff"] <= 1e-6
 
 
 def test_an_automatic_fused_choice_that_cannot_compile_falls_back_and_says_so(tiny_bert_dir):
