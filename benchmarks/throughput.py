@@ -9,7 +9,8 @@ mixed: a deterministic 256-text Russian/English workload (benchmarks/workload.py
 thread count, after a warm-up; prints texts/s, real tokens/s, padded-token overhead, compile seconds,
 compiled shapes, peak memory, the ratio, and the max abs difference of the two sets of embeddings.
 dense: the encoder forward on a fixed [32, 128] batch (berta-jax and transformers BertModel), its FLOP
-rate, and that rate as a fraction of the best of a large numpy, torch and jax.numpy matmul.
+rate, and that rate as a fraction of the best of a large numpy, torch and jax.numpy matmul, every timing
+taken in interleaved rounds (see `_interleaved_best`).
 """
 
 from __future__ import annotations
@@ -162,13 +163,18 @@ def mixed(args) -> None:
 # --- dense fixed shape ----------------------------------------------------------------------------------
 
 
-def _best_time(fn, repeats: int = 5) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _interleaved_best(fns: dict, rounds: int) -> dict[str, float]:
+    """The best time of each function over `rounds` rounds that run every function once in turn, after one
+    warm-up call each: on a shared machine whose speed drifts within minutes, each ratio then compares
+    timings taken at the same moments, not one function's quiet minute with another's busy one."""
+    for fn in fns.values():
         fn()
-        best = min(best, time.perf_counter() - start)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -192,38 +198,39 @@ def dense(args) -> None:
     # the forward as Encoder.token_embeddings runs it (row chunks of max_batch_tokens on CPU)
     fn = jax.jit(make_hidden_fn(encoder.graphdef, chunk_tokens=encoder.max_batch_tokens))
     jids, jmask = jax.device_put(ids), jax.device_put(mask)
-    t_jax = _best_time(lambda: fn(encoder.params, jids, jmask).block_until_ready(), args.repeats)
-
     model = BertModel.from_pretrained(args.model, dtype=torch.bfloat16 if bf16 else torch.float32).to(tdev).eval()
     tids, tmask = torch.from_numpy(ids).long().to(tdev), torch.from_numpy(mask).long().to(tdev)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     def torch_forward():
         with torch.no_grad():
             model(input_ids=tids, attention_mask=tmask)
-        if cuda:
-            torch.cuda.synchronize()
-
-    t_torch = _best_time(torch_forward, args.repeats)
+        sync()
 
     n = 8192 if cuda else 2048
-    rates = {}
     a = np.random.default_rng(1).random((n, n), dtype=np.float32)
-    if not cuda:
-        rates["numpy"] = 2 * n**3 / _best_time(lambda: a @ a)
     ta = torch.from_numpy(a).to(tdev).to(torch.bfloat16 if bf16 else torch.float32)
-    rates["torch"] = 2 * n**3 / _best_time(lambda: (ta @ ta, torch.cuda.synchronize() if cuda else None))
     ja = jnp.asarray(a, dtype=jnp.bfloat16 if bf16 else jnp.float32)
     mm = jax.jit(lambda x: jnp.matmul(x, x, precision=None if bf16 else "highest"))
-    rates["jax"] = 2 * n**3 / _best_time(lambda: mm(ja).block_until_ready())
+    fns = {"berta-jax": lambda: fn(encoder.params, jids, jmask).block_until_ready(),
+           "transformers BertModel": torch_forward,
+           **({} if cuda else {"numpy": lambda: a @ a}),
+           "torch": lambda: (ta @ ta, sync()),
+           "jax": lambda: mm(ja).block_until_ready()}
+    times = _interleaved_best(fns, args.repeats + 1)
+    rates = {k: 2 * n**3 / times[k] for k in ("numpy", "torch", "jax") if k in times}
     best_name = max(rates, key=rates.get)
     flops = encoder_flops(cfg, batch, length)
     device = str(jax.local_devices()[0].device_kind)
-    print(f"dense [{batch}, {length}] forward, dtype {args.dtype}, device {device}; {flops / 1e9:.1f} GFLOP per forward")
-    print("matmul rate (" + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in rates.items()) + f" GFLOP/s; best: {best_name})")
-    for name, t in (("berta-jax", t_jax), ("transformers BertModel", t_torch)):
-        rate = flops / t
-        print(f"{name:<24} {batch * length / t:>9.0f} tokens/s {rate / 1e9:>8.0f} GFLOP/s "
-              f"{100 * rate / rates[best_name]:>6.1f}% of the best matmul rate")
+    print(f"dense [{batch}, {length}] forward, dtype {args.dtype}, device {device}; {flops / 1e9:.1f} GFLOP per forward; "
+          f"best of {args.repeats + 1} interleaved rounds")
+    print(f"matmul rate {n}^3 (" + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in rates.items())
+          + f" GFLOP/s; best: {best_name})")
+    for name in ("berta-jax", "transformers BertModel"):
+        rate = flops / times[name]
+        print(f"{name:<24} {batch * length / times[name]:>9.0f} tokens/s {rate / 1e9:>8.0f} GFLOP/s "
+              f"{100 * rate / rates[best_name]:>6.1f}% of the best matmul rate, "
+              f"{100 * rate / rates['jax']:.1f}% of jax.numpy's")
 
 
 def main() -> None:
