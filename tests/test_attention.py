@@ -95,14 +95,15 @@ def test_splash_attention_computes_the_explicit_attention(length, packed):
 def test_the_model_with_splash_attention_gives_the_explicit_kernels_hidden_states(tiny_bert_dir):
     """The whole forward with attention_kernel="splash" (the interpreter off TPU) on packed rows."""
     encoder = Encoder.from_pretrained(tiny_bert_dir)
-    model = nnx.merge(encoder.graphdef, encoder.params)
     segments = jnp.asarray(_segments(24))
     ids = jnp.where(segments > 0, jnp.arange(24) % 50 + 5, 0)
     positions = np.zeros_like(np.asarray(segments))  # restarting at 0 for each text, as packing sets them
     for i in range(1, 24):
         positions[:, i] = np.where(segments[:, i] == segments[:, i - 1], positions[:, i - 1] + 1, 0)
-    hidden = {kernel: model.forward(ids, segments > 0, segment_ids=segments, positions=jnp.asarray(positions),
-                                    attention_kernel=kernel).last_hidden_state for kernel in ("xla", "splash")}
+    forward = jax.jit(lambda params, kernel: nnx.merge(encoder.graphdef, params).forward(
+        ids, segments > 0, segment_ids=segments, positions=jnp.asarray(positions), attention_kernel=kernel,
+    ).last_hidden_state, static_argnums=1)
+    hidden = {kernel: forward(encoder.params, kernel) for kernel in ("xla", "splash")}
     real = np.asarray(segments) > 0
     assert np.abs(np.asarray(hidden["splash"])[real] - np.asarray(hidden["xla"])[real]).max() <= 1e-5
 
