@@ -22,6 +22,7 @@ filler row whose keys are all padding gets a uniform softmax, never NaN); `[B, 1
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable
 
 import jax
@@ -98,7 +99,11 @@ def attention(
     if dropout is not None or with_probs:
         raise ValueError(f"the {kernel} attention kernel returns no probabilities and applies no dropout; use 'xla'")
     if kernel == "splash":
-        return splash_attention(q, k, v, mask, interpret=jax.default_backend() != "tpu"), None
+        interpret = jax.default_backend() != "tpu"
+        if interpret:  # only a direct BertModel call gets here: select_kernel refuses splash off TPU
+            warnings.warn("splash attention off TPU runs in the Pallas interpreter: correct but slow, meant for tests; "
+                          "use attention_kernel='xla'", RuntimeWarning, stacklevel=2)
+        return splash_attention(q, k, v, mask, interpret=interpret), None
     return fused_attention(q, k, v, mask, implementation=kernel), None
 
 
