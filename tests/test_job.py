@@ -441,3 +441,33 @@ def test_the_device_busy_fraction_shows_a_host_that_makes_the_device_wait(tiny):
         assert batches == len(prepared.batches) and 0 < busy <= wall
         waits[host_seconds] = busy / wall
     assert waits[0.05] < 0.5 * waits[0.0] and 0 < stats.busy_fraction <= 1
+
+
+def test_a_chunk_finished_while_its_holder_is_checked_counts_complete():
+    """Process 0's finish reads the records, then asks whether each missing chunk's holder is still alive; a holder
+    that commits its last chunk and leaves in between is done, not stopped (seen once on a bucket: exit 3,
+    "claimed by processes that stopped", although both processes had finished)."""
+    from types import SimpleNamespace
+
+    from berta_jax.job import run
+    from berta_jax.job.state import Segment
+
+    def record(chunk: int) -> Segment:
+        return Segment(chunk=chunk, segment=0, run="r", chunk_rows=1, rows=(0,), data=f"d{chunk}", size=0, sha256="",
+                       input_sha256="", ids=(chunk,), skipped=(), truncated=(), tokens=1)
+
+    records = [record(0)]
+
+    class Work:
+        def segments(self):
+            return list(records), []
+
+        def claim_holder(self, run_id, chunk):
+            return {"process": 1}
+
+        def peer_alive(self, run_id, process, ttl):
+            records.append(record(1))  # the holder commits chunk 1 and leaves just now
+            return False
+
+    complete, missing = run._wait_for_chunks(SimpleNamespace(work=Work()), SimpleNamespace(run="r"), 2, None)
+    assert sorted(complete) == [0, 1] and missing == []

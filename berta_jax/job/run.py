@@ -375,17 +375,21 @@ def embed_all(plan: Plan, encoder: Encoder, lease: Lease, cluster: Cluster, summ
 
 
 def _wait_for_chunks(plan: Plan, lease: Lease, total: int, cluster: Cluster) -> tuple[dict, list[int]]:
-    """Process 0: (complete chunks, chunks left by processes that stopped) once no live process is still working."""
+    """Process 0: (complete chunks, chunks left by processes that stopped) once no live process is still working.
+
+    The records are read again after the holders were seen gone: a process commits its last chunk before its
+    heartbeat goes, so one that finished between the first read and its liveness check is counted complete,
+    not reported as stopped."""
     while True:
         complete = finish.complete_chunks(plan.work.segments()[0])
-        missing = [c for c in range(total) if c not in complete]
         working = []
-        for c in missing:
+        for c in (c for c in range(total) if c not in complete):
             holder = plan.work.claim_holder(lease.run, c)
             if holder and plan.work.peer_alive(lease.run, holder.get("process", -1), LOCK_TTL):
                 working.append(c)
         if not working:
-            return complete, missing
+            complete = finish.complete_chunks(plan.work.segments()[0])
+            return complete, [c for c in range(total) if c not in complete]
         time.sleep(0.2)
 
 
