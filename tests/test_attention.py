@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from berta_jax import Encoder
 from berta_jax.attention import attention_bias, explicit_attention, fused_attention, select_kernel, splash_attention
@@ -92,27 +91,10 @@ def test_splash_attention_computes_the_explicit_attention(length, packed):
     assert np.abs(np.asarray(out)[real] - np.asarray(ref)[real]).max() <= 1e-6
 
 
-def test_the_model_with_splash_attention_gives_the_explicit_kernels_hidden_states(tiny_bert_dir):
-    """The whole forward with attention_kernel="splash" on packed rows; off TPU it says it runs the interpreter."""
-    encoder = Encoder.from_pretrained(tiny_bert_dir)
-    segments = jnp.asarray(_segments(24))
-    ids = jnp.where(segments > 0, jnp.arange(24) % 50 + 5, 0)
-    positions = np.zeros_like(np.asarray(segments))  # restarting at 0 for each text, as packing sets them
-    for i in range(1, 24):
-        positions[:, i] = np.where(segments[:, i] == segments[:, i - 1], positions[:, i - 1] + 1, 0)
-    forward = jax.jit(lambda params, kernel: nnx.merge(encoder.graphdef, params).forward(
-        ids, segments > 0, segment_ids=segments, positions=jnp.asarray(positions), attention_kernel=kernel,
-    ).last_hidden_state, static_argnums=1)
-    hidden = {"xla": forward(encoder.params, "xla")}
-    with pytest.warns(RuntimeWarning, match="runs in the Pallas interpreter"):  # never a silent slow path
-        hidden["splash"] = forward(encoder.params, "splash")
-    real = np.asarray(segments) > 0
-    assert np.abs(np.asarray(hidden["splash"])[real] - np.asarray(hidden["xla"])[real]).max() <= 1e-5
-
-
 def test_splash_runs_in_a_shard_map_over_the_runtime_rows(tiny_bert_dir):
-    """Four devices: the Runtime runs the kernel inside a shard_map over its row mesh (XLA cannot partition a
-    Pallas TPU kernel), and gives the explicit kernel's embeddings."""
+    """The whole model with splash, packed rows, four devices: the Runtime runs the kernel inside a shard_map over
+    its row mesh (XLA cannot partition a Pallas TPU kernel) and gives the explicit kernel's embeddings; off TPU
+    it says that it runs the Pallas interpreter (never a silent slow path)."""
     result = worker("splash_rows", str(tiny_bert_dir),
                     env=cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
     assert result["devices"] == result["splash_devices"] == 4 and result["packed"]
@@ -120,6 +102,8 @@ def test_splash_runs_in_a_shard_map_over_the_runtime_rows(tiny_bert_dir):
     assert all(m == {"data": 4} for m in result["splash_shard_maps"])
     assert result["rows"] == len(MIXED)
     assert result["max_abs_diff"] <= 1e-6
+    assert result["xla_warnings"] == []
+    assert len(result["splash_warnings"]) == 1 and "runs in the Pallas interpreter" in result["splash_warnings"][0]
 
 
 def test_an_automatic_fused_choice_that_cannot_compile_falls_back_and_says_so(tiny_bert_dir):

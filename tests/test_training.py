@@ -170,6 +170,7 @@ def _example():
     return module
 
 
+@pytest.mark.slow  # a 16-step optax run on MiniLM; the gradients themselves are checked above
 def test_finetune_example_lowers_the_loss_and_round_trips_to_sentence_transformers(minilm_dir, tmp_path):
     example = _example()
     result = example.finetune(str(minilm_dir), str(tmp_path / "tuned"), steps=16, batch_size=8, log=lambda _: None)

@@ -4,6 +4,7 @@ XLA_FLAGS=--xla_force_host_platform_device_count=4).   usage: splash_rows.py MOD
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -25,7 +26,10 @@ out = {"devices": len(jax.devices()), "packed": any(b.num_segments > 1 for b in 
 vectors = {}
 for kernel in ("xla", "splash"):
     runtime = Runtime(encoder.graphdef, encoder.params, attention=kernel)
-    vectors[kernel] = np.concatenate([v for _, v in runtime.run(batches, pooling="mean", normalize=True)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vectors[kernel] = np.concatenate([v for _, v in runtime.run(batches, pooling="mean", normalize=True)])
+    out[f"{kernel}_warnings"] = sorted({str(w.message) for w in caught if w.category is RuntimeWarning})
     out[f"{kernel}_devices"] = runtime.num_devices
     out[f"{kernel}_shard_maps"] = [dict(m) for m in shard_maps]
     shard_maps.clear()
