@@ -111,6 +111,7 @@ class ChunkPlan:
     offsets: list[int]  # the chunk row of each planned text
     first: int  # first batch to run
     skipped: PendingSegment  # the chunk's unreadable rows not yet covered: all-zero vectors
+    truncate_dim: int | None  # the output dimension (None: the model's)
 
 
 def plan_chunk(encoder: Encoder, chunk: Chunk, covered: set[int], *, prompt: str, batching: dict,
@@ -124,11 +125,11 @@ def plan_chunk(encoder: Encoder, chunk: Chunk, covered: set[int], *, prompt: str
             skipped.vectors.append(np.zeros((1, truncate_dim or encoder.embedding_dim), np.float32))
     texts = [chunk.rows[i].text for i in good]
     prepared, offsets, first = remaining_plan(encoder, texts, good, covered, prompt, batching)
-    return ChunkPlan(chunk, covered, prepared, offsets, first, skipped)
+    return ChunkPlan(chunk, covered, prepared, offsets, first, skipped, truncate_dim)
 
 
 def embed_segments(encoder: Encoder, work: ChunkPlan, *, commit: Callable[[PendingSegment], None],
-                   after_batch: Callable[[PendingSegment], bool], truncate_dim: int | None = None) -> None:
+                   after_batch: Callable[[PendingSegment], bool]) -> None:
     """Embed a planned chunk; `commit` a segment when done or when `after_batch` (called after every batch,
     returns True to stop) asks to stop."""
     chunk, tokens, offsets = work.chunk, work.prepared.tokens, work.offsets
@@ -137,7 +138,7 @@ def embed_segments(encoder: Encoder, work: ChunkPlan, *, commit: Callable[[Pendi
         rows = [offsets[t] for t in batch.texts]
         _check(vectors, chunk, rows)
         pending.offsets += rows
-        pending.vectors.append(encoder.finish(vectors, truncate_dim=truncate_dim))
+        pending.vectors.append(encoder.finish(vectors, truncate_dim=work.truncate_dim))
         pending.tokens += int(tokens.lengths[batch.texts].sum())
         pending.truncated += [{"file": chunk.rows[r].source, "line": chunk.rows[r].line}
                               for r, t in zip(rows, batch.texts) if tokens.truncated[t]]

@@ -300,7 +300,7 @@ def _embed_chunk(plan: Plan, encoder: Encoder, lease: Lease, work: ChunkPlan, ex
                                          tokens=summary.tokens + pending.tokens))
         return bool(stop and stop())
 
-    embed_segments(encoder, work, after_batch=after_batch, truncate_dim=plan.options.truncate_dim,
+    embed_segments(encoder, work, after_batch=after_batch,
                    commit=lambda pending: _commit(plan, lease, chunk, pending, next_index, summary))
     return len(work.covered) + summary.rows - before == len(chunk.rows)
 
