@@ -54,10 +54,10 @@ def select_kernel(requested: str, platform: str, dtype) -> str:
 
 
 def kernel_mask(kernel: str, key_mask: Bool[Array, "B L"],
-                   segment_ids: Int[Array, "B L"] | None = None) -> Float[Array, "B 1 Q L"] | Int[Array, "B L"]:
+                segment_ids: Int[Array, "B L"] | None = None) -> Float[Array, "B 1 Q L"] | Int[Array, "B L"]:
     """The mask in the form `kernel` takes: an additive bias (`attention_bias`) or, for "splash", segment ids."""
     if kernel == "splash":
-        return (key_mask.astype(jnp.int32) if segment_ids is None else segment_ids).astype(jnp.int32)
+        return (key_mask if segment_ids is None else segment_ids).astype(jnp.int32)
     return attention_bias(key_mask, segment_ids, full=kernel != "xla")
 
 

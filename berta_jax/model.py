@@ -193,7 +193,8 @@ class BertModel(nnx.Module):
           output_hidden_states: also return the embeddings output and every layer's output.
           output_attentions: also return every layer's attention probabilities `[B, H, L, L]`.
           attention_kernel: "xla" (explicit, every backend), "cudnn" (fused, NVIDIA GPUs, 16-bit compute) or
-            "splash" (fused, TPUs, 16-bit compute; the Pallas interpreter elsewhere); see `attention.select_kernel`. Dropout and `output_attentions` always run the explicit kernel.
+            "splash" (fused, TPUs, 16-bit compute; the Pallas interpreter elsewhere); see
+            `attention.select_kernel`. Dropout and `output_attentions` always run the explicit kernel.
         """
         if not deterministic and dropout_key is None:
             raise ValueError("deterministic=False (training) needs a dropout_key, e.g. jax.random.key(0)")
