@@ -213,10 +213,10 @@ def dense(args) -> None:
     ja = jnp.asarray(a, dtype=jnp.bfloat16 if bf16 else jnp.float32)
     mm = jax.jit(lambda x: jnp.matmul(x, x, precision=None if bf16 else "highest"))
     forward = lambda: fn(encoder.params, jids, jmask).block_until_ready()  # noqa: E731
+    jax_product = lambda: mm(ja).block_until_ready()  # noqa: E731
     # each matmul sample is a run of back-to-back products as long as one forward, so that a best-of over
     # short samples does not catch a quiet moment that a whole forward cannot
-    reps = max(1, round(_interleaved_best({"f": forward, "m": lambda: mm(ja).block_until_ready()}, 1)["f"]
-                        / _interleaved_best({"m": lambda: mm(ja).block_until_ready()}, 3)["m"]))
+    reps = max(1, round(_interleaved_best({"f": forward}, 1)["f"] / _interleaved_best({"m": jax_product}, 3)["m"]))
 
     def repeated(product):
         return lambda: [product() for _ in range(reps)]
@@ -225,7 +225,7 @@ def dense(args) -> None:
            "transformers BertModel": torch_forward,
            **({} if cuda else {"numpy": repeated(lambda: a @ a)}),
            "torch": repeated(lambda: (ta @ ta, sync())),
-           "jax": repeated(lambda: mm(ja).block_until_ready())}
+           "jax": repeated(jax_product)}
     times = _interleaved_best(fns, args.repeats + 1)
     rates = {k: reps * 2 * n**3 / times[k] for k in ("numpy", "torch", "jax") if k in times}
     best_name = max(rates, key=rates.get)
