@@ -295,7 +295,7 @@ def default_batch_tokens(devices: Sequence[jax.Device], max_seq_length: int, cfg
     not report its memory)."""
     per_device = 2048
     if devices[0].platform != "cpu":
-        limit = (devices[0].memory_stats() or {}).get("bytes_limit") if hasattr(devices[0], "memory_stats") else None
+        limit = (devices[0].memory_stats() or {}).get("bytes_limit")
         if not limit or cfg is None:
             per_device = 16384
         else:
