@@ -28,6 +28,7 @@ from berta_jax.model import BertModel
 from berta_jax.packing import PackingPlanner, make_packed_batches, unpack_batch
 from berta_jax.runtime import CompileStats, Runtime, RunStats
 from berta_jax.st_config import SentenceConfig
+from berta_jax.texts import surrogate_problem
 from berta_jax.tokenize import TextTokenizer, TokenizedTexts
 from berta_jax.vectors import check_finite, check_truncate_dim, truncate
 from berta_jax.weights import load_model
@@ -52,11 +53,14 @@ class Prepared:
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:
+    """`texts` as a list, or a TypeError / ValueError naming the first element that is not a text."""
     if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
         raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
+        if problem := surrogate_problem(t):
+            raise ValueError(f"texts[{i}] {problem}")
     return list(texts)
 
 

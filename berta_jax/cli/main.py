@@ -19,7 +19,7 @@ def _interrupt(signum, frame) -> None:
 signal.signal(signal.SIGTERM, _interrupt)
 
 from berta_jax.version import __version__  # noqa: E402
-from berta_jax.cli import commands, encode  # noqa: E402
+from berta_jax.cli import commands, encode, engines  # noqa: E402
 from berta_jax.errors import BertaJaxError  # noqa: E402
 
 
@@ -30,6 +30,7 @@ USAGE = """berta-jax: BERT sentence encoders (sergeyzh/BERTA first of all) in JA
   berta-jax convert --to hf SRC DST    berta-jax folder -> HF folder (transformers, sentence-transformers)
   berta-jax parity --model M           stage-by-stage differences from PyTorch; non-zero exit above tolerance
   berta-jax encode IN... -o OUT --model M   embed corpus files into .npy / .parquet / a dataset, resumable
+  berta-jax beam IN... -o DIR --model M [-- BEAM_OPTIONS]   the same on Apache Beam (Dataflow, in-process)
 """
 
 
@@ -42,12 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_convert(sub)
     commands.add_parity(sub)
     encode.add_encode(sub)
+    engines.add_beam(sub)
     return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments; `beam` passes what follows `--`, and options it does not know, to the Beam pipeline."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    own, after_dashes = engines.split_pipeline_args(argv)
+    args, unknown = parser.parse_known_args(own)
+    if args.command != "beam":
+        return parser.parse_args(argv)
+    args.pipeline_args = unknown + after_dashes
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
     except KeyboardInterrupt:
         return 130
     try:

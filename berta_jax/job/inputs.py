@@ -28,6 +28,7 @@ from typing import BinaryIO, Iterator
 
 from berta_jax.errors import InputError
 from berta_jax.storage import is_url, store_for
+from berta_jax.texts import surrogate_problem, text_problem
 
 FORMATS = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".csv", ".parquet")
 MAX_LINE_BYTES = 64 * 2**20
@@ -154,7 +155,7 @@ def _problem(source: str, line: int, message: str, on_error: str, id_: str | Non
     raise InputError(f"{source}:{line}: {message}")
 
 
-def _open(file: InputFile) -> BinaryIO:
+def open_input(file: InputFile) -> BinaryIO:
     store = store_for(file.url)
     try:
         return store.open_read(file.url)
@@ -190,7 +191,7 @@ def _lines(file: InputFile, raw: BinaryIO) -> Iterator[tuple[int, bytes | None]]
         yield number, None if line is None else line.rstrip(b"\n").removesuffix(b"\r")
 
 
-def _decode(source: str, number: int, raw: bytes | None, on_error: str) -> str | Row:
+def decode_line(source: str, number: int, raw: bytes | None, on_error: str) -> str | Row:
     if raw is None:
         return _problem(source, number, f"line longer than {MAX_LINE_BYTES} bytes", on_error)
     try:
@@ -208,26 +209,26 @@ def read_rows(file: InputFile, *, text_field: str = "text", id_field: str | None
     if file.format == ".parquet":
         yield from _parquet_rows(file, text_field, id_field, on_error, ids)
         return
-    with _open(file) as raw:
+    with open_input(file) as raw:
         if file.format == ".csv":
             yield from _csv_rows(file, raw, text_field, id_field, on_error)
             return
         for number, line in _lines(file, raw):
-            text = _decode(file.url, number, line, on_error)
+            text = decode_line(file.url, number, line, on_error)
             if isinstance(text, Row) or file.format.startswith(".txt"):
                 yield text if isinstance(text, Row) else Row(file.url, number, text)
             else:
-                yield _json_row(file.url, number, text, text_field, id_field, on_error, ids)
+                yield json_row(file.url, number, text, text_field, id_field, on_error, ids)
 
 
-def _checked(source: str, number: int, text, id_, field: str, on_error: str, ids: IdPolicy) -> Row:
+def checked_row(source: str, number: int, text, id_, field: str, on_error: str, ids: IdPolicy) -> Row:
     id_text, id_error = ids(id_)
-    if id_error:
-        return _problem(source, number, id_error, on_error)
+    if id_error or (id_text is not None and (id_error := surrogate_problem(id_text))):
+        return _problem(source, number, id_error if id_text is None else f"the id {id_error}", on_error)
     if text is None:
         return _problem(source, number, f"{field!r} is missing or null", on_error, id_text)
-    if not isinstance(text, str):
-        return _problem(source, number, f"{field!r} is {type(text).__name__}, not a string", on_error, id_text)
+    if problem := text_problem(text):
+        return _problem(source, number, f"{field!r} {problem}", on_error, id_text)
     return Row(source, number, text, id_text)
 
 
@@ -243,12 +244,12 @@ def _json_record(source: str, number: int, line: str, on_error: str) -> dict | R
     return record
 
 
-def _json_row(source: str, number: int, line: str, field: str, id_field: str | None, on_error: str,
+def json_row(source: str, number: int, line: str, field: str, id_field: str | None, on_error: str,
               ids: IdPolicy) -> Row:
     record = _json_record(source, number, line, on_error)
     if isinstance(record, Row):
         return record
-    return _checked(source, number, record.get(field), record.get(id_field) if id_field else None, field, on_error,
+    return checked_row(source, number, record.get(field), record.get(id_field) if id_field else None, field, on_error,
                     ids)
 
 
@@ -273,7 +274,7 @@ def _csv_rows(file: InputFile, raw: BinaryIO, column: str, id_column: str | None
                 yield _problem(file.url, number, f"not valid UTF-8 in column {bad[0]!r}", on_error,
                                None if id_column in bad else id_)
             else:
-                yield _checked(file.url, number, text, id_, column, on_error, ids)
+                yield checked_row(file.url, number, text, id_, column, on_error, ids)
     except csv.Error as e:  # e.g. a stray carriage return in an unquoted field
         raise InputError(f"{file.url}:{reader.line_num}: not valid CSV ({e})") from None
 
@@ -303,11 +304,11 @@ def _undecodable(value) -> bool:
     return False
 
 
-def _parquet_file(file: InputFile):
+def parquet_file(file: InputFile):
     import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(_open(file))
+        return pq.ParquetFile(open_input(file))
     except InputError:
         raise
     except Exception as e:  # pyarrow raises several types for a damaged file
@@ -315,8 +316,8 @@ def _parquet_file(file: InputFile):
 
 
 def _parquet_rows(file: InputFile, column: str, id_column: str | None, on_error: str, ids: IdPolicy) -> Iterator[Row]:
-    parquet = _parquet_file(file)
-    _parquet_columns(file.url, parquet.schema_arrow.names, column, id_column)
+    parquet = parquet_file(file)
+    parquet_columns(file.url, parquet.schema_arrow.names, column, id_column)
     columns = [column] + ([id_column] if id_column else [])
     number = 0
     for group in range(parquet.num_row_groups):
@@ -327,10 +328,10 @@ def _parquet_rows(file: InputFile, column: str, id_column: str | None, on_error:
         values = table.column(id_column).to_pylist() if id_column else [None] * table.num_rows
         for text, id_ in zip(table.column(column).to_pylist(), values):
             number += 1
-            yield _checked(file.url, number, text, id_, column, on_error, ids)
+            yield checked_row(file.url, number, text, id_, column, on_error, ids)
 
 
-def _parquet_columns(source: str, names: list[str], column: str, id_column: str | None) -> None:
+def parquet_columns(source: str, names: list[str], column: str, id_column: str | None) -> None:
     for name in (column, id_column):
         if name is not None and name not in names:
             raise InputError(f"{source}: no column {name!r} (columns: {', '.join(names)})")
@@ -339,20 +340,20 @@ def _parquet_columns(source: str, names: list[str], column: str, id_column: str 
 def check_fields(file: InputFile, text_field: str, id_field: str | None) -> None:
     """Before any work: the text (and id) field must exist in the file's first record, its header or schema."""
     if file.format == ".parquet":
-        _parquet_columns(file.url, _parquet_file(file).schema_arrow.names, text_field, id_field)
+        parquet_columns(file.url, parquet_file(file).schema_arrow.names, text_field, id_field)
         return
     if file.format.startswith(".txt"):
         if id_field is not None:
             raise InputError(f"{file.url}: text files have no fields; --id-field needs jsonl, csv or parquet inputs")
         return
-    with _open(file) as raw:
+    with open_input(file) as raw:
         if file.format == ".csv":
             header = next((line for _, line in _lines(file, raw)), b"") or b""
             names = next(csv.reader([header.decode("utf-8", "surrogateescape")]), [])
             _csv_header(file.url, [n.removeprefix("\ufeff") for n in names], text_field, id_field)
             return
         for number, line in _lines(file, raw):
-            text = _decode(file.url, number, line, "skip")
+            text = decode_line(file.url, number, line, "skip")
             record = text if isinstance(text, Row) else _json_record(file.url, number, text, "skip")
             if isinstance(record, dict):
                 for name in (text_field, id_field):
@@ -367,7 +368,7 @@ def count_rows(file: InputFile) -> int | None:
     metadata; None for compressed, csv and remote text files."""
     try:
         if file.format == ".parquet":
-            return _parquet_file(file).metadata.num_rows
+            return parquet_file(file).metadata.num_rows
         if file.format in (".txt", ".jsonl") and not is_url(file.url):
             return _count_lines(file.url)
     except (InputError, OSError):  # a missing or damaged file: no total; reading it reports the real error

@@ -74,13 +74,13 @@ def read_npy(data: bytes, source: str) -> np.ndarray:
         raise JobError(f"{source}: not a readable part ({e})") from None
 
 
-def _parquet_schema(dtype: np.dtype, width: int):
+def parquet_schema(dtype: np.dtype, width: int):
     import pyarrow as pa
 
     return pa.schema([("row", pa.int64()), ("id", pa.string()), ("embedding", pa.list_(pa.from_numpy_dtype(dtype), width))])
 
 
-def _parquet_table(rows: np.ndarray, ids: list, vectors: np.ndarray, schema):
+def parquet_table(rows: np.ndarray, ids: list, vectors: np.ndarray, schema):
     import pyarrow as pa
 
     width = schema.field("embedding").type.list_size
@@ -94,7 +94,7 @@ def shard_bytes(rows: np.ndarray, ids: list, vectors: np.ndarray) -> bytes:
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
-    pq.write_table(_parquet_table(rows, ids, vectors, _parquet_schema(vectors.dtype, vectors.shape[1])), buffer)
+    pq.write_table(parquet_table(rows, ids, vectors, parquet_schema(vectors.dtype, vectors.shape[1])), buffer)
     return buffer.getvalue()
 
 
@@ -146,11 +146,11 @@ def write_single_file(f, kind: str, chunks: Callable[[], Iterator[ChunkRows]], r
         return
     import pyarrow.parquet as pq
 
-    schema = _parquet_schema(dtype, stored_width(width, precision))
+    schema = parquet_schema(dtype, stored_width(width, precision))
     with pq.ParquetWriter(f, schema) as writer:
         for chunk in chunks():
             index = np.arange(chunk.start, chunk.start + len(chunk.vectors))
-            writer.write_table(_parquet_table(index, chunk.ids, convert(chunk.vectors), schema))
+            writer.write_table(parquet_table(index, chunk.ids, convert(chunk.vectors), schema))
 
 
 def jsonl_bytes(records: list[dict]) -> bytes:

@@ -1,0 +1,102 @@
+"""Corpus files in, a Parquet dataset out, as a Beam pipeline: `berta-jax beam IN... -o OUT --model M -- OPTIONS`.
+
+The plan is made on the launcher from metadata only (`plan_splits`: file sizes, Parquet footers). Workers
+count each split's rows (newlines of a byte range; nothing for a row group), read each split with its rows'
+global numbers, embed through `RunInference(KeyedModelHandler(BertaModelHandler))` and write Parquet shards
+with the columns of `berta-jax encode`'s dataset output (`row`, `id`, `embedding`) through Beam's file sink,
+which writes to temporary files and renames them into place when the write is finalised: a retried bundle
+leaves no second copy. With `on_error="skip"` a bad row is a zero row, and `_skipped-*.jsonl` says why.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Iterator
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+
+from berta_jax.beam.handler import BertaModelHandler
+from berta_jax.errors import JobError
+from berta_jax.job.inputs import check_fields, expand_inputs
+from berta_jax.job.outputs import parquet_schema, parquet_table
+from berta_jax.job.splits import DEFAULT_SPLIT_BYTES, Split, count_rows, plan_splits, read_split
+from berta_jax.storage import store_for
+
+TABLE_ROWS = 4096  # rows per Parquet write (a row group of the shard)
+
+
+class EmbedFiles(beam.PTransform):
+    """PBegin -> {"embeddings": (row, id, float32 [dim]), "skipped": skipped-row records}, one per input row."""
+
+    def __init__(self, splits: list[Split], handler: BertaModelHandler, *, dim: int, text_field: str = "text",
+                 id_field: str | None = None, on_error: str = "raise"):
+        super().__init__()
+        self.splits, self.handler, self.dim = splits, handler, dim
+        self.fields = {"text_field": text_field, "id_field": id_field}
+        self.on_error = on_error
+
+    def expand(self, pbegin):
+        splits = pbegin | "Splits" >> beam.Create(self.splits) | "SpreadSplits" >> beam.Reshuffle()
+        counts = splits | "CountRows" >> beam.Map(lambda s, f: (s.index, count_rows(s, **f)), self.fields)
+        rows = splits | "ReadRows" >> beam.FlatMap(_numbered_rows, beam.pvalue.AsDict(counts), self.splits,
+                                                   self.fields, self.on_error)
+        routed = rows | "Route" >> beam.Partition(lambda row, _: int(row[3] is not None), 2)
+        embedded = (routed[0] | "KeyTexts" >> beam.Map(lambda r: ((r[0], r[1]), r[2]))
+                    | "Embed" >> RunInference(KeyedModelHandler(self.handler))
+                    | "Unkey" >> beam.MapTuple(lambda key, result: (key[0], key[1], result.inference)))
+        zeros = routed[1] | "ZeroRows" >> beam.Map(lambda r, dim: (r[0], r[1], np.zeros(dim, np.float32)), self.dim)
+        skipped = routed[1] | "SkipRecords" >> beam.Map(lambda r: {"row": r[0], "id": r[1], "error": r[3]})
+        return {"embeddings": (embedded, zeros) | "AllRows" >> beam.Flatten(), "skipped": skipped}
+
+
+def _numbered_rows(split: Split, counts: dict[int, int], plan: list[Split], fields: dict,
+                   on_error: str) -> Iterator[tuple]:
+    """(global row, id, text or None, error or None) for every row of `split`."""
+    before = sum(counts[s.index] for s in plan[: split.index])
+    first_line = split.first_line or 1 + sum(counts[s.index] for s in plan[: split.index] if s.file == split.file)
+    for offset, row in enumerate(read_split(split, first_line=first_line, on_error=on_error, **fields)):
+        error = None if row.error is None else f"{row.source}:{row.line}: {row.error}"
+        yield before + offset, row.id, row.text, error
+
+
+def _tables(rows: list[tuple], dim: int):
+    rows = sorted(rows, key=lambda r: r[0])
+    vectors = np.stack([r[2] for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
+    return parquet_table(np.array([r[0] for r in rows], np.int64), [r[1] for r in rows], vectors,
+                         parquet_schema(np.dtype(np.float32), dim))
+
+
+def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], output: str, handler: BertaModelHandler, *, dim: int,
+                   text_field: str = "text", id_field: str | None = None, on_error: str = "raise",
+                   split_bytes: int = DEFAULT_SPLIT_BYTES) -> None:
+    """Add the read -> embed -> write steps for `inputs` to `pipeline`, writing the dataset folder `output`."""
+    files = expand_inputs(inputs)
+    for file in files:
+        check_fields(file, text_field, id_field)
+    check_output(output)
+    splits = plan_splits(files, split_bytes=split_bytes)
+    result = pipeline | "EmbedFiles" >> EmbedFiles(splits, handler, dim=dim, text_field=text_field,
+                                                   id_field=id_field, on_error=on_error)
+    store = store_for(output)
+    schema = parquet_schema(np.dtype(np.float32), dim)
+    (result["embeddings"] | "Batch" >> beam.BatchElements(min_batch_size=TABLE_ROWS, max_batch_size=TABLE_ROWS)
+     | "ToTables" >> beam.Map(_tables, dim)
+     | "WriteParquet" >> beam.io.WriteToParquetBatched(store.join(output, "part"), schema, file_name_suffix=".parquet",
+                                                       use_compliant_nested_type=True))
+    if on_error == "skip":
+        (result["skipped"] | "SkippedJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=True))
+         | "WriteSkipped" >> beam.io.WriteToText(store.join(output, "_skipped"), file_name_suffix=".jsonl"))
+
+
+def check_output(output: str) -> None:
+    """The dataset folder must be new or empty: Beam's sink would mix this run's shards with older ones."""
+    store = store_for(output)
+    if store.exists(output):
+        if store.info(output).kind != "directory":
+            raise JobError(f"{output}: exists and is not a folder; the Beam pipeline writes a dataset folder")
+        if store.list(output):
+            raise JobError(f"{output}: the folder is not empty; write to a new folder (Beam's sink would mix this "
+                           "run's shards with the files already there)")
+
