@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 # follows the same rule), so no import can form a cycle.
 LAYERS: list[list[str]] = [
     ["berta_jax.errors", "berta_jax.version"],
-    ["berta_jax.jsonfields", "berta_jax.vectors", "berta_jax.wordpiece", "berta_jax.compile_cache"],
+    ["berta_jax.jsonfields", "berta_jax.vectors", "berta_jax.wordpiece", "berta_jax.compile_cache", "berta_jax.texts"],
     ["berta_jax.files", "berta_jax.storage"],
     ["berta_jax.config"],
     ["berta_jax.attention"],
@@ -25,12 +25,13 @@ LAYERS: list[list[str]] = [
     ["berta_jax.convert.folders", "berta_jax.weights", "berta_jax.folder", "berta_jax.batching"],
     ["berta_jax.runtime", "berta_jax.packing"],
     ["berta_jax.encoder"],
-    ["berta_jax.parity", "berta_jax.job.inputs"],
-    ["berta_jax.job.layout", "berta_jax.job.state", "berta_jax.job.outputs"],
-    ["berta_jax.job.chunks", "berta_jax.job.finish"],
-    ["berta_jax.job.run"],
+    ["berta_jax.parity", "berta_jax.job.inputs", "berta_jax.engine"],
+    ["berta_jax.job.layout", "berta_jax.job.state", "berta_jax.job.outputs", "berta_jax.job.splits",
+     "berta_jax.beam.handler", "berta_jax.ray"],
+    ["berta_jax.job.chunks", "berta_jax.job.finish", "berta_jax.beam.pipeline"],
+    ["berta_jax.job.run", "berta_jax.beam"],
     ["berta_jax.cli.signals", "berta_jax.cli.commands"],
-    ["berta_jax.cli.encode"],
+    ["berta_jax.cli.encode", "berta_jax.cli.engines"],
     ["berta_jax.cli.main"],
     ["berta_jax.cli", "berta_jax.cli.__main__", "berta_jax.__main__", "berta_jax", "berta_jax.convert", "berta_jax.job"],
 ]
