@@ -129,8 +129,8 @@ def run_engine(engine: str, model: str, dtype: str, n_texts: int, out: Path, rep
                 peak_rss_mb=_peak_rss_mb(), device_peak_mb=_device_peak_mb(engine), **extra)
 
 
-def _spawn(engine: str, args, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--engine", engine, "--model", args.model, "--dtype", args.dtype,
+def _spawn(engine: str, args, out: Path, dtype: str | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--engine", engine, "--model", args.model, "--dtype", dtype or args.dtype,
            "--texts", str(args.texts), "--repeats", str(args.repeats), "--out", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
@@ -138,11 +138,36 @@ def _spawn(engine: str, args, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def cpu_flags() -> str:
+    """The CPU model and its AVX-512 / AMX flags: a CPU speed figure means something only beside them."""
+    import platform
+    import re
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = sorted(set(re.findall(r"\b(avx512[a-z_0-9]*|amx[a-z_0-9]*)\b", info)))
+    return f"{model}, {os.cpu_count()} cores, flags: {' '.join(flags) or 'no AVX-512 / AMX'}"
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(1).min())
+
+
 def mixed(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         jx = _spawn("jax", args, Path(tmp) / "jax.npy")
         pt = _spawn("torch", args, Path(tmp) / "torch.npy")
         diff = float(np.abs(np.load(Path(tmp) / "jax.npy") - np.load(Path(tmp) / "torch.npy")).max())
+        if args.dtype == "bfloat16":  # the float32 reference: its speed and its embeddings
+            ref = _spawn("torch", args, Path(tmp) / "ref.npy", dtype="float32")
+            cosine = _min_cosine(np.load(Path(tmp) / "jax.npy"), np.load(Path(tmp) / "ref.npy"))
+            st_cosine = _min_cosine(np.load(Path(tmp) / "torch.npy"), np.load(Path(tmp) / "ref.npy"))
+    print(f"machine: {cpu_flags()}")
     print(f"mixed workload: {jx['texts']} texts, {jx['real_tokens']} real tokens, dtype {args.dtype}, "
           f"device {jx['device']} / {pt['device']}, threads {pt['threads']}")
     print(f"{'engine':<22}{'texts/s':>9}{'real tok/s':>12}{'padded/real':>13}{'compile s':>11}{'shapes':>8}"
@@ -158,6 +183,11 @@ def mixed(args) -> None:
           f"max_batch_tokens {jx['max_batch_tokens']}; attention kernel {jx['attention']}, "
           f"{100 * jx['attention_share']:.1f}% of the forward's matmul FLOPs; device busy "
           f"{100 * jx['device_busy']:.0f}% of berta-jax's encode time")
+    if args.dtype == "bfloat16":
+        print(f"sentence-transformers float32: {ref['real_tokens'] / ref['seconds']:.0f} real tok/s; berta-jax bfloat16 "
+              f"is {ref['seconds'] / jx['seconds']:.2f}x sentence-transformers float32 and "
+              f"{pt['seconds'] / jx['seconds']:.2f}x sentence-transformers bfloat16; min cosine to the float32 "
+              f"reference: berta-jax bfloat16 {cosine:.5f}, sentence-transformers bfloat16 {st_cosine:.5f}")
 
 
 # --- dense fixed shape ----------------------------------------------------------------------------------

@@ -157,5 +157,6 @@ def explicit_attention(q, k, v, bias, *, precision: jax.lax.Precision, dropout=N
     logits = jnp.matmul(q, k.transpose(0, 1, 3, 2), precision=precision, preferred_element_type=jnp.float32) + bias
     probs = jax.nn.softmax(logits, axis=-1)  # [B, H, Lq, Lk], float32
     weights = probs if dropout is None else dropout(probs)
-    context = jnp.matmul(weights.astype(dtype), v, precision=precision)  # [B, H, L, K]
+    # float32 out (accumulated in float32): exact for float32 compute, the matrix units' own mode for bfloat16
+    context = jnp.matmul(weights.astype(dtype), v, precision=precision, preferred_element_type=jnp.float32)
     return context.transpose(0, 2, 1, 3), probs if with_probs else None

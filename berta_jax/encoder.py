@@ -22,6 +22,7 @@ from berta_jax.attention import select_kernel
 from berta_jax.batching import Batch, BatchPlanner, make_batches
 from berta_jax.compile_cache import enable_compilation_cache
 from berta_jax.config import BertConfig
+from berta_jax.dtypes import choose_dtype
 from berta_jax.errors import TruncationWarning
 from berta_jax.folder import ModelFolder
 from berta_jax.model import BertModel
@@ -96,7 +97,8 @@ class Encoder:
         self.compile_stats = CompileStats()
         kernel = select_kernel(attention, self.devices[0].platform, model.layers.attention.dtype)
         self.runtime = Runtime(self.graphdef, self.params, devices=self.devices, chunk_tokens=max_batch_tokens,
-                               stats=self.compile_stats, attention=kernel, fallback=attention == "auto")
+                               stats=self.compile_stats, attention=kernel, fallback=attention == "auto",
+                               compute_dtype=model.layers.attention.dtype)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
@@ -108,7 +110,9 @@ class Encoder:
         """Load a model folder (HF / sentence-transformers layout, or converted), a storage URL or a hub id.
 
         Args:
-          dtype: compute dtype (float32 for PyTorch parity, bfloat16 for speed on accelerators).
+          dtype: compute dtype: float32 (PyTorch parity, the default), bfloat16 (the fast mode on accelerators and
+            on CPUs with AMX or AVX512-BF16), or "auto" (bfloat16 where the hardware multiplies it natively, else
+            float32; `compile_stats.dtype` says what was chosen and why).
           param_dtype: storage dtype of the parameters.
           pooling: override the folder's pooling ("mean", "cls", ...), e.g. "cls" for FRIDA-style use.
           max_seq_length: override the folder's context length (at most max_position_embeddings).
@@ -138,9 +142,13 @@ class Encoder:
         sentence = folder.sentence
         tokenizer = TextTokenizer.from_files(folder.files, sentence.max_seq_length, folder.config.vocab_size,
                                              sentence.lowercase)
-        model = load_model(folder.files, folder.config, dtype=dtype, param_dtype=param_dtype)
-        return cls(model, tokenizer, sentence, name=folder.name, folder=folder.folder, devices=devices,
-                   max_batch_tokens=max_batch_tokens, packing=packing, attention=attention)
+        platform = (devices[0] if devices else jax.local_devices()[0]).platform
+        choice = choose_dtype(dtype if isinstance(dtype, str) else jnp.dtype(dtype).name, platform)
+        model = load_model(folder.files, folder.config, dtype=jnp.dtype(choice.name), param_dtype=param_dtype)
+        encoder = cls(model, tokenizer, sentence, name=folder.name, folder=folder.folder, devices=devices,
+                      max_batch_tokens=max_batch_tokens, packing=packing, attention=attention)
+        encoder.compile_stats.dtype = str(choice)
+        return encoder
 
     @property
     def run_stats(self) -> RunStats:

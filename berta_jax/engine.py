@@ -20,7 +20,7 @@ from berta_jax.texts import text_problem
 if TYPE_CHECKING:
     from berta_jax.encoder import Encoder
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
 ON_ERROR = ("raise", "skip")
 _log = logging.getLogger("berta_jax")
 
@@ -63,12 +63,10 @@ class EncoderSpec:
 
     def load(self) -> Encoder:
         """The Encoder, with JAX imported here: call it on the worker, once per process."""
-        import jax.numpy as jnp
-
         from berta_jax.encoder import Encoder
 
         return Encoder.from_pretrained(
-            self.model, dtype=jnp.dtype(self.dtype), pooling=self.pooling, max_seq_length=self.max_seq_length,
+            self.model, dtype=self.dtype, pooling=self.pooling, max_seq_length=self.max_seq_length,
             max_batch_tokens=self.max_batch_tokens, attention=self.attention,
             compilation_cache=self.compilation_cache,
         )

@@ -47,9 +47,16 @@ class Numerics:
         """HIGHEST for float32 compute (PyTorch parity on TPU/GPU), DEFAULT for bfloat16."""
         return jax.lax.Precision.HIGHEST if jnp.dtype(self.dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
 
+    @property
+    def accumulate(self) -> jnp.dtype | None:
+        """What a 16-bit matmul returns: float32. Its products accumulate in float32 (what TPUs, GPUs and the
+        CPU's bf16 matrix units do natively; XLA:CPU reaches AMX only for such dots), and bias, GELU and the
+        residual sum see float32. None in float32 mode: the dots there stay exactly as they were."""
+        return None if jnp.dtype(self.dtype) == jnp.float32 else jnp.dtype(jnp.float32)
+
     def linear(self, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
         return nnx.Linear(n_in, n_out, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
-                          rngs=rngs)
+                          preferred_element_type=self.accumulate, rngs=rngs)
 
     def layer_norm(self, cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
         # BERT's eps (from the config; nnx defaults to 1e-6) and the two-pass variance torch uses;
@@ -92,7 +99,7 @@ class SelfAttention(nnx.Module):
 
     def __init__(self, cfg: BertConfig, numerics: Numerics, *, rngs: nnx.Rngs):
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
-        self.dtype, self.precision = numerics.dtype, numerics.precision
+        self.dtype, self.precision, self.accumulate = numerics.dtype, numerics.precision, numerics.accumulate
         self.query = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
         self.key = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
         self.value = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
@@ -103,10 +110,11 @@ class SelfAttention(nnx.Module):
         """q, k, v from one [D, 3D] matmul (a larger GEMM runs closer to peak), split into heads."""
         kernel = jnp.concatenate([self.query.kernel[...], self.key.kernel[...], self.value.kernel[...]], axis=1)
         bias = jnp.concatenate([self.query.bias[...], self.key.bias[...], self.value.bias[...]])
-        qkv = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), precision=self.precision) + bias.astype(self.dtype)
+        qkv = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), precision=self.precision,
+                      preferred_element_type=self.accumulate) + bias.astype(self.accumulate or self.dtype)
         batch, length, _ = x.shape
-        heads = qkv.reshape(batch, length, 3, self.num_heads, self.head_dim)
-        return heads[:, :, 0], heads[:, :, 1], heads[:, :, 2]  # each [B, L, H, K]
+        heads = qkv.astype(self.dtype).reshape(batch, length, 3, self.num_heads, self.head_dim)
+        return heads[:, :, 0], heads[:, :, 1], heads[:, :, 2]  # each [B, L, H, K], in the compute dtype
 
     def __call__(self, x: Float[Array, "B L D"], mask: Float[Array, "B 1 Lq Lk"] | Int[Array, "B L"],
                  rngs: nnx.Rngs | None = None,

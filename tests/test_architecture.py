@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parent.parent
 # follows the same rule), so no import can form a cycle.
 LAYERS: list[list[str]] = [
     ["berta_jax.errors", "berta_jax.version"],
-    ["berta_jax.jsonfields", "berta_jax.vectors", "berta_jax.wordpiece", "berta_jax.compile_cache", "berta_jax.texts"],
+    ["berta_jax.jsonfields", "berta_jax.vectors", "berta_jax.wordpiece", "berta_jax.compile_cache", "berta_jax.texts",
+     "berta_jax.dtypes"],
     ["berta_jax.files", "berta_jax.storage"],
     ["berta_jax.config"],
     ["berta_jax.attention"],

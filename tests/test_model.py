@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from berta_jax import BertConfig, BertModel, ConfigError, Encoder, make_embed_fn, param_shapes
+from berta_jax import BertConfig, BertModel, ConfigError, Encoder, make_embed_fn, make_hidden_fn, param_shapes
 
 
 def _hf_config(**overrides) -> dict:
@@ -85,23 +85,56 @@ def test_bfloat16_compute_keeps_float32_parameters_and_output(tiny_bert_dir):
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(stored.params)} == {jnp.dtype(jnp.bfloat16)}
 
 
-def _dot_precisions(encoder: Encoder) -> set:
-    """The precision of every matmul in the traced forward, whatever the global default is."""
+def _dots(encoder: Encoder) -> list:
+    """Every matmul (dot_general equation) of the traced sentence-embedding forward."""
     fn = make_embed_fn(encoder.graphdef)
     ids = np.array([[2, 5, 6, 3]], np.int32)
     with jax.default_matmul_precision("bfloat16"):  # the tests run at "highest"; the model must not rely on it
         jaxpr = jax.make_jaxpr(fn)(encoder.params, ids, np.ones_like(ids), np.zeros_like(ids))
-    found: set = set()
+    found: list = []
 
     def walk(j) -> None:
         for eqn in j.eqns:
             if eqn.primitive.name == "dot_general":
-                found.add(eqn.params["precision"])
+                found.append(eqn)
             for sub in jax.core.jaxprs_in_params(eqn.params):
                 walk(sub)
 
     walk(jaxpr.jaxpr)
     return found
+
+
+def _dot_precisions(encoder: Encoder) -> set:
+    """The precision of every matmul in the traced forward, whatever the global default is."""
+    return {eqn.params["precision"] for eqn in _dots(encoder)}
+
+
+def _dot_types(encoder: Encoder) -> set:
+    """(operand dtypes, result dtype) of every matmul of the traced forward."""
+    return {(tuple(v.aval.dtype.name for v in eqn.invars), eqn.outvars[0].aval.dtype.name) for eqn in _dots(encoder)}
+
+
+def test_bfloat16_matmuls_take_bfloat16_and_accumulate_into_float32(tiny_bert_dir):
+    """The form the matrix units run fast (AMX through oneDNN on CPUs, MXUs, tensor cores): bf16 operands,
+    float32 result; float32 mode stays float32 throughout. Six dots a layer: qkv, scores, context, out, two FFN."""
+    bf16 = Encoder.from_pretrained(tiny_bert_dir, dtype=jnp.bfloat16)
+    assert _dot_types(bf16) == {(("bfloat16", "bfloat16"), "float32")}
+    assert len(_dots(bf16)) == 6  # the scanned layer body is traced once
+    assert _dot_types(Encoder.from_pretrained(tiny_bert_dir)) == {(("float32", "float32"), "float32")}
+
+
+def test_the_runtime_casts_bfloat16_kernels_once_with_the_same_result(tiny_bert_dir):
+    """The compiled forwards take the matmul kernels already in bf16 (no convert per call and layer); what they
+    compute is bit for bit what the model computes from its float32 parameters, casting as it goes."""
+    encoder = Encoder.from_pretrained(tiny_bert_dir, dtype=jnp.bfloat16)
+    stored = {jax.tree_util.keystr(p): leaf.dtype for p, leaf in jax.tree_util.tree_leaves_with_path(encoder.runtime.params)}
+    assert {d for k, d in stored.items() if "kernel" in k} == {jnp.dtype(jnp.bfloat16)}
+    assert {d for k, d in stored.items() if "kernel" not in k} == {jnp.dtype(jnp.float32)}
+    ids = np.array([[2, 40, 41, 42, 3, 0], [2, 50, 3, 0, 0, 0]], np.int32)
+    mask = (ids > 0).astype(np.int32)
+    forward = jax.jit(make_hidden_fn(encoder.graphdef))
+    cast_in_call = forward(encoder.params, ids, mask)  # float32 parameters, cast by the model in every call
+    np.testing.assert_array_equal(np.asarray(forward(encoder.runtime.params, ids, mask)), np.asarray(cast_in_call))
 
 
 def test_float32_matmuls_are_pinned_to_highest_precision(tiny_bert_dir):

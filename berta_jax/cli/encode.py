@@ -130,13 +130,11 @@ def _cluster(args: argparse.Namespace) -> Cluster:
 def _loader(args: argparse.Namespace, model, stop: StopSignals):
     def load():
         with stop.held():  # native libraries start here: a signal now interrupts once the model is loaded
-            import jax.numpy as jnp
-
             from berta_jax.compile_cache import enable_compilation_cache
             from berta_jax.encoder import Encoder
 
             enable_compilation_cache()
-            encoder = Encoder.from_folder(model, dtype=jnp.dtype(args.dtype), max_batch_tokens=args.max_batch_tokens)
+            encoder = Encoder.from_folder(model, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens)
         stop.arm()
         return encoder
 
@@ -187,6 +185,7 @@ def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
     from berta_jax.job.run import run_job
 
     model = ModelFolder.open(args.model)
+    choice = _dtype_choice(args)
     try:
         options = JobOptions(text_field=args.text_field, id_field=args.id_field,
                              prompt=model.sentence.resolve_prompt(args.prompt_name, args.prompt),
@@ -204,7 +203,23 @@ def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
     finally:
         if display is not None:
             display.close()
-    return _report(summary, args, model.sentence.max_seq_length)
+    code = _report(summary, args, model.sentence.max_seq_length)
+    if choice is not None and not args.quiet:
+        print(f"compute dtype {choice}")
+    return code
+
+
+def _dtype_choice(args: argparse.Namespace):
+    """For --dtype auto: the dtype this machine's device gets (named in the job's fingerprint), and why."""
+    if args.dtype != "auto":
+        return None
+    import jax
+
+    from berta_jax.dtypes import choose_dtype
+
+    choice = choose_dtype("auto", jax.default_backend())
+    args.dtype = choice.name
+    return choice
 
 
 def _encode(args: argparse.Namespace) -> int:
@@ -277,8 +292,9 @@ def add_encode(sub) -> None:
                      help="stored precision; int8/uint8/binary/ubinary follow sentence-transformers' quantize_embeddings "
                      "(int8/uint8 ranges from the whole output, single-file outputs only)")
     enc.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (Matryoshka)")
-    enc.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                     help="compute dtype: float32 (PyTorch parity) or bfloat16 (the fast mode on accelerators)")
+    enc.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32",
+                     help="compute dtype: float32 (PyTorch parity), bfloat16 (the fast mode on accelerators and on CPUs "
+                          "with AMX / AVX512-BF16), auto (bfloat16 where the hardware has it, else float32)")
     enc.add_argument("--max-batch-tokens", type=int, help="padded tokens per batch (default: 2048 per CPU device; on "
                      "accelerators what an eighth of the device memory holds, 8192-262144 per device)")
     enc.add_argument("--batch-size", type=int, help="at most this many texts per batch")

@@ -32,8 +32,9 @@ def add_beam(sub) -> None:
     beam.add_argument("--id-field", "--id-column", dest="id_field", help="field / column with an id to keep")
     beam.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                       help="skip: a bad row becomes a zero row, listed with its reason in _skipped-*.jsonl")
-    beam.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                      help="compute dtype (float32: PyTorch parity; bfloat16: the fast mode on accelerators)")
+    beam.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32",
+                      help="compute dtype (float32: PyTorch parity; bfloat16: the fast mode on accelerators and on "
+                           "CPUs with AMX / AVX512-BF16; auto: chosen on each worker from its hardware)")
     beam.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (Matryoshka)")
     beam.add_argument("--max-batch-tokens", type=int, help="padded tokens per device batch (default: the Encoder's)")
     beam.add_argument("--split-mb", type=float, default=64.0,
