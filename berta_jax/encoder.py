@@ -28,7 +28,7 @@ from berta_jax.folder import ModelFolder
 from berta_jax.model import BertModel
 from berta_jax.packing import PackingPlanner, make_packed_batches, unpack_batch
 from berta_jax.runtime import CompileStats, Runtime, RunStats
-from berta_jax.st_config import SentenceConfig
+from berta_jax.st_config import RETRIEVAL_PROMPT_NAMES, SentenceConfig
 from berta_jax.texts import surrogate_problem
 from berta_jax.tokenize import TextTokenizer, TokenizedTexts
 from berta_jax.vectors import check_finite, check_truncate_dim, truncate
@@ -244,7 +244,8 @@ class Encoder:
             name = self.sentence.retrieval_prompt_name(role)  # None: the model has no prompts at all
             if name is None:
                 _warn_once(f"this model defines no prompts, so encode_{role} embeds without one (like encode(..., "
-                           f"prompt='')); berta-jax looks for the prompt names of RETRIEVAL_PROMPT_NAMES")
+                           f"prompt='')); berta-jax looks for the prompt names "
+                           f"{', '.join(RETRIEVAL_PROMPT_NAMES[role])}")
             kwargs["prompt_name" if name else "prompt"] = name or ""
         return self.encode(texts, **kwargs)
 

@@ -63,7 +63,7 @@ def _hub_snapshot(name: str, revision: str | None, cache_dir: str | None) -> Pat
                 f"{name}: the Hugging Face hub cannot be reached ({type(online_error).__name__}) and no cached "
                 f"copy exists. Pass the path of a local model folder instead (one holding config.json, "
                 f"model.safetensors and the tokenizer files), or download it where the hub is reachable with "
-                f"`huggingface-cli download {name}` and copy the cache (HF_HOME) here."
+                f"`hf download {name}` (huggingface_hub's command line) and copy the cache (HF_HOME) here."
             ) from None
 
 

@@ -52,7 +52,7 @@ BERTA_DIR_VAR = "BERTA_JAX_BERTA_DIR"
 @pytest.mark.skipif(
     not os.environ.get(BERTA_DIR_VAR),
     reason=f"needs the real sergeyzh/BERTA weights: set {BERTA_DIR_VAR}=/path/to/BERTA (a folder downloaded with "
-    "`huggingface-cli download sergeyzh/BERTA --local-dir ...`) to check the model card's cosines",
+    "`hf download sergeyzh/BERTA --local-dir ...`) to check the model card's cosines",
 )
 def test_model_card_cosines_with_real_berta_weights():
     encoder = Encoder.from_pretrained(os.environ[BERTA_DIR_VAR])
