@@ -122,3 +122,14 @@ def test_convert_says_what_a_folder_is_and_which_command_to_use(tiny_bert_dir, t
     (empty / "model.safetensors").unlink()
     assert main(["convert", "--to", "hf", str(empty), str(tmp_path / "x")]) == 2
     assert "a folder with no weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["encode", "beam"])
+def test_a_batch_budget_smaller_than_the_context_is_one_line_before_any_work(command, tmp_path, tiny_bert_dir, capsys):
+    (tmp_path / "in.txt").write_text("Кот\n")
+    out = tmp_path / ("out.npy" if command == "encode" else "out")
+    assert main([command, str(tmp_path / "in.txt"), "-o", str(out), "--model", str(tiny_bert_dir),
+                 "--max-batch-tokens", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--max-batch-tokens 1 is smaller than the model's max_seq_length 32" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -29,6 +30,7 @@ def test_a_second_run_single_or_multi_process_is_refused_while_the_first_works(t
     first = start_berta_jax("encode", str(source), "-o", str(out), *common, "--max-batch-tokens", "256",
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wait_for(lambda: committed_segments(tmp_path / "out.npy.parts") >= 1, first)
+    first.send_signal(signal.SIGSTOP)  # the holder stays alive and holding, however fast this machine is
     single = berta_jax("encode", str(source), "-o", str(out), *common, "--overwrite", check=False)
     assert single.returncode == 2 and "another run is writing this output" in single.stderr
     with socket.socket() as s:
@@ -40,6 +42,7 @@ def test_a_second_run_single_or_multi_process_is_refused_while_the_first_works(t
     results = [p.communicate(timeout=300) for p in pair]
     assert [p.returncode for p in pair] == [2, 2], [re.sub(r"\n *@.*", "", r[1])[-3000:] for r in results]
     assert all("another run is writing this output" in r[1] for r in results)
+    first.send_signal(signal.SIGCONT)
     assert first.poll() is None or first.returncode == 0  # the first run was not disturbed
     assert first.wait(timeout=300) == 0 and np.load(out).shape == (12_000, 16)
 

@@ -36,6 +36,13 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
     prompt.add_argument("--prompt", help="a literal prefix ('' for none)")
 
 
+def check_batch_tokens(max_batch_tokens: int | None, max_seq_length: int) -> None:
+    """--max-batch-tokens must hold one text of the model's whole context (checked before any work)."""
+    if max_batch_tokens is not None and max_batch_tokens < max_seq_length:
+        raise ValueError(f"--max-batch-tokens {max_batch_tokens} is smaller than the model's max_seq_length "
+                         f"{max_seq_length}: a full-length text would not fit in a batch; use at least {max_seq_length}")
+
+
 def has_card_prompts(encoder) -> bool:
     return all(name in encoder.sentence.prompts for pair in CARD_PAIRS for name in (pair[0], pair[2]))
 

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from berta_jax.cli.commands import add_prompt_options, command
+from berta_jax.cli.commands import add_prompt_options, check_batch_tokens, command
 from berta_jax.cli.signals import StopSignals
 from berta_jax.job.outputs import PRECISIONS
 from berta_jax.job.run import Cluster, JobOptions, JobSummary, wait_for_peers_to_leave
@@ -187,6 +187,7 @@ def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
     model = ModelFolder.open(args.model)
     choice = _dtype_choice(args)
     try:
+        check_batch_tokens(args.max_batch_tokens, model.sentence.max_seq_length)
         options = JobOptions(text_field=args.text_field, id_field=args.id_field,
                              prompt=model.sentence.resolve_prompt(args.prompt_name, args.prompt),
                              precision=args.precision, truncate_dim=args.truncate_dim, chunk_rows=args.chunk_rows,

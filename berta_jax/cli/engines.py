@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from berta_jax.cli.commands import add_prompt_options, command
+from berta_jax.cli.commands import add_prompt_options, check_batch_tokens, command
 from berta_jax.errors import JobError
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
@@ -85,6 +85,7 @@ def _dim(args: argparse.Namespace) -> int:
     folder = ModelFolder.open(args.model, truncate_dim=args.truncate_dim)
     try:
         folder.sentence.resolve_prompt(args.prompt_name, args.prompt)
+        check_batch_tokens(args.max_batch_tokens, folder.sentence.max_seq_length)
     except ValueError as e:
         raise JobError(f"--model {args.model}: {e}") from None
     return folder.sentence.truncate_dim or folder.config.hidden_size
