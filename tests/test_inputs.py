@@ -129,3 +129,32 @@ def test_text_files_have_no_fields(tmp_path):
     source.write_text("x\n")
     with pytest.raises(InputError, match=r"in\.txt: text files have no fields; --id-field needs"):
         check_fields(InputFile(str(source), ".txt"), "text", "id")
+
+
+def test_a_csv_quote_left_open_is_an_error_naming_where_its_record_starts(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_bytes(b'id,text\r\na,one\r\nb,"two\r\nc,three\r\nd,four\r\n')
+    for on_error in ("raise", "skip"):  # the rest of the file cannot be read as records: never a silent short file
+        with pytest.raises(InputError, match=r"in\.csv:3: a quoted field opened in the record starting on this line "
+                                             r"is never closed"):
+            rows_of(source, id_field="id", on_error=on_error)
+
+
+def test_an_id_missing_on_a_later_row_is_a_row_error_not_a_null(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "a", "id": "x"}\n{"text": "b"}\n{"text": "c", "id": null}\n{"text": "d", "id": "y"}\n')
+    rows = rows_of(source, id_field="id", on_error="skip")
+    assert [r.id for r in rows] == ["x", None, None, "y"] and rows[0].error is None and rows[3].error is None
+    assert all("the id 'id' is missing or null" in r.error and r.text is None for r in rows[1:3])
+    with pytest.raises(InputError, match=r"in\.jsonl:2: the id 'id' is missing or null"):
+        rows_of(source, id_field="id")
+
+
+def test_integer_ids_of_one_file_and_string_ids_of_a_csv_are_refused_in_one_run(tmp_path):
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.csv"
+    first.write_text('{"text": "a", "id": 1}\n')
+    second.write_text('id,text\n1,b\n')
+    ids = IdPolicy()
+    assert rows_of(first, id_field="id", ids=ids)[0].id == "1"
+    with pytest.raises(InputError, match=r"b\.csv:2: id is a string but earlier ids are integers"):
+        rows_of(second, id_field="id", ids=ids)

@@ -211,7 +211,7 @@ def read_rows(file: InputFile, *, text_field: str = "text", id_field: str | None
         return
     with open_input(file) as raw:
         if file.format == ".csv":
-            yield from _csv_rows(file, raw, text_field, id_field, on_error)
+            yield from _csv_rows(file, raw, text_field, id_field, on_error, ids)
             return
         for number, line in _lines(file, raw):
             text = decode_line(file.url, number, line, on_error)
@@ -221,7 +221,13 @@ def read_rows(file: InputFile, *, text_field: str = "text", id_field: str | None
                 yield json_row(file.url, number, text, text_field, id_field, on_error, ids)
 
 
-def checked_row(source: str, number: int, text, id_, field: str, on_error: str, ids: IdPolicy) -> Row:
+def checked_row(source: str, number: int, text, id_, field: str, on_error: str, ids: IdPolicy,
+                id_field: str | None = None) -> Row:
+    """The row, or its problem: a text that is not one, an id of the wrong kind, or no id where `id_field` asks for
+    one on every row."""
+    if id_field is not None and id_ is None:
+        return _problem(source, number, f"the id {id_field!r} is missing or null; with an id field every row needs "
+                        "one", on_error)
     id_text, id_error = ids(id_)
     if id_error or (id_text is not None and (id_error := surrogate_problem(id_text))):
         return _problem(source, number, id_error if id_text is None else f"the id {id_error}", on_error)
@@ -250,21 +256,25 @@ def json_row(source: str, number: int, line: str, field: str, id_field: str | No
     if isinstance(record, Row):
         return record
     return checked_row(source, number, record.get(field), record.get(id_field) if id_field else None, field, on_error,
-                    ids)
+                       ids, id_field)
 
 
 _CSV_FIELD_LIMIT = 2**31 - 1
 
 
-def _csv_rows(file: InputFile, raw: BinaryIO, column: str, id_column: str | None, on_error: str) -> Iterator[Row]:
+def _csv_rows(file: InputFile, raw: BinaryIO, column: str, id_column: str | None, on_error: str,
+              ids: IdPolicy) -> Iterator[Row]:
+    """The records of a CSV file; its ids are strings, under the run's one-kind rule (a jsonl id 1 beside a csv id
+    "1" is refused, as two jsonl ids would be)."""
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:  # the default 131072 characters would reject long texts
         csv.field_size_limit(_CSV_FIELD_LIMIT)
     # Bytes are decoded line by line with surrogateescape, so a bad byte is found at its record (with its
     # line) instead of failing a whole read buffer; quoted fields may still span lines.
     lines = (_csv_line(file.url, n, line) for n, line in _raw_lines(file, raw))
-    reader = csv.DictReader(lines)
+    # strict: a quote left open at the end of the file is an error, not a field that swallows the rest of it
+    reader = csv.DictReader(lines, strict=True)
     _csv_header(file.url, reader.fieldnames or [], column, id_column)
-    ids = IdPolicy()  # csv values are text: every id is a string
+    start = reader.line_num + 1  # the first physical line of the next record, for errors that name it
     try:
         for record in reader:
             number = reader.line_num
@@ -274,8 +284,12 @@ def _csv_rows(file: InputFile, raw: BinaryIO, column: str, id_column: str | None
                 yield _problem(file.url, number, f"not valid UTF-8 in column {bad[0]!r}", on_error,
                                None if id_column in bad else id_)
             else:
-                yield checked_row(file.url, number, text, id_, column, on_error, ids)
-    except csv.Error as e:  # e.g. a stray carriage return in an unquoted field
+                yield checked_row(file.url, number, text, id_, column, on_error, ids, id_column)
+            start = reader.line_num + 1
+    except csv.Error as e:  # a stray carriage return in an unquoted field, a quote never closed, ...
+        if "unexpected end of data" in str(e):
+            raise InputError(f"{file.url}:{start}: a quoted field opened in the record starting on this line is never "
+                             "closed: the file ends inside it") from None
         raise InputError(f"{file.url}:{reader.line_num}: not valid CSV ({e})") from None
 
 
@@ -328,7 +342,7 @@ def _parquet_rows(file: InputFile, column: str, id_column: str | None, on_error:
         values = table.column(id_column).to_pylist() if id_column else [None] * table.num_rows
         for text, id_ in zip(table.column(column).to_pylist(), values):
             number += 1
-            yield checked_row(file.url, number, text, id_, column, on_error, ids)
+            yield checked_row(file.url, number, text, id_, column, on_error, ids, id_column)
 
 
 def parquet_columns(source: str, names: list[str], column: str, id_column: str | None) -> None:

@@ -27,14 +27,27 @@ def stored_width(dim: int, precision: str) -> int:
     return -(-dim // 8) if precision in ("binary", "ubinary") else dim
 
 
-def per_row(vectors: np.ndarray, precision: str) -> np.ndarray:
-    """The precisions that need no statistics over the output: float32, float16, binary, ubinary."""
+def per_row(vectors: np.ndarray, precision: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """The precisions that need no statistics over the output: float32, float16, binary, ubinary (`rows`: the
+    output row of each vector, for errors)."""
     if precision == "float16":
+        _check_float16_range(vectors, np.arange(len(vectors)) if rows is None else np.asarray(rows))
         return vectors.astype(np.float16)
     if precision in ("binary", "ubinary"):
         packed = np.packbits(vectors > 0, axis=-1)
         return (packed.astype(np.int16) - 128).astype(np.int8) if precision == "binary" else packed
     return vectors.astype(np.float32)
+
+
+def _check_float16_range(vectors: np.ndarray, rows: np.ndarray) -> None:
+    """float16 holds values up to 65504; beyond it a value would be stored as inf, which is refused."""
+    largest = np.abs(vectors).max(axis=1) if len(vectors) else np.zeros(0)
+    over = np.flatnonzero(largest > np.finfo(np.float16).max)
+    if len(over):
+        named = [int(rows[i]) for i in over[:10]]
+        raise JobError(f"rows {named}{' ...' if len(over) > 10 else ''} have embedding values beyond float16's range "
+                       f"(largest |value| {float(largest[over].max()):.4g} > 65504), which would be stored as inf; "
+                       "use --precision float32, or normalised embeddings")
 
 
 def int8_quantiser(parts: Iterable[np.ndarray], precision: str, output: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -49,12 +62,12 @@ def int8_quantiser(parts: Iterable[np.ndarray], precision: str, output: str) -> 
     if rows == 1:
         raise JobError(f"{output}: {precision} quantisation needs ranges from more than one embedding")
     if rows == 0:
-        return lambda part: part.astype(STORED[precision])
+        return lambda part, first_row=0: part.astype(STORED[precision])
     low, high = low.astype(np.float32), high.astype(np.float32)
     steps = (high - low) / 255
     steps = np.where(steps == 0, 1, steps)
 
-    def quantise(part: np.ndarray) -> np.ndarray:
+    def quantise(part: np.ndarray, first_row: int = 0) -> np.ndarray:
         q = np.clip(np.floor((np.asarray(part, np.float32) - low) / steps), 0, 255)
         return q.astype(np.uint8) if precision == "uint8" else (q - 128).astype(np.int8)
 
@@ -136,13 +149,13 @@ def write_single_file(f, kind: str, chunks: Callable[[], Iterator[ChunkRows]], r
     if precision in WHOLE_OUTPUT_PRECISIONS:
         convert = int8_quantiser((c.vectors for c in chunks()), precision, output)
     else:
-        convert = lambda v: per_row(v, precision)  # noqa: E731
+        convert = lambda v, first_row: per_row(v, precision, np.arange(first_row, first_row + len(v)))  # noqa: E731
     dtype = np.dtype(STORED[precision])
     if kind == "npy":
         np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
                                                  "shape": (rows, stored_width(width, precision))})
         for chunk in chunks():
-            f.write(np.ascontiguousarray(convert(chunk.vectors)).tobytes())
+            f.write(np.ascontiguousarray(convert(chunk.vectors, chunk.start)).tobytes())
         return
     import pyarrow.parquet as pq
 
@@ -150,7 +163,7 @@ def write_single_file(f, kind: str, chunks: Callable[[], Iterator[ChunkRows]], r
     with pq.ParquetWriter(f, schema) as writer:
         for chunk in chunks():
             index = np.arange(chunk.start, chunk.start + len(chunk.vectors))
-            writer.write_table(parquet_table(index, chunk.ids, convert(chunk.vectors), schema))
+            writer.write_table(parquet_table(index, chunk.ids, convert(chunk.vectors, chunk.start), schema))
 
 
 def jsonl_bytes(records: list[dict]) -> bytes:

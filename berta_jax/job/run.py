@@ -275,7 +275,8 @@ def _commit(plan: Plan, lease: Lease, chunk: Chunk, pending: PendingSegment, ind
     if plan.layout.dataset:
         name = f"part-{chunk.index:05d}-{index:02d}-{run[:8]}.parquet"
         rows = np.asarray(offsets, np.int64) + chunk.start
-        data = shard_bytes(rows, [chunk.rows[i].id for i in offsets], per_row(vectors, plan.options.precision))
+        data = shard_bytes(rows, [chunk.rows[i].id for i in offsets],
+                           per_row(vectors, plan.options.precision, rows))
     else:
         name, data = plan.work.part_name(chunk.index, index, run), npy_bytes(vectors.astype(np.float32))
     pending = dataclasses.replace(pending, offsets=offsets)

@@ -117,7 +117,7 @@ def _row_group_rows(split: Split, first_line: int, column: str, id_column: str |
     texts = table.column(column).to_pylist()
     values = table.column(id_column).to_pylist() if id_column else [None] * len(texts)
     for number, (text, id_) in enumerate(zip(texts, values), start=first_line):
-        yield checked_row(split.file.url, number, text, id_, column, on_error, ids)
+        yield checked_row(split.file.url, number, text, id_, column, on_error, ids, id_column)
 
 
 def _range_lines(split: Split) -> Iterator[bytes | None]:
