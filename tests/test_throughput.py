@@ -15,7 +15,7 @@ import pytest
 from berta_jax import Encoder
 from berta_jax.batching import LENGTH_BUCKETS, BatchPlanner
 from berta_jax.compile_cache import enable_compilation_cache
-from berta_jax.packing import PackingPlanner
+from berta_jax.packing import TOKENS_PER_SEGMENT, PackingPlanner
 from tests.helpers import cli_env, worker
 from tests.texts import ALL, LONG
 
@@ -169,7 +169,7 @@ def test_packing_covers_every_text_once_within_rows_segments_and_budget(budget, 
     assert covered == list(range(len(lengths)))
     for step in plan:
         assert step.n_rows * step.length <= budget and step.n_rows % devices == 0 and len(step.rows) <= step.n_rows
-        assert step.segments <= step.length // 8 and all(len(row) <= step.segments for row in step.rows)
+        assert step.segments <= step.length // TOKENS_PER_SEGMENT and all(len(row) <= step.segments for row in step.rows)
         assert all(lengths[row].sum() <= step.length for row in step.rows)
         if batch_size:
             assert sum(map(len, step.rows)) <= batch_size
@@ -223,3 +223,14 @@ def test_the_default_token_budget_follows_the_device_memory(platform, gib, devic
     assert activation_bytes_per_token(cfg, 512) == 4 * (2 * 12 * 512 + 8 * 768 + 2 * 3072)
     limit = None if gib is None else gib * 2 ** 30
     assert default_batch_tokens([_Device(platform, limit)] * devices, 512, cfg) == expected
+
+
+def test_very_short_texts_pack_with_bounded_padding():
+    """100,000 texts of 1-3 words (3-7 tokens with [CLS] and [SEP]) pad at most 1.10x; empty texts ([CLS] [SEP])
+    at most 2x, the bound of `TOKENS_PER_SEGMENT`."""
+    planner = PackingPlanner(max_seq_length=256, max_batch_tokens=2048)
+    for lengths, bound in ((np.random.default_rng(0).integers(3, 8, size=100_000), 1.10),
+                           (np.full(100_000, 2), TOKENS_PER_SEGMENT / 2 + 0.005)):
+        plan = planner.plan(lengths)
+        assert sorted(i for step in plan for row in step.rows for i in row) == list(range(len(lengths)))
+        assert sum(step.n_rows * step.length for step in plan) / lengths.sum() <= bound
