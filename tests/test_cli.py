@@ -133,3 +133,19 @@ def test_a_batch_budget_smaller_than_the_context_is_one_line_before_any_work(com
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--max-batch-tokens 1 is smaller than the model's max_seq_length 32" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_a_closed_stdout_after_a_finished_run_is_not_an_error(tmp_path, tiny_bert_dir):
+    """`berta-jax encode ... | head -c0`: the reader leaves before the summary line; the run still succeeded."""
+    (tmp_path / "in.txt").write_text("Кот\nA dog.\n")
+    args = ("encode", str(tmp_path / "in.txt"), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir))
+    berta_jax(*args)
+    for run in ("again, already complete", "with --overwrite, embedding again"):
+        extra = ("--overwrite",) if "overwrite" in run else ()
+        proc = subprocess.Popen([sys.executable, "-m", "berta_jax", *args, *extra], cwd=REPO, env=cli_env(),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()  # before the child can have printed anything: its summary line meets a closed pipe
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 0, (run, err)
+        assert "Broken pipe" not in err and "--resume" not in err, (run, err)
+    assert np.load(tmp_path / "out.npy").shape == (2, 16)

@@ -204,10 +204,23 @@ def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
     finally:
         if display is not None:
             display.close()
-    code = _report(summary, args, model.sentence.max_seq_length)
-    if choice is not None and not args.quiet:
-        print(f"compute dtype {choice}")
+    try:
+        code = _report(summary, args, model.sentence.max_seq_length)
+        if choice is not None and not args.quiet:
+            print(f"compute dtype {choice}")
+    except BrokenPipeError:  # whoever read stdout left (`| head -c0`); the output is written and recorded all the same
+        _silence_stdout()
+        return 0 if not (summary.interrupted or summary.pending) else EXIT_INTERRUPTED
     return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail on the closed pipe again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def _dtype_choice(args: argparse.Namespace):
