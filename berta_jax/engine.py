@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from berta_jax.dtypes import NAMES
 from berta_jax.errors import InputError
 from berta_jax.texts import text_problem
 
 if TYPE_CHECKING:
     from berta_jax.encoder import Encoder
 
-DTYPES = ("float32", "bfloat16", "float16", "auto")
+DTYPES = (*NAMES, "auto")
 ON_ERROR = ("raise", "skip")
 _log = logging.getLogger("berta_jax")
 
