@@ -70,3 +70,18 @@ def test_parquet_row_groups_carry_their_row_counts_and_first_rows(tmp_path):
     splits = plan_splits([_file(files["parquet"])])
     sizes = [min(4, len(TEXTS) - start) for start in range(0, len(TEXTS), 4)]  # written with row_group_size=4
     assert [(s.rows, s.first_line) for s in splits] == [(n, 1 + 4 * i) for i, n in enumerate(sizes)]
+
+
+def test_row_starts_number_rows_over_the_corpus_and_lines_within_each_file(tmp_path):
+    from berta_jax.beam.pipeline import row_starts
+
+    files = write_inputs(tmp_path)
+    plan = plan_splits([_file(files["jsonl"]), _file(files["parquet"]), _file(files["txt"])], split_bytes=200)
+    starts = row_starts([(s.index, count_rows(s, text_field="body")) for s in plan], plan)
+    rows, lines = 0, {}
+    for split in plan:  # the same numbering, split by split
+        line = split.first_line or lines.get(split.file.url, 1)
+        assert starts[split.index] == (rows, line)
+        n = count_rows(split, text_field="body")
+        rows, lines[split.file.url] = rows + n, line + n
+    assert rows == 3 * len(TEXTS)

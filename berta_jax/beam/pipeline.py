@@ -40,8 +40,10 @@ class EmbedFiles(beam.PTransform):
     def expand(self, pbegin):
         splits = pbegin | "Splits" >> beam.Create(self.splits) | "SpreadSplits" >> beam.Reshuffle()
         counts = splits | "CountRows" >> beam.Map(lambda s, f: (s.index, count_rows(s, **f)), self.fields)
-        rows = splits | "ReadRows" >> beam.FlatMap(_numbered_rows, beam.pvalue.AsDict(counts), self.splits,
-                                                   self.fields, self.on_error)
+        starts = (counts | "AllCounts" >> beam.combiners.ToList()
+                  | "RowStarts" >> beam.Map(row_starts, self.splits))
+        rows = splits | "ReadRows" >> beam.FlatMap(_numbered_rows, beam.pvalue.AsSingleton(starts), self.fields,
+                                                   self.on_error)
         routed = rows | "Route" >> beam.Partition(lambda row, _: int(row[3] is not None), 2)
         embedded = (routed[0] | "KeyTexts" >> beam.Map(lambda r: ((r[0], r[1]), r[2]))
                     | "Embed" >> RunInference(KeyedModelHandler(self.handler))
@@ -51,21 +53,31 @@ class EmbedFiles(beam.PTransform):
         return {"embeddings": (embedded, zeros) | "AllRows" >> beam.Flatten(), "skipped": skipped}
 
 
-def _numbered_rows(split: Split, counts: dict[int, int], plan: list[Split], fields: dict,
-                   on_error: str) -> Iterator[tuple]:
+def row_starts(counts: list[tuple[int, int]], plan: list[Split]) -> dict[int, tuple[int, int]]:
+    """Split index -> (global row of its first row, 1-based line of that row in its file), from every split's
+    row count, in one pass over the plan."""
+    rows = dict(counts)
+    starts, before, line, file = {}, 0, 1, None
+    for split in plan:
+        line = 1 if split.file != file else line
+        starts[split.index] = (before, split.first_line or line)
+        before, line, file = before + rows[split.index], (split.first_line or line) + rows[split.index], split.file
+    return starts
+
+
+def _numbered_rows(split: Split, starts: dict[int, tuple[int, int]], fields: dict, on_error: str) -> Iterator[tuple]:
     """(global row, id, text or None, error or None) for every row of `split`."""
-    before = sum(counts[s.index] for s in plan[: split.index])
-    first_line = split.first_line or 1 + sum(counts[s.index] for s in plan[: split.index] if s.file == split.file)
+    before, first_line = starts[split.index]
     for offset, row in enumerate(read_split(split, first_line=first_line, on_error=on_error, **fields)):
         error = None if row.error is None else f"{row.source}:{row.line}: {row.error}"
         yield before + offset, row.id, row.text, error
 
 
-def _tables(rows: list[tuple], dim: int):
+def _tables(rows: list[tuple], schema):
     rows = sorted(rows, key=lambda r: r[0])
+    dim = schema.field("embedding").type.list_size
     vectors = np.stack([r[2] for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-    return parquet_table(np.array([r[0] for r in rows], np.int64), [r[1] for r in rows], vectors,
-                         parquet_schema(np.dtype(np.float32), dim))
+    return parquet_table(np.array([r[0] for r in rows], np.int64), [r[1] for r in rows], vectors, schema)
 
 
 def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], output: str, handler: BertaModelHandler, *, dim: int,
@@ -82,7 +94,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], output: str, hand
     store = store_for(output)
     schema = parquet_schema(np.dtype(np.float32), dim)
     (result["embeddings"] | "Batch" >> beam.BatchElements(min_batch_size=TABLE_ROWS, max_batch_size=TABLE_ROWS)
-     | "ToTables" >> beam.Map(_tables, dim)
+     | "ToTables" >> beam.Map(_tables, schema)
      | "WriteParquet" >> beam.io.WriteToParquetBatched(store.join(output, "part"), schema, file_name_suffix=".parquet",
                                                        use_compliant_nested_type=True))
     if on_error == "skip":

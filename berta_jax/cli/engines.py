@@ -52,7 +52,7 @@ def run_beam(args: argparse.Namespace) -> int:
         from apache_beam.options.pipeline_options import PipelineOptions
     except ImportError:
         raise JobError("apache-beam is not installed: pip install 'berta-jax[beam]'") from None
-    from berta_jax.beam import BertaModelHandler, build_pipeline
+    from berta_jax.beam import build_pipeline
 
     handler = _handler(args)
     dim = _dim(args)
@@ -62,7 +62,7 @@ def run_beam(args: argparse.Namespace) -> int:
         build_pipeline(pipeline, args.inputs, args.output, handler, dim=dim, text_field=args.text_field,
                        id_field=args.id_field, on_error=args.on_error,
                        split_bytes=max(1, int(args.split_mb * 2**20)))
-    print(f"berta-jax beam: wrote {args.output} ({BertaModelHandler.__name__} on {args.model})")
+    print(f"berta-jax beam: wrote {args.output}")
     return 0
 
 
