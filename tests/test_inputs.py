@@ -158,3 +158,14 @@ def test_integer_ids_of_one_file_and_string_ids_of_a_csv_are_refused_in_one_run(
     assert rows_of(first, id_field="id", ids=ids)[0].id == "1"
     with pytest.raises(InputError, match=r"b\.csv:2: id is a string but earlier ids are integers"):
         rows_of(second, id_field="id", ids=ids)
+
+
+def test_a_lone_surrogate_in_a_text_or_an_id_is_a_row_error_naming_it(tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "a\\ud800", "id": "x"}\n{"text": "b", "id": "\\udc80"}\n{"text": "c", "id": "y"}\n')
+    rows = rows_of(source, id_field="id", on_error="skip")
+    assert "'text' holds a lone surrogate U+D800 at character 1" in rows[0].error and rows[0].id == "x"
+    assert rows[1].error.startswith("the id holds a lone surrogate U+DC80 at character 0") and rows[1].id is None
+    assert (rows[2].text, rows[2].id, rows[2].error) == ("c", "y", None)
+    with pytest.raises(InputError, match=r"in\.jsonl:1: 'text' holds a lone surrogate"):
+        rows_of(source, id_field="id")

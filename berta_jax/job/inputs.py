@@ -140,6 +140,8 @@ class IdPolicy:
             return None, None
         if isinstance(value, bool) or not isinstance(value, (str, int)):
             return None, f"id is {type(value).__name__}; ids must be strings or integers"
+        if isinstance(value, str) and (problem := surrogate_problem(value)):
+            return None, f"the id {problem}"
         kind = "string" if isinstance(value, str) else "integer"
         if self.kind is None:
             self.kind = kind
@@ -229,8 +231,8 @@ def checked_row(source: str, number: int, text, id_, field: str, on_error: str, 
         return _problem(source, number, f"the id {id_field!r} is missing or null; with an id field every row needs "
                         "one", on_error)
     id_text, id_error = ids(id_)
-    if id_error or (id_text is not None and (id_error := surrogate_problem(id_text))):
-        return _problem(source, number, id_error if id_text is None else f"the id {id_error}", on_error)
+    if id_error:
+        return _problem(source, number, id_error, on_error)
     if text is None:
         return _problem(source, number, f"{field!r} is missing or null", on_error, id_text)
     if problem := text_problem(text):

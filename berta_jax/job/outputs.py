@@ -62,12 +62,12 @@ def int8_quantiser(parts: Iterable[np.ndarray], precision: str, output: str) -> 
     if rows == 1:
         raise JobError(f"{output}: {precision} quantisation needs ranges from more than one embedding")
     if rows == 0:
-        return lambda part, first_row=0: part.astype(STORED[precision])
+        return lambda part: part.astype(STORED[precision])
     low, high = low.astype(np.float32), high.astype(np.float32)
     steps = (high - low) / 255
     steps = np.where(steps == 0, 1, steps)
 
-    def quantise(part: np.ndarray, first_row: int = 0) -> np.ndarray:
+    def quantise(part: np.ndarray) -> np.ndarray:
         q = np.clip(np.floor((np.asarray(part, np.float32) - low) / steps), 0, 255)
         return q.astype(np.uint8) if precision == "uint8" else (q - 128).astype(np.int8)
 
@@ -147,7 +147,8 @@ def write_single_file(f, kind: str, chunks: Callable[[], Iterator[ChunkRows]], r
                       precision: str, output: str) -> None:
     """Stream every chunk (a fresh iterator per pass) into one .npy or .parquet file, in row order."""
     if precision in WHOLE_OUTPUT_PRECISIONS:
-        convert = int8_quantiser((c.vectors for c in chunks()), precision, output)
+        quantise = int8_quantiser((c.vectors for c in chunks()), precision, output)
+        convert = lambda v, first_row: quantise(v)  # noqa: E731
     else:
         convert = lambda v, first_row: per_row(v, precision, np.arange(first_row, first_row + len(v)))  # noqa: E731
     dtype = np.dtype(STORED[precision])
