@@ -163,3 +163,19 @@ def test_a_bundle_that_fails_once_is_retried_and_every_row_is_written_once(tmp_p
     table, vectors = _dataset(tmp_path / "out")
     assert table.column("row").to_pylist() == list(range(len(TEXTS)))
     assert np.abs(vectors - tiny.encode(TEXTS)).max() <= 1e-6
+
+
+def test_the_pipeline_refuses_an_output_in_the_model_folder_or_among_the_inputs(tmp_path, tiny_bert_dir, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, model)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "part-0.txt").write_text("Кот\n")
+    before = sorted(p.name for p in model.iterdir())
+    for output, named in ((model / "emb", "is inside the model folder"),
+                          (corpus / "emb", "is inside the input directory")):
+        assert _beam(str(corpus), "-o", str(output), "--model", str(model)) == 2
+        assert named in capsys.readouterr().err and not output.exists()
+    assert sorted(p.name for p in model.iterdir()) == before

@@ -11,6 +11,7 @@ leaves no second copy. With `on_error="skip"` a bad row is a zero row, and `_ski
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Iterator
 
 import apache_beam as beam
@@ -20,6 +21,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from berta_jax.beam.handler import BertaModelHandler
 from berta_jax.errors import JobError
 from berta_jax.job.inputs import check_fields, expand_inputs
+from berta_jax.job.layout import check_collisions, layout_for
 from berta_jax.job.outputs import parquet_schema, parquet_table
 from berta_jax.job.splits import DEFAULT_SPLIT_BYTES, Split, count_rows, plan_splits, read_split
 from berta_jax.storage import store_for
@@ -82,11 +84,15 @@ def _tables(rows: list[tuple], schema):
 
 def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], output: str, handler: BertaModelHandler, *, dim: int,
                    text_field: str = "text", id_field: str | None = None, on_error: str = "raise",
-                   split_bytes: int = DEFAULT_SPLIT_BYTES) -> None:
-    """Add the read -> embed -> write steps for `inputs` to `pipeline`, writing the dataset folder `output`."""
+                   split_bytes: int = DEFAULT_SPLIT_BYTES, model_folder: Path | None = None) -> None:
+    """Add the read -> embed -> write steps for `inputs` to `pipeline`, writing the dataset folder `output`;
+    refused before any work when `output` would hold, sit among or overwrite the inputs or `model_folder`
+    (the same rule as `berta-jax encode`)."""
     files = expand_inputs(inputs)
     for file in files:
         check_fields(file, text_field, id_field)
+    if model_folder is not None:
+        check_collisions(layout_for(output, dataset=True), files, inputs, model_folder)
     check_output(output)
     splits = plan_splits(files, split_bytes=split_bytes)
     result = pipeline | "EmbedFiles" >> EmbedFiles(splits, handler, dim=dim, text_field=text_field,

@@ -55,13 +55,14 @@ def run_beam(args: argparse.Namespace) -> int:
     from berta_jax.beam import build_pipeline
 
     handler = _handler(args)
-    dim = _dim(args)
+    folder = _folder(args)
     options = PipelineOptions(args.pipeline_args)
     runner = None if _names_runner(args.pipeline_args) else _in_process_runner()
     with beam.Pipeline(runner=runner, options=options) as pipeline:
-        build_pipeline(pipeline, args.inputs, args.output, handler, dim=dim, text_field=args.text_field,
-                       id_field=args.id_field, on_error=args.on_error,
-                       split_bytes=max(1, int(args.split_mb * 2**20)))
+        build_pipeline(pipeline, args.inputs, args.output, handler,
+                       dim=folder.sentence.truncate_dim or folder.config.hidden_size, text_field=args.text_field,
+                       id_field=args.id_field, on_error=args.on_error, split_bytes=max(1, int(args.split_mb * 2**20)),
+                       model_folder=folder.folder)
     print(f"berta-jax beam: wrote {args.output}")
     return 0
 
@@ -78,8 +79,8 @@ def _handler(args: argparse.Namespace):
         raise JobError(f"--model {args.model}: {e}") from None
 
 
-def _dim(args: argparse.Namespace) -> int:
-    """The vectors' width, and the prompt checked, from the model folder's configs (no weights, no JAX)."""
+def _folder(args: argparse.Namespace):
+    """The model folder's configs (no weights, no JAX), with the prompt and batch budget checked against them."""
     from berta_jax.folder import ModelFolder
 
     folder = ModelFolder.open(args.model, truncate_dim=args.truncate_dim)
@@ -88,7 +89,7 @@ def _dim(args: argparse.Namespace) -> int:
         check_batch_tokens(args.max_batch_tokens, folder.sentence.max_seq_length)
     except ValueError as e:
         raise JobError(f"--model {args.model}: {e}") from None
-    return folder.sentence.truncate_dim or folder.config.hidden_size
+    return folder
 
 
 def _names_runner(pipeline_args: list[str]) -> bool:
