@@ -15,6 +15,7 @@ from berta_jax.config import BertConfig
 from berta_jax.files import ModelFiles
 from berta_jax.hub import resolve_model_dir
 from berta_jax.st_config import POOLING_MODES, SentenceConfig
+from berta_jax.storage import is_url
 from berta_jax.vectors import check_truncate_dim
 
 
@@ -52,6 +53,14 @@ class ModelFolder:
     @property
     def folder(self):
         return self.files.folder
+
+    def protected(self) -> list[str]:
+        """Every place a job must never write: the name it was given (a URL's prefix), the resolved folder and
+        the real file behind each of its entries (hub snapshots link to shared blobs)."""
+        folder = self.files.folder
+        given = [self.name] if is_url(self.name) or os.path.exists(self.name) else []
+        behind = sorted({os.path.realpath(p) for p in folder.rglob("*") if p.is_file()})
+        return [str(folder), *given, *behind]
 
     def identity(self) -> dict:
         """What a job's output depends on in this folder: its place and a digest of every file's name, size

@@ -76,18 +76,23 @@ def _copy_remote_folder(url: str, cache_root: Path) -> Path:
         found = store.glob(base + "/**")
     except FileNotFoundError:
         found = []
-    names = [p[len(base) + 1:] for p in found
-             if p.startswith(base + "/") and any(fnmatch.fnmatch(p[len(base) + 1:], pat) for pat in ALLOW_PATTERNS)]
+    names = [p[len(base) + 1:] for p in found if p.startswith(base + "/")]
+    for name in names:  # object names are keys, not paths: only plain segments may become local files
+        if any(part in ("", ".", "..") for part in name.split("/")):
+            raise StorageError(f"{base}/{name}: an object name with an empty, '.' or '..' segment, which would "
+                               "leave the model folder; rename or remove that object")
+    names = [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in ALLOW_PATTERNS)]
     if "config.json" not in names:
         raise ModelNotFoundError(f"{url}: no config.json there; pass the URL of a model folder")
+    for stale in [p for p in local.rglob("*") if p.is_file() and ".versions" not in p.relative_to(local).parts]:
+        if stale.relative_to(local).as_posix() not in names:  # gone from the bucket: not served from the cache
+            stale.unlink()
     for name in names:
         info = store.info(f"{base}/{name}")
         target = local / name
         stamp = local / ".versions" / (name.replace("/", "__") + ".version")
         if target.is_file() and stamp.is_file() and stamp.read_text() == f"{info.size}:{info.version}":
             continue
-        if ".." in Path(name).parts:
-            raise StorageError(f"{url}/{name}: a path that leaves the model folder")
         copy_to_local(store, f"{base}/{name}", target, _REMOTE_FILE_LIMIT)
         stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(f"{info.size}:{info.version}")

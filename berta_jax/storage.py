@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
+from urllib.parse import quote
 
 from berta_jax.errors import StorageError
 
@@ -38,7 +39,9 @@ def is_url(location: str | os.PathLike) -> bool:
 class FileInfo:
     size: int
     kind: str  # "file", "directory" or what else the backend reports
-    version: str  # what changes when the content is replaced: mtime_ns locally, generation / ETag remotely
+    version: str  # what changes whenever the file is written: inode and ctime locally (utime cannot set a ctime),
+    # generation (Cloud Storage) or ETag (S3) remotely
+    modified: float = 0.0  # the last write, by the store's own clock (seconds since the epoch)
 
 
 def _umask() -> int:
@@ -70,7 +73,7 @@ class LocalStore:
     def info(self, path: str) -> FileInfo:
         stat = os.stat(path)
         kind = "directory" if os.path.isdir(path) else "file" if os.path.isfile(path) else "other"
-        return FileInfo(stat.st_size, kind, str(stat.st_mtime_ns))
+        return FileInfo(stat.st_size, kind, f"{stat.st_ino}:{stat.st_ctime_ns}", stat.st_mtime)
 
     def list(self, folder: str) -> list[str]:
         """Names in a folder (empty if it does not exist)."""
@@ -203,10 +206,10 @@ class RemoteStore:
         return self._call("check", path, self.fs.exists, self._path(path))
 
     def info(self, path: str) -> FileInfo:
-        raw = self._call("stat", path, self.fs.info, self._path(path))
+        raw = self._call("stat", path, self.fs.info, self._path(path), refresh=True)
         version = next((str(raw[k]) for k in ("generation", "ETag", "etag", "md5Hash", "mtime", "updated",
                                               "LastModified", "created") if raw.get(k) is not None), "")
-        return FileInfo(int(raw.get("size") or 0), raw.get("type", "file"), version)
+        return FileInfo(int(raw.get("size") or 0), raw.get("type", "file"), version, _timestamp(raw))
 
     def list(self, folder: str) -> list[str]:
         try:
@@ -262,6 +265,45 @@ class RemoteStore:
             raise
         return True
 
+    def replace_if(self, path: str, data: bytes, version: str) -> bool:
+        """Write `data` only if the object is still at `version` (what `info` gave); False if it changed."""
+        bucket, key = self._bucket_key(path)
+        try:
+            if self.protocol in ("gs", "gcs"):
+                self.fs.call("POST", f"{self.fs._location}/upload/storage/v1/b/{quote(bucket)}/o", uploadType="media",
+                             name=key, ifGenerationMatch=version, data=data, json_out=True,
+                             headers={"Content-Type": "application/octet-stream"})
+            else:
+                self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version)
+        except Exception as e:
+            if _precondition_failed(e) or isinstance(e, (FileNotFoundError, FileExistsError)):
+                return False
+            raise StorageError(f"{path}: cannot replace ({type(e).__name__}: {e})") from e
+        self.fs.invalidate_cache(self._path(path))
+        return True
+
+    def delete_if(self, path: str, version: str) -> bool:
+        """Delete the object only if it is still at `version`; False if it changed or is gone."""
+        bucket, key = self._bucket_key(path)
+        try:
+            if self.protocol in ("gs", "gcs"):
+                self.fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=version)
+            else:
+                self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+        except Exception as e:
+            if _precondition_failed(e) or isinstance(e, (FileNotFoundError, FileExistsError)):
+                return False
+            raise StorageError(f"{path}: cannot delete ({type(e).__name__}: {e})") from e
+        self.fs.invalidate_cache(self._path(path))
+        return True
+
+    def _bucket_key(self, path: str) -> tuple[str, str]:
+        if self.protocol not in ("gs", "gcs", "s3", "s3a"):
+            raise StorageError(f"{path}: the {self.protocol}:// store has no conditional writes, which the lock "
+                               "needs; write the output to local disk, gs:// or s3://")
+        bucket, key = self._path(path).split("/", 1)
+        return bucket, key
+
     def _holds(self, path: str, data: bytes) -> bool:
         try:
             return self.read(path) == data
@@ -278,9 +320,22 @@ class RemoteStore:
         return True
 
 
+def _timestamp(raw: dict) -> float:
+    """An object's last-write time as the store reports it (Cloud Storage `updated`, S3 `LastModified`)."""
+    import datetime
+
+    value = next((raw[k] for k in ("updated", "LastModified", "mtime") if raw.get(k) is not None), None)
+    if isinstance(value, str):
+        value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if isinstance(value, datetime.datetime):
+        return value.timestamp()
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
 def _precondition_failed(error: BaseException | None) -> bool:
     text = f"{type(error).__name__} {error}"
-    return any(s in text for s in ("412", "PreconditionFailed", "Precondition Failed", "conditionNotMet"))
+    return any(s in text for s in ("412", "PreconditionFailed", "Precondition Failed", "conditionNotMet",
+                                   "pre-conditions you specified did not hold"))
 
 
 _LOCAL = LocalStore()

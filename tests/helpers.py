@@ -45,10 +45,9 @@ def start_berta_jax(*args: str, env: dict | None = None, **popen) -> subprocess.
     return subprocess.Popen([sys.executable, "-m", "berta_jax", *args], cwd=REPO, env=env or cli_env(), **popen)
 
 
-def committed_segments(work_folder: Path) -> int:
-    """Committed segment records in a job's work folder."""
-    chunks = work_folder / "chunks"
-    return len(list(chunks.glob("*.json"))) if chunks.is_dir() else 0
+def committed_parts(work_folder: Path) -> int:
+    """Committed part records in a job's work folder (`NNNNN.json`, one per split)."""
+    return len([p for p in work_folder.glob("*.json") if p.stem.isdigit()]) if work_folder.is_dir() else 0
 
 
 def wait_for(condition, proc: subprocess.Popen | None = None, timeout: float = 120) -> bool:

@@ -30,11 +30,11 @@ def test_version_and_help_with_examples(capsys):
 def test_progress_moves_per_batch_and_rates_count_the_same_rows(tmp_path, tiny_bert_dir, capsys):
     source = big_input(tmp_path / "in.txt", 300)
     code = main(["encode", str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir),
-                 "--chunk-rows", "300", "--max-batch-tokens", "256", "--log-every", "0"])
+                 "--split-size", "12K", "--max-batch-tokens", "256", "--log-every", "0"])
     err = capsys.readouterr().err
     assert code == 0
     lines = [line for line in err.splitlines() if line.startswith("embedded ")]
-    assert len(lines) > 10  # one chunk of 300 rows, yet a line per batch
+    assert len(lines) > 10  # one split, yet a line per batch
     assert lines[0].endswith("(first batch)") and int(lines[0].split()[1].split("/")[0]) < 300
     assert all("/300 texts" in line for line in lines) and "tokens/s" in lines[-1] and "ETA" in lines[-2]
 
@@ -43,7 +43,7 @@ def test_summary_grammar_and_resumed_counts(tmp_path, tiny_bert_dir, capsys):
     source = big_input(tmp_path / "in.txt", 10)
     assert main(["encode", str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "10 texts (0 resumed from 0 chunks)" in out
+    assert "10 texts (0 resumed from 0 splits)" in out
     one = tmp_path / "one.txt"
     one.write_text("single\n")
     assert main(["encode", str(one), "-o", str(tmp_path / "one.npy"), "--model", str(tiny_bert_dir), "--quiet"]) == 0

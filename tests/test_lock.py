@@ -19,17 +19,17 @@ import numpy as np
 from berta_jax import JobError
 from berta_jax.job.state import Lease, dump_json
 from berta_jax.storage import store_for
-from tests.helpers import berta_jax, committed_segments, start_berta_jax, tree_hashes, wait_for
+from tests.helpers import berta_jax, committed_parts, start_berta_jax, tree_hashes, wait_for
 from tests.test_job import big_input
 
 
 def test_a_second_run_single_or_multi_process_is_refused_while_the_first_works(tmp_path, tiny_bert_dir):
     source = big_input(tmp_path / "in.txt", 12_000)  # a dozen seconds of work: time for the contenders
     out = tmp_path / "out.npy"
-    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "100", "--quiet"]
+    common = ["--model", str(tiny_bert_dir), "--split-size", "4K", "--quiet"]
     first = start_berta_jax("encode", str(source), "-o", str(out), *common, "--max-batch-tokens", "256",
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: committed_segments(tmp_path / "out.npy.parts") >= 1, first)
+    assert wait_for(lambda: committed_parts(tmp_path / "out.npy.parts") >= 1, first)
     first.send_signal(signal.SIGSTOP)  # the holder stays alive and holding, however fast this machine is
     single = berta_jax("encode", str(source), "-o", str(out), *common, "--overwrite", check=False)
     assert single.returncode == 2 and "another run is writing this output" in single.stderr

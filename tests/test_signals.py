@@ -1,6 +1,7 @@
-"""Class G: signals. SIGTERM is Ctrl-C; the first is acknowledged at once and honoured within one batch (what is
-done is committed); a second aborts, leaving only committed state; a signal during start-up exits 130 cleanly;
-a stop that comes after the last batch still finishes the job."""
+"""Class G: signals. SIGTERM is Ctrl-C; the first is acknowledged at once and honoured within one batch (the
+splits done are committed, the one in flight is embedded again by a resume); a second aborts, leaving only
+committed state; a signal during start-up exits 130 cleanly; a stop that comes after the last batch still
+finishes the job."""
 
 from __future__ import annotations
 
@@ -14,17 +15,17 @@ import numpy as np
 import pytest
 
 from berta_jax.cli import main
-from tests.helpers import berta_jax, committed_segments, start_berta_jax, wait_for
+from tests.helpers import berta_jax, committed_parts, start_berta_jax, wait_for
 from tests.test_job import big_input
 
 
 @pytest.fixture(scope="module")
 def job(tiny_bert_dir, tmp_path_factory):
-    """A 1500-line input in 3 chunks of 500 rows, batches of at most 16 texts (packed or not), and its reference
-    output."""
+    """A 1500-line input in 3 splits of about 500 rows, batches of at most 16 texts (packed or not), and its
+    reference output."""
     folder = tmp_path_factory.mktemp("signals")
     source = big_input(folder / "in.txt", 1500)
-    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "500", "--max-batch-tokens", "256", "--batch-size", "16",
+    common = ["--model", str(tiny_bert_dir), "--split-size", "20K", "--max-batch-tokens", "256", "--batch-size", "16",
               "--quiet"]
     assert main(["encode", str(source), "-o", str(folder / "reference.npy"), *common]) == 0
     return source, common, folder / "reference.npy"
@@ -33,14 +34,14 @@ def job(tiny_bert_dir, tmp_path_factory):
 def _started(source, out, common) -> subprocess.Popen:
     proc = start_berta_jax("encode", str(source), "-o", str(out), *common, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
-    assert wait_for(lambda: committed_segments(out.parent / f"{out.name}.parts") >= 1, proc)
+    assert wait_for(lambda: committed_parts(out.parent / f"{out.name}.parts") >= 1, proc)
     return proc
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_the_first_signal_stops_within_a_batch_and_resume_finishes(job, tmp_path, sig):
-    """Signalled in the middle of chunk 1 (seen in the per-batch progress lines): the run commits at most one more
-    batch (16 rows) after that point, says so at once, exits 130, and the resume gives the reference bytes."""
+    """Signalled in the middle of split 1 (seen in the per-batch progress lines): the run stops within a batch,
+    says so at once, exits 130 with split 0 committed and split 1 not, and the resume gives the reference bytes."""
     source, common, reference = job
     out = tmp_path / "out.npy"
     args = [a for a in common if a != "--quiet"]
@@ -50,15 +51,14 @@ def test_the_first_signal_stops_within_a_batch_and_resume_finishes(job, tmp_path
     for line in proc.stderr:
         if line.startswith("embedded "):
             seen = int(line.split()[1].split("/")[0])
-            if seen >= 560:  # chunk 1 (rows 500-999) is under way
+            if seen >= 560:  # split 1 (rows ~500-999) is under way
                 break
     proc.send_signal(sig)
     err = proc.stderr.read()
     assert proc.wait(timeout=60) == 130
     assert f"{signal.Signals(sig).name}: stopping after the current batch" in err and "--resume" in err
-    records = [json.loads(p.read_text()) for p in (tmp_path / "out.npy.parts" / "chunks").glob("*.json")]
-    committed = sum(len(r["rows"]) for r in records)
-    assert seen <= committed <= seen + 16 and any(len(r["rows"]) < r["chunk_rows"] for r in records)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out.npy.parts").glob("*.json") if p.stem.isdigit()]
+    assert [r["split"] for r in records] == [0] and records[0]["rows"] < seen
     berta_jax("encode", str(source), "-o", str(out), *common, "--resume")
     assert out.read_bytes() == reference.read_bytes()
 
@@ -93,8 +93,9 @@ def test_a_stop_after_the_last_batch_still_finishes_the_job(job, tmp_path, monke
     from berta_jax.cli import encode as cli_encode
 
     out = tmp_path / "out.npy"
+    splits = json.loads(reference.with_name("reference.npy.manifest.json").read_text())["splits"]
     monkeypatch.setattr(cli_encode.StopSignals, "__call__",
-                        lambda self: committed_segments(tmp_path / "out.npy.parts") >= 3)
+                        lambda self: committed_parts(tmp_path / "out.npy.parts") >= splits)
     assert main(["encode", str(source), "-o", str(out), *common]) == 0
     assert "wrote" in capsys.readouterr().out and out.read_bytes() == reference.read_bytes()
     assert np.load(out).shape == (1500, 16)

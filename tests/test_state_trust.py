@@ -1,8 +1,9 @@
 """Class B: never trust state on disk without checking it.
 
-Committed parts carry their size and sha256 in their records, the finished output in its completion record,
-and each chunk the digest of its input rows. A resume re-embeds whatever fails its check; "already complete"
-is said only of a verified output; a damaged record is an error naming the file, never a traceback or a loop.
+Committed parts carry their size, version and sha256 in their records (tied to the job's fingerprint), the
+finished output in its completion record, and the inputs their identity (size and a version that any write
+changes). A resume re-embeds whatever fails its check; "already complete" is said only of a verified output;
+a damaged or foreign record is an error naming the file, never a traceback, a loop or a deleted stranger.
 """
 
 from __future__ import annotations
@@ -14,22 +15,22 @@ import numpy as np
 import pytest
 
 from berta_jax.cli import main
-from tests.helpers import committed_segments
+from tests.helpers import committed_parts
 
 
 @pytest.fixture
 def setup(tmp_path, tiny_bert_dir):
-    """A 600-line input, its uninterrupted reference output, and the arguments of a 6-chunk run on out.npy."""
+    """A 600-line input, its uninterrupted reference output, and the arguments of a 6-split run on out.npy."""
     source = tmp_path / "in.txt"
     source.write_text("".join(f"строка номер {i} line {i % 7}\n" for i in range(600)))
-    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "100", "--quiet"]
+    common = ["--model", str(tiny_bert_dir), "--split-size", "3500", "--quiet"]
     assert main(["encode", str(source), "-o", str(tmp_path / "reference.npy"), *common]) == 0
     return source, [str(source), "-o", str(tmp_path / "out.npy"), *common], tmp_path / "reference.npy"
 
 
 def stopped_after(args: list[str], tmp_path, monkeypatch, *, chunks: int | None = None, checks: int | None = None):
-    """Run until `chunks` segments are committed (or the stop flag was polled `checks` times: the run polls it
-    after every batch and after every chunk), then stop as Ctrl-C would; the parts stay for a resume."""
+    """Run until `chunks` parts are committed (or the stop flag was polled `checks` times: the run polls it after
+    every batch), then stop as Ctrl-C would; the parts stay for a resume."""
     from berta_jax.cli import encode as cli_encode
 
     polls = {"n": 0}
@@ -37,7 +38,7 @@ def stopped_after(args: list[str], tmp_path, monkeypatch, *, chunks: int | None 
     def stop_now(self) -> bool:
         polls["n"] += 1
         if chunks is not None:
-            return committed_segments(tmp_path / "out.npy.parts") >= chunks
+            return committed_parts(tmp_path / "out.npy.parts") >= chunks
         return polls["n"] > checks
 
     monkeypatch.setattr(cli_encode.StopSignals, "__call__", stop_now)
@@ -46,7 +47,7 @@ def stopped_after(args: list[str], tmp_path, monkeypatch, *, chunks: int | None 
 
 
 def parts(tmp_path) -> list:
-    return sorted((tmp_path / "out.npy.parts").glob("part-*.npy"))
+    return sorted((tmp_path / "out.npy.parts").glob("part-*.parquet"))
 
 
 @pytest.mark.parametrize("damage", ["edit", "truncate", "delete", "swap"])
@@ -68,11 +69,14 @@ def test_a_damaged_part_is_embedded_again_on_resume(setup, tmp_path, monkeypatch
     assert (tmp_path / "out.npy").read_bytes() == reference.read_bytes()
 
 
-def test_a_damaged_chunk_record_is_embedded_again(setup, tmp_path, monkeypatch):
+def records(tmp_path) -> list:
+    return sorted(p for p in (tmp_path / "out.npy.parts").glob("*.json") if p.stem.isdigit())
+
+
+def test_a_damaged_part_record_is_embedded_again(setup, tmp_path, monkeypatch):
     source, args, reference = setup
     stopped_after(args, tmp_path, monkeypatch, chunks=2)
-    record = sorted((tmp_path / "out.npy.parts" / "chunks").glob("*.json"))[0]
-    record.write_text('{"chunk": "not a number"')
+    records(tmp_path)[0].write_text('{"split": "not a number"')
     assert main(["encode", *args, "--resume"]) == 0
     assert (tmp_path / "out.npy").read_bytes() == reference.read_bytes()
 
@@ -125,20 +129,83 @@ def test_an_input_edited_in_place_with_its_mtime_restored_is_caught(setup, tmp_p
     capsys.readouterr()
     assert main(["encode", *args, "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "in.txt: the rows of chunk 0 (lines 1-100) changed since they were embedded" in err
-    assert committed_segments(tmp_path / "out.npy.parts") == 2  # nothing was thrown away
+    assert "an earlier run with different inputs wrote here" in err and "--overwrite" in err
+    assert committed_parts(tmp_path / "out.npy.parts") == 2  # nothing was thrown away
 
 
-def test_a_resume_after_a_stop_in_the_middle_of_a_chunk_is_bit_identical(setup, tmp_path, monkeypatch):
-    """Batches of 16 rows (7 per chunk); the stop comes after chunk 0 and two batches of chunk 1: chunk 1 is
-    committed in part, and the resume continues the same batch plan, so the file equals an uninterrupted run."""
+def test_a_resume_after_a_stop_in_the_middle_of_a_split_is_bit_identical(setup, tmp_path, monkeypatch):
+    """The stop comes at the first batch of split 1: split 0 is committed, the split in flight is not (a stop loses
+    at most that split), and the resume embeds it again: the file equals an uninterrupted run."""
     source, args, _ = setup
     small = [*args, "--max-batch-tokens", "256"]
     reference = tmp_path / "ref-small.npy"
     assert main(["encode", str(source), "-o", str(reference), *small[3:]]) == 0
-    stopped_after(small, tmp_path, monkeypatch, checks=10)
-    records = [json.loads(p.read_text()) for p in (tmp_path / "out.npy.parts" / "chunks").glob("*.json")]
-    assert any(0 < len(r["rows"]) < r["chunk_rows"] for r in records), "no chunk was committed in part"
+    stopped_after(small, tmp_path, monkeypatch, chunks=1)
+    assert committed_parts(tmp_path / "out.npy.parts") == 1
     assert main(["encode", *small, "--resume"]) == 0
     assert (tmp_path / "out.npy").read_bytes() == reference.read_bytes()
     assert np.load(tmp_path / "out.npy").shape == (600, 16)
+
+
+def _tamper(record, **fields) -> None:
+    raw = json.loads(record.read_text())
+    raw.update(fields)
+    record.write_text(json.dumps(raw))
+
+
+@pytest.mark.parametrize("field, value", [("name", "../victim.txt"), ("name", "/dev/zero"), ("first_row", -1),
+                                          ("rows", 10**6), ("split", 100000), ("skipped", [[500, 1, None, "x"]]),
+                                          ("fingerprint", "0" * 64)])
+def test_a_record_that_lies_is_embedded_again_and_nothing_it_names_is_touched(setup, tmp_path, monkeypatch, field,
+                                                                               value):
+    source, args, reference = setup
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not yours")
+    stopped_after(args, tmp_path, monkeypatch, chunks=2)
+    _tamper(records(tmp_path)[0], **{field: value})
+    assert main(["encode", *args, "--resume"]) == 0
+    assert (tmp_path / "out.npy").read_bytes() == reference.read_bytes() and victim.read_text() == "not yours"
+
+
+@pytest.mark.parametrize("damage", ["drop", "rename", "absolute"])
+def test_a_completion_record_that_lies_is_not_believed_and_deletes_nothing_else(tmp_path, tiny_bert_dir, capsys,
+                                                                                damage):
+    source = tmp_path / "in.txt"
+    source.write_text("".join(f"строка {i}\n" for i in range(200)))
+    out, victim = tmp_path / "emb", tmp_path / "victim.txt"
+    victim.write_text("not yours")
+    args = ["encode", str(source), "-o", f"{out}/", "--model", str(tiny_bert_dir), "--split-size", "400", "--quiet"]
+    assert main(args) == 0
+    manifest = json.loads((out / "_manifest.json").read_text())
+    if damage == "drop":  # one shard left out of the record: not "complete"
+        manifest["shards"] = manifest["shards"][1:]
+    else:
+        manifest["shards"][0]["name"] = "../victim.txt" if damage == "rename" else str(victim)
+    (out / "_manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0 and victim.read_text() == "not yours"
+    assert "already complete" in (main(args) == 0 and capsys.readouterr().out)
+
+
+def test_without_its_job_record_a_work_folder_is_not_resumed_into_another_job(setup, tmp_path, monkeypatch, capsys):
+    """Parts embedded with another prompt stay out of this output even when job.json is gone."""
+    source, args, reference = setup
+    stopped_after([*args, "--prompt", "other: "], tmp_path, monkeypatch, chunks=2)
+    (tmp_path / "out.npy.parts" / "job.json").unlink()
+    capsys.readouterr()
+    assert main(["encode", *args, "--resume"]) == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(["encode", *args, "--overwrite"]) == 0
+    assert (tmp_path / "out.npy").read_bytes() == reference.read_bytes()
+
+
+def test_a_damaged_job_record_is_cleared_by_the_overwrite_its_message_suggests(setup, tmp_path, monkeypatch, capsys):
+    source, args, reference = setup
+    stopped_after(args, tmp_path, monkeypatch, chunks=2)
+    (tmp_path / "out.npy.parts" / "job.json").write_text("{damaged")
+    capsys.readouterr()
+    assert main(["encode", *args, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "job.json" in err and "--overwrite" in err
+    assert main(["encode", *args, "--overwrite"]) == 0
+    assert (tmp_path / "out.npy").read_bytes() == reference.read_bytes()

@@ -84,7 +84,7 @@ def test_a_bucket_in_and_out_with_the_model_in_the_bucket_too(stores, tiny, tiny
     upload_folder(tiny_bert_dir, f"{root}/model")
     upload_corpus(f"{root}/corpus")
     args = [f"{root}/corpus/*.jsonl", "--model", f"{root}/model", "--text-field", "body", "--id-field", "id",
-            "--chunk-rows", "4", "--quiet"]
+            "--split-size", "80", "--quiet"]
     assert main(["encode", *args, "-o", f"{root}/emb/"]) == 0
     table = read_dataset(f"{root}/emb")
     assert table.column("row").to_pylist() == list(range(len(TEXTS)))
@@ -121,7 +121,7 @@ def test_two_processes_write_shards_directly_and_survive_a_kill(stores, tiny_ber
     _big_corpus(f"{root}/in.txt", 1200)
     local_in = tmp_path / "in.txt"
     local_in.write_bytes(store_for(root).read(f"{root}/in.txt"))
-    common = ["--model", str(tiny_bert_dir), "--chunk-rows", "100", "--max-batch-tokens", "256", "--quiet"]
+    common = ["--model", str(tiny_bert_dir), "--split-size", "4K", "--max-batch-tokens", "256", "--quiet"]
     assert main(["encode", str(local_in), "-o", f"{tmp_path}/local/", *common]) == 0
     reference = read_dataset(str(tmp_path / "local"))
     procs = _pair([f"{root}/in.txt", "-o", f"{root}/emb/", *common], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -92,7 +92,7 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], output: str, hand
     for file in files:
         check_fields(file, text_field, id_field)
     if model_folder is not None:
-        check_collisions(layout_for(output, dataset=True), files, inputs, model_folder)
+        check_collisions(layout_for(output, dataset=True), files, inputs, [str(model_folder)])
     check_output(output)
     splits = plan_splits(files, split_bytes=split_bytes)
     result = pipeline | "EmbedFiles" >> EmbedFiles(splits, handler, dim=dim, text_field=text_field,

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import json
-import os
+import re
 import sys
-import threading
 import time
 
 from berta_jax.cli.commands import add_prompt_options, check_batch_tokens, command
 from berta_jax.cli.signals import StopSignals
+from berta_jax.job.cluster import Cluster, join
 from berta_jax.job.outputs import PRECISIONS
-from berta_jax.job.run import Cluster, JobOptions, JobSummary, wait_for_peers_to_leave
+from berta_jax.job.plan import DEFAULT_SPLIT_BYTES, JobOptions
+from berta_jax.job.run import JobSummary
 
 EXIT_INTERRUPTED, EXIT_PENDING = 130, 3
 
@@ -27,18 +26,22 @@ class ProgressDisplay:
     seconds. Texts/s and tokens/s are over the same rows (those embedded by this run) and are measured from the
     end of the first batch, so the first program's compile time does not distort the rate or the ETA."""
 
-    def __init__(self, total: int | None, *, log_every: float, stream=None):
-        self.total, self.log_every, self.stream = total, log_every, stream or sys.stderr
+    def __init__(self, *, log_every: float, stream=None):
+        self.total, self.log_every, self.stream = None, log_every, stream or sys.stderr
         self.first: tuple[float, int, int] | None = None  # (time, rows, tokens) at the first batch
         self.last: float | None = None
         self.bar = None
         if self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit=" texts", desc="embedding", dynamic_ncols=True, file=self.stream)
+            self.bar = tqdm(unit=" texts", desc="embedding", dynamic_ncols=True, file=self.stream)
 
     def __call__(self, p: JobSummary) -> None:
         now = time.perf_counter()
+        if self.total is None and p.total_rows is not None:
+            self.total = p.total_rows
+            if self.bar is not None:
+                self.bar.reset(total=self.total)
         if self.first is None:
             self.first = (now, p.rows, p.tokens)
         elapsed = now - self.first[0]
@@ -63,70 +66,6 @@ class ProgressDisplay:
             self.bar.close()
 
 
-class JaxCluster(Cluster):
-    """The processes of a `jax.distributed` cluster; `agree` broadcasts process 0's answer to all."""
-
-    def __init__(self):
-        import jax
-
-        self.index, self.count = jax.process_index(), jax.process_count()
-        self._departure: concurrent.futures.Future | None = None
-
-    def agree(self, fn) -> dict:
-        import numpy as np
-        from jax.experimental import multihost_utils
-
-        payload = json.dumps(fn()).encode() if self.index == 0 else b""
-        buffer = np.zeros(1 << 16, np.uint8)  # uint8: broadcast keeps the bytes exactly (no int64 narrowing)
-        buffer[:4] = np.frombuffer(len(payload).to_bytes(4, "little"), np.uint8)
-        buffer[4:4 + len(payload)] = np.frombuffer(payload, np.uint8)
-        out = np.asarray(multihost_utils.broadcast_one_to_all(buffer)).astype(np.uint8)
-        outcome = json.loads(out[4:4 + int.from_bytes(out[:4].tobytes(), "little")].tobytes())
-        if outcome.get("status") != "go":  # every process stops here: meet once more, so that all are past
-            multihost_utils.sync_global_devices("berta-jax-stop")  # the collectives before anyone leaves
-        return outcome
-
-    def departure(self) -> concurrent.futures.Future:
-        """JAX's "which tasks are alive" query is a barrier: it returns once every listed task has either asked too
-        or disconnected. Only process 0 asks, so its answer comes when all the others have left."""
-        if self._departure is None:
-            from jax._src import distributed  # the client multihost_utils itself uses; JAX has no public accessor
-
-            client, everyone = distributed.global_state.client, list(range(self.count))
-            self._departure = concurrent.futures.Future()
-
-            def ask() -> None:
-                try:
-                    self._departure.set_result(client.get_live_nodes(everyone))
-                except BaseException as e:  # handed to the waiter, which raises it
-                    self._departure.set_exception(e)
-
-            threading.Thread(target=ask, name="berta-jax-departure", daemon=True).start()
-        return self._departure
-
-    def leave(self) -> None:
-        """Disconnect from the coordination service. With recoverability on this waits for no one, and a process
-        that has left is not stopped when the coordinator goes."""
-        import jax
-
-        jax.distributed.shutdown()
-
-
-def _cluster(args: argparse.Namespace) -> Cluster:
-    """Join JAX's multi-host runtime when asked (before any JAX array exists)."""
-    if not (args.distributed or args.coordinator):
-        return Cluster()
-    import jax
-
-    # A process that dies must not take the others down with it (JAX aborts them by default).
-    jax.config.update("jax_enable_recoverability", True)
-    if args.coordinator:
-        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
-    else:  # TPU pods, SLURM and similar: JAX finds the cluster itself
-        jax.distributed.initialize()
-    return JaxCluster()
-
-
 def _loader(args: argparse.Namespace, model, stop: StopSignals):
     def load():
         with stop.held():  # native libraries start here: a signal now interrupts once the model is loaded
@@ -141,37 +80,31 @@ def _loader(args: argparse.Namespace, model, stop: StopSignals):
     return load
 
 
-def _total_rows(args: argparse.Namespace) -> int | None:
-    from berta_jax.job.inputs import count_rows, expand_inputs
-
-    counts = [count_rows(f) for f in expand_inputs(args.inputs)]
-    return None if None in counts else sum(counts)
-
-
 def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
     if summary.already_complete:
         print(f"{summary.output} is already complete for these inputs, model, prompt and options "
               f"({plural(summary.output_rows, 'text')}, verified); nothing to do")
         return 0
     if summary.interrupted:
-        print(f"stopped: this run committed {plural(summary.rows, 'text')} ({plural(summary.chunks_done, 'whole chunk')}"
-              f" and the batches done of the last); rerun the same command with --resume to finish", file=sys.stderr)
+        print(f"stopped: this run committed {plural(summary.splits_done, 'split')}; the split in flight is embedded "
+              "again by a resume. Rerun the same command with --resume to finish", file=sys.stderr)
         return EXIT_INTERRUPTED
     if summary.pending:
-        were = "was" if len(summary.pending) == 1 else "were"
-        print(f"{plural(len(summary.pending), 'chunk')} ({', '.join(map(str, summary.pending[:10]))}) {were} claimed "
-              "by processes that stopped; run the same command with --resume (on any hosts) to finish", file=sys.stderr)
+        were = "has" if len(summary.pending) == 1 else "have"
+        print(f"{plural(len(summary.pending), 'split')} ({', '.join(map(str, summary.pending[:10]))}) {were} no part: "
+              "a process of this run stopped. Run the same command with --resume (on any number of hosts) to finish",
+              file=sys.stderr)
         return EXIT_PENDING
     rate = summary.rows / summary.seconds if summary.seconds else 0.0
+    speed = f", {rate:.1f} texts/s, {summary.tokens / summary.seconds:,.0f} tokens/s" if summary.seconds else ""
     if summary.process != 0:
-        print(f"process {summary.process}: embedded {plural(summary.chunks_done, 'chunk')} "
-              f"({plural(summary.rows, 'text')}{_busy(summary)}); process 0 finishes {summary.output}")
+        print(f"process {summary.process}: embedded {plural(summary.splits_done, 'split')} "
+              f"({plural(summary.rows, 'text')}{speed}{_busy(summary)}); process 0 finishes {summary.output}")
         return 0
-    others = summary.output_rows - summary.rows - summary.rows_resumed
+    others = summary.output_rows - summary.rows - summary.skipped - summary.rows_resumed
     print(f"wrote {summary.output}: {plural(summary.output_rows, 'text')} ({summary.rows_resumed} resumed from "
-          f"{plural(summary.chunks_resumed, 'chunk')}{f', {others} embedded by other processes' if others else ''}), "
-          f"{summary.skipped} skipped, {summary.truncated} truncated at {context} tokens, {rate:.1f} texts/s"
-          f"{_busy(summary)}")
+          f"{plural(summary.splits_resumed, 'split')}{f', {others} embedded by other processes' if others else ''}), "
+          f"{summary.skipped} skipped, {summary.truncated} truncated at {context} tokens{speed}{_busy(summary)}")
     return 0
 
 
@@ -190,12 +123,12 @@ def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
         check_batch_tokens(args.max_batch_tokens, model.sentence.max_seq_length)
         options = JobOptions(text_field=args.text_field, id_field=args.id_field,
                              prompt=model.sentence.resolve_prompt(args.prompt_name, args.prompt),
-                             precision=args.precision, truncate_dim=args.truncate_dim, chunk_rows=args.chunk_rows,
+                             precision=args.precision, truncate_dim=args.truncate_dim, split_bytes=args.split_size,
                              on_error=args.on_error, max_batch_tokens=args.max_batch_tokens, batch_size=args.batch_size)
     except ValueError as e:
         print(f"berta-jax encode: error: {e}", file=sys.stderr)
         return 2
-    display = None if args.quiet else ProgressDisplay(_total_rows(args), log_every=args.log_every)
+    display = None if args.quiet else ProgressDisplay(log_every=args.log_every)
     try:
         summary = run_job(_loader(args, model, stop), args.inputs, args.output, options, model=model,
                           resume=args.resume, overwrite=args.overwrite, dataset=args.format == "dataset",
@@ -238,45 +171,28 @@ def _dtype_choice(args: argparse.Namespace):
 
 def _encode(args: argparse.Namespace) -> int:
     stop = StopSignals().install()
-    cluster, code = None, 2
+    cluster = None
     try:
-        cluster = _cluster(args)
-        code = _run(args, stop, cluster)
-        return code
-    except OSError as e:  # disk full, read-only folder, ...: committed chunks stay, temporary files are removed
-        print(f"berta-jax encode: error: {e.filename or args.output}: {e.strerror or e}; chunks committed so far "
+        cluster = join(args.coordinator, args.num_processes, args.process_id, detect=args.distributed,
+                       heartbeat_timeout=args.peer_timeout, stop=stop)
+        return _run(args, stop, cluster)
+    except OSError as e:  # disk full, read-only folder, ...: committed parts stay, temporary files are removed
+        print(f"berta-jax encode: error: {e.filename or args.output}: {e.strerror or e}; parts committed so far "
               "are kept, rerun with --resume once fixed", file=sys.stderr)
         return 2
     finally:
         stop.restore()
-        if cluster is not None and cluster.count > 1:
-            _leave_cluster(cluster, code, sys.exc_info()[1])
+        if cluster is not None:
+            sys.stdout.flush()
+            cluster.leave()  # process 0 last: JAX stops every process still connected when it goes
 
 
-def _leave_cluster(cluster: Cluster, code: int, error: BaseException | None) -> None:
-    """End this process of a jax.distributed run now. JAX aborts every process still connected when the coordinator
-    goes, and its exit handshake would wait for a peer that died: the others disconnect and leave at once, process 0
-    waits until they have disconnected (or died) and leaves last."""
-    import traceback
-
-    from berta_jax.errors import BertaJaxError
-
-    if isinstance(error, BertaJaxError):
-        print(f"berta-jax encode: error: {error}", file=sys.stderr)
-        code = 2
-    elif isinstance(error, KeyboardInterrupt):
-        print("berta-jax encode: interrupted; nothing more was committed", file=sys.stderr)
-        code = 130
-    elif error is not None:
-        traceback.print_exception(error)
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if cluster.index == 0 and not cluster.peers_waited_for:  # an error before run_job: everyone is leaving now
-        wait_for_peers_to_leave(cluster, timeout=10.0)
-    elif cluster.index != 0:
-        cluster.leave()
-    os._exit(code)
+def split_size(text: str) -> int:
+    """`4194304`, `4M`, `512K`, `1G` -> bytes."""
+    match = re.fullmatch(r"(\d+)([KMG]?)i?B?", text.strip(), re.IGNORECASE)
+    if not match or int(match.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (say 4M, 512K or a number of bytes)")
+    return int(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ")
 
 
 def add_encode(sub) -> None:
@@ -284,7 +200,7 @@ def add_encode(sub) -> None:
                   description="Embed every row of the inputs (.txt, .jsonl, .csv, .parquet, .txt.gz, .jsonl.gz; local "
                   "paths, gs:// / s3:// URLs, globs, directories of shards) into OUTPUT: a .npy file (float rows in "
                   "input order), a .parquet file (row, id, embedding), or a directory of Parquet shards (end OUTPUT "
-                  "with /). Work is committed chunk by chunk; after a crash, --resume continues and the result is "
+                  "with /). Work is committed split by split; after a crash, --resume continues and the result is "
                   "identical to an uninterrupted run. Ctrl-C or SIGTERM stops after the current batch.\n\n"
                   "examples:\n  berta-jax encode examples/sample.txt -o sample.npy --model sergeyzh/BERTA\n"
                   "  berta-jax encode docs.jsonl.gz -o docs.parquet --model ./BERTA --text-field body --id-field id "
@@ -312,7 +228,9 @@ def add_encode(sub) -> None:
     enc.add_argument("--max-batch-tokens", type=int, help="padded tokens per batch (default: 2048 per CPU device; on "
                      "accelerators what an eighth of the device memory holds, 8192-262144 per device)")
     enc.add_argument("--batch-size", type=int, help="at most this many texts per batch")
-    enc.add_argument("--chunk-rows", type=int, default=10_000, help="rows per committed chunk (default 10000)")
+    enc.add_argument("--split-size", type=split_size, default=DEFAULT_SPLIT_BYTES, help="bytes of text per split, the "
+                     "unit of work and of a resume: one part per split (default 4M; Parquet splits are row groups, "
+                     ".gz and .csv files are one split each)")
     enc.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                      help="a bad row stops the job (default) or is skipped: a zero row, listed in OUTPUT.skipped.jsonl")
     enc.add_argument("--truncation-report", help="also write the list of texts cut at the context (JSON lines: file, "
@@ -322,9 +240,11 @@ def add_encode(sub) -> None:
     enc.add_argument("--quiet", action="store_true", help="no progress output")
     enc.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines when stderr is not "
                      "a terminal (default 10)")
-    multi = enc.add_argument_group("several hosts (jax.distributed): processes claim chunks as they go")
+    multi = enc.add_argument_group("several hosts (jax.distributed): the splits are dealt over the processes")
     multi.add_argument("--distributed", action="store_true", help="join the cluster JAX detects (TPU pod, SLURM)")
     multi.add_argument("--coordinator", help="HOST:PORT of process 0, for an explicit cluster")
     multi.add_argument("--num-processes", type=int, help="with --coordinator")
     multi.add_argument("--process-id", type=int, help="with --coordinator")
+    multi.add_argument("--peer-timeout", type=int, default=100, help="seconds without a heartbeat after which JAX "
+                       "takes a process for dead and the others stop waiting for it (default 100, JAX's)")
     enc.set_defaults(func=_encode)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 from berta_jax.errors import JobError
 from berta_jax.job.inputs import InputFile
@@ -84,9 +83,10 @@ def _same_or_inside(a: str, b: str) -> bool:
     return False
 
 
-def check_collisions(layout: Layout, inputs: list[InputFile], input_specs: list[str], model_folder: Path) -> None:
-    """Refuse, naming both paths, any written path that is an input, holds an input, lies in an input directory
-    or in the model folder, or is another written path."""
+def check_collisions(layout: Layout, inputs: list[InputFile], input_specs: list[str], model: list[str]) -> None:
+    """Refuse, naming both paths, any written path that is an input, holds an input, lies in an input directory,
+    is or holds or lies in the model folder or a file behind it (`model`: `ModelFolder.protected()`), or is another written
+    path."""
     written = layout.written()
     for what, path in written:
         for i, file in enumerate(inputs, 1):
@@ -97,9 +97,10 @@ def check_collisions(layout: Layout, inputs: list[InputFile], input_specs: list[
             if _same_or_inside(path, spec) and store_for(spec).exists(spec) and _is_dir(spec):
                 raise JobError(f"{what} {path} is inside the input directory {spec}; a later run would read it "
                                "as input. Choose an output outside it")
-        if _same_or_inside(path, str(model_folder)) or _same_or_inside(str(model_folder), path):
-            raise JobError(f"{what} {path} is inside the model folder {model_folder} (or holds it); choose an "
-                           "output outside the model folder")
+        for place in model:
+            if _same_or_inside(path, place) or _same_or_inside(place, path):
+                raise JobError(f"{what} {path} is inside the model folder {model[0]} or touches a file behind it "
+                               f"({place}); choose an output outside the model folder")
     for i, (what, path) in enumerate(written):
         for other_what, other in written[i + 1:]:
             if _key(path) == _key(other):

@@ -19,9 +19,10 @@ from typing import BinaryIO, Iterator
 
 from berta_jax.errors import InputError
 from berta_jax.job.inputs import (
-    MAX_LINE_BYTES, IdPolicy, InputFile, Row, checked_row, decode_line, json_row, open_input, parquet_columns,
+    IdPolicy, InputFile, Row, checked_row, decode_line, json_row, open_input, parquet_columns,
     parquet_file, read_rows,
 )
+from berta_jax.job import inputs
 from berta_jax.storage import store_for
 
 DEFAULT_SPLIT_BYTES = 64 * 2**20
@@ -88,9 +89,10 @@ def count_rows(split: Split, *, text_field: str = "text", id_field: str | None =
 
 
 def read_split(split: Split, *, first_line: int, text_field: str = "text", id_field: str | None = None,
-               on_error: str = "raise") -> Iterator[Row]:
-    """The rows of `split` in order; `first_line` is the 1-based line (row) in its file of the split's first row."""
-    ids = IdPolicy()
+               on_error: str = "raise", ids: IdPolicy | None = None) -> Iterator[Row]:
+    """The rows of `split` in order; `first_line` is the 1-based line (row) in its file of the split's first row;
+    `ids` holds the kind of id the split's rows have."""
+    ids = ids if ids is not None else IdPolicy()
     if split.kind == "file":
         yield from read_rows(split.file, text_field=text_field, id_field=id_field, on_error=on_error, ids=ids)
     elif split.kind == "row_group":
@@ -129,11 +131,11 @@ def _range_lines(split: Split) -> Iterator[bytes | None]:
         if split.start > 0:  # the line holding byte start-1 belongs to an earlier split
             position += _skip_line(stream)
         while position < split.end:
-            line = stream.readline(MAX_LINE_BYTES + 1)
+            line = stream.readline(inputs.MAX_LINE_BYTES + 1)
             if not line:
                 return
             position += len(line)
-            if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            if len(line) > inputs.MAX_LINE_BYTES and not line.endswith(b"\n"):
                 position += _skip_line(stream)
                 yield None
                 continue

@@ -1,0 +1,138 @@
+"""What a job is, known before anything is written or the weights are loaded: its inputs and their splits, where
+it writes, and the fingerprint that an output and every part of it are tied to.
+
+Every process of a run plans on its own from the same command; the plans are compared field by field at the
+first meeting (`check_same_plan`), so a process started with another model, prompt or option stops there with
+the field named, before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+from berta_jax.errors import JobError
+from berta_jax.folder import ModelFolder
+from berta_jax.job.inputs import InputFile, check_fields, expand_inputs
+from berta_jax.job.layout import Layout, check_collisions, layout_for
+from berta_jax.job.outputs import PRECISIONS, WHOLE_OUTPUT_PRECISIONS
+from berta_jax.job.splits import Split, plan_splits
+from berta_jax.storage import store_for
+
+FORMAT_VERSION = 2
+DEFAULT_SPLIT_BYTES = 4 * 2**20  # ~1M tokens of text: seconds on an accelerator, what a graceful stop can lose
+
+
+@dataclasses.dataclass(frozen=True)
+class JobOptions:
+    text_field: str = "text"
+    id_field: str | None = None
+    prompt: str = ""
+    precision: str = "float32"
+    truncate_dim: int | None = None
+    split_bytes: int = DEFAULT_SPLIT_BYTES
+    on_error: str = "raise"
+    max_batch_tokens: int | None = None
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+        for name in ("split_bytes", "truncate_dim", "max_batch_tokens", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {self.on_error!r}")
+
+
+@dataclasses.dataclass
+class Plan:
+    inputs: list[InputFile]
+    splits: list[Split]
+    layout: Layout
+    options: JobOptions
+    fingerprint: dict
+    dim: int  # dimensions of the stored vectors before packing (truncate_dim or the hidden size)
+
+    @property
+    def store(self):
+        return store_for(self.layout.output)
+
+    @property
+    def digest(self) -> str:
+        return _digest(self.fingerprint)
+
+    def starts(self, counts: list[int]) -> tuple[list[int], list[int]]:
+        """(first global row, first line in its file) of every split, given every split's row count."""
+        rows, lines, row, line, file = [], [], 0, 1, None
+        for split, count in zip(self.splits, counts):
+            if split.file != file:
+                file, line = split.file, 1
+            rows.append(row)
+            lines.append(split.first_line if split.kind == "row_group" else line)
+            row, line = row + count, line + count
+        return rows, lines
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=True).encode()).hexdigest()
+
+
+def input_identity(file: InputFile) -> dict:
+    info = store_for(file.url).info(file.url)
+    return {"url": file.url, "size": info.size, "version": info.version}
+
+
+def plan_job(input_specs: list[str], output: str, options: JobOptions, model: ModelFolder, *, dataset: bool = False,
+             report: str | None = None, compute_dtype: str = "float32") -> Plan:
+    """Everything about a job that can be known without writing anything or loading the weights."""
+    hidden = model.config.hidden_size
+    if options.truncate_dim is not None and options.truncate_dim > hidden:
+        raise JobError(f"--truncate-dim {options.truncate_dim} exceeds the model's {hidden} dimensions")
+    layout = layout_for(output, dataset=dataset, report=report)
+    if layout.dataset and options.precision in WHOLE_OUTPUT_PRECISIONS:
+        raise JobError(f"--precision {options.precision} needs ranges over the whole output, which a dataset written "
+                       "shard by shard cannot have; use float32, float16, binary or ubinary, or a .npy/.parquet output")
+    store = store_for(layout.output)
+    if not layout.dataset and store.exists(layout.output) and store.info(layout.output).kind == "directory":
+        raise JobError(f"{layout.output} is a directory; give a file name ending in .npy or .parquet, or end the "
+                       "output with / for a dataset directory")
+    inputs = expand_inputs(input_specs)
+    check_collisions(layout, inputs, input_specs, model.protected())
+    for file in inputs:
+        check_fields(file, options.text_field, options.id_field)
+    splits = plan_splits(inputs, split_bytes=options.split_bytes)
+    sentence = {f.name: getattr(model.sentence, f.name) for f in dataclasses.fields(model.sentence)
+                if f.name != "prompts"}  # the prompt itself is its own field
+    options_record = {**dataclasses.asdict(options), "kind": layout.kind}
+    options_record.pop("prompt")
+    fingerprint = {"version": FORMAT_VERSION, "inputs": [input_identity(f) for f in inputs],
+                   "model": {**model.identity(), "sentence": sentence, "dtype": compute_dtype},
+                   "prompt": options.prompt, "options": options_record,
+                   "splits": _digest([[inputs.index(s.file), s.kind, s.start, s.end] for s in splits])}
+    return Plan(inputs, splits, layout, options, fingerprint,
+                options.truncate_dim or model.sentence.truncate_dim or hidden)
+
+
+FIELDS = {"inputs": "inputs", "model": "model (--model, --dtype)", "prompt": "prompt", "options": "options",
+          "splits": "splits (--split-size)", "version": "berta-jax format version"}
+
+
+def changed_fields(recorded: dict, expected: dict) -> list[str]:
+    return [FIELDS[k] for k in FIELDS if recorded.get(k) != expected.get(k)]
+
+
+def plan_digests(plan: Plan) -> dict[str, str]:
+    """A digest per fingerprint field: what the processes of a run compare."""
+    return {k: _digest(plan.fingerprint.get(k)) for k in FIELDS}
+
+
+def check_same_plan(plans: list[dict]) -> None:
+    """Stop, naming the fields, unless every process planned the same job (`plans`: each one's `plan_digests`)."""
+    for process, theirs in enumerate(plans):
+        differ = [FIELDS[k] for k in FIELDS if theirs.get(k) != plans[0].get(k)]
+        if differ:
+            raise JobError(f"process {process} planned another job than process 0 ({', '.join(differ)} differ); "
+                           "start every process with the same command")

@@ -1,0 +1,197 @@
+"""What process 0 does, under the lock, before any process works: settle what an earlier run left.
+
+A verified completion record for this very job means "complete". Anything else of the job's is refused, cleared
+(--overwrite) or, for --resume, kept where it verifies: the parts whose records are this job's and whose files
+are as recorded. Only names the job derives itself are ever deleted; a file in a dataset folder that the job
+does not name is refused before anything is deleted, even with --overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from berta_jax.errors import JobError
+from berta_jax.job import finish
+from berta_jax.job.parts import PART, RECORD, Parts
+from berta_jax.job.plan import FORMAT_VERSION, Plan, changed_fields
+
+_JOB_FILES = ("_manifest.json", "_skipped.jsonl", "_truncated.jsonl", "_state", "_lock.json", "_lock.json.clock")
+
+
+def work_record(plan: Plan, counts: list) -> bytes:
+    """`job.json`: the fingerprint the work folder's parts belong to, and the split row counts known so far."""
+    return json.dumps({"format": "berta-jax-work", "version": FORMAT_VERSION, "fingerprint": plan.fingerprint,
+                       "counts": counts}, sort_keys=True).encode()
+
+
+def _read_work(plan: Plan) -> dict | None:
+    path = plan.store.join(plan.layout.state, "job.json")
+    try:
+        record = json.loads(plan.store.read(path))
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        record = None
+    if not (isinstance(record, dict) and isinstance(record.get("fingerprint"), dict)):
+        raise JobError(f"{path}: the work folder's job record is damaged; pass --overwrite to start this output "
+                       "again")
+    return record
+
+
+def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
+    """Take the lock and settle the output (see the module): {"status": "complete", "rows"} or {"status": "go",
+    "run", "done": splits with a verified part, "counts": each split's rows where known}."""
+    try:
+        lock.acquire()
+    except PermissionError:  # a read-only folder: a finished output there is still verified and reported
+        manifest = finish.read_manifest(plan.layout, plan.store)
+        if manifest is None or changed_fields(manifest["fingerprint"], plan.fingerprint) or \
+                finish.verify_complete(plan.layout, plan.store, manifest) is not None:
+            raise
+        return {"status": "complete", "rows": manifest["rows"]}
+    _refuse_foreign(plan)
+    _remove_temporaries(plan)
+    complete = _settle_manifest(plan, overwrite)
+    if complete is not None:
+        _check_report(plan, overwrite)
+        finish.write_report(plan.layout, plan.store, complete)
+        return {"status": "complete", "rows": complete["rows"]}
+    try:
+        work = _read_work(plan)
+    except JobError:
+        if not overwrite:
+            raise
+        work = None
+    parts = Parts(plan.store, plan.layout.state, plan.layout.output if plan.layout.dataset else plan.layout.state,
+                  len(plan.splits))
+    recorded = parts.recorded()
+    if work is not None or recorded or plan.store.exists(plan.store.join(plan.layout.state, "job.json")):
+        changed = changed_fields(work["fingerprint"], plan.fingerprint) if work else ["work (its job record is missing)"]
+        if changed and not overwrite:
+            raise JobError(f"{plan.layout.output}: an earlier run with different {', '.join(changed)} wrote here; "
+                           "pass --overwrite to start again")
+        if not changed and not (resume or overwrite):
+            raise JobError(f"{plan.layout.output}: an unfinished run is there; pass --resume to continue it or "
+                           "--overwrite")
+        if overwrite:
+            clear_work(plan, keep_parts=False)
+            work, recorded = None, []
+    elif _output_present(plan) and not overwrite:
+        raise JobError(f"{plan.layout.output} exists; pass --overwrite to replace it")
+    elif plan.layout.dataset:
+        clear_work(plan, keep_parts=False)  # --overwrite of parts no record names
+    _check_report(plan, overwrite)
+    return _keep_verified(plan, parts, recorded, work, lock.run)
+
+
+def _keep_verified(plan: Plan, parts: Parts, recorded: list[int], work: dict | None, run: str) -> dict:
+    counts = work["counts"] if work and _valid_counts(work.get("counts"), len(plan.splits)) else [None] * len(
+        plan.splits)
+    counts = [s.rows if s.rows is not None else c for s, c in zip(plan.splits, counts)]
+    done = []
+    for split in recorded:
+        try:
+            part = parts.read(split)
+        except JobError:
+            part = None
+        if part and part.problem(split, len(plan.splits), plan.digest, None, counts[split]) is None \
+                and parts.check(part) is None:
+            done.append(split)
+            counts[split] = part.rows
+        else:  # embedded again; both names are the job's own
+            plan.store.delete(parts.record_path(split))
+            plan.store.delete(parts.data_path(split))
+    plan.store.makedirs(plan.layout.state)
+    plan.store.write(plan.store.join(plan.layout.state, "job.json"), work_record(plan, counts))
+    return {"status": "go", "run": run, "done": done, "counts": counts}
+
+
+def _valid_counts(counts, n: int) -> bool:
+    return isinstance(counts, list) and len(counts) == n and all(
+        c is None or (type(c) is int and c >= 0) for c in counts)
+
+
+def _settle_manifest(plan: Plan, overwrite: bool) -> dict | None:
+    """The completion record when it verifies for this job; else cleared (--overwrite) or refused."""
+    store, layout = plan.store, plan.layout
+    try:
+        manifest = finish.read_manifest(layout, store)
+    except JobError:
+        if not overwrite:
+            raise
+        store.delete(layout.manifest)  # a damaged record lists nothing to trust: only it goes
+        return None
+    if manifest is None:
+        return None
+    changed = changed_fields(manifest["fingerprint"], plan.fingerprint)
+    problem = None if changed else finish.verify_complete(layout, store, manifest)
+    if not changed and problem is None:
+        return manifest
+    if not overwrite:
+        why = f"an earlier run with different {', '.join(changed)} wrote it" if changed else problem
+        raise JobError(f"{layout.output}: {why}; pass --overwrite to embed it again")
+    try:
+        finish.remove_recorded(layout, store, manifest)
+    except JobError:
+        store.delete(layout.manifest)  # it names files that are not the job's: none of them is deleted
+    return None
+
+
+def _output_present(plan: Plan) -> bool:
+    store, layout = plan.store, plan.layout
+    if layout.dataset:
+        return any(PART.match(n) for n in store.list(layout.output))
+    return store.exists(layout.output)
+
+
+def _refuse_foreign(plan: Plan) -> None:
+    """A dataset folder holds only the job's names; anything else is refused before anything is deleted."""
+    if not plan.layout.dataset:
+        return
+    foreign = [n for n in plan.store.list(plan.layout.output)
+               if not (PART.match(n) or n in _JOB_FILES or (n.startswith(".") and n.endswith(".tmp")))]
+    if foreign:
+        raise JobError(f"{plan.layout.output} holds files berta-jax did not write ({', '.join(foreign[:3])}); "
+                       "choose an empty or new directory for a dataset output")
+
+
+def _check_report(plan: Plan, overwrite: bool) -> None:
+    """--truncation-report never goes through a link or to a device, nor replaces a file without --overwrite."""
+    report = plan.layout.report
+    if not report or "://" in report or not os.path.lexists(report):
+        return
+    if os.path.islink(report) or not os.path.isfile(report):
+        raise JobError(f"--truncation-report {report} is a link or not a regular file; give a new file's path")
+    if not overwrite:
+        raise JobError(f"--truncation-report {report} exists; pass --overwrite to replace it, or give a new path")
+
+
+def _remove_temporaries(plan: Plan) -> None:
+    """Temporary files a killed writer of this output left (`.NAME.XXXX.tmp`); never anything else."""
+    if plan.store.remote:
+        return
+    for _, path in plan.layout.written():
+        folder, name = plan.store.parent(path), plan.store.name(path)
+        for entry in plan.store.list(folder):
+            if entry.startswith(f".{name}.") and entry.endswith(".tmp"):
+                plan.store.delete(plan.store.join(folder, entry))
+    if plan.layout.dataset:  # the work folder's own temporaries go with clear_work or are replaced
+        for entry in plan.store.list(plan.layout.output):
+            if entry.startswith(".part-") and entry.endswith(".tmp"):
+                plan.store.delete(plan.store.join(plan.layout.output, entry))
+
+
+def clear_work(plan: Plan, *, keep_parts: bool) -> None:
+    """Delete the work folder's own names (records, job.json, the single-file parts, temporaries) and, unless
+    `keep_parts`, a dataset's part files; then the folder itself when empty."""
+    store, state = plan.store, plan.layout.state
+    for name in store.list(state):
+        if RECORD.match(name) or PART.match(name) or name == "job.json" or (name.startswith(".") and
+                                                                             name.endswith(".tmp")):
+            store.delete(store.join(state, name))
+    if plan.layout.dataset and not keep_parts:
+        for name in store.list(plan.layout.output):
+            if PART.match(name):
+                store.delete(store.join(plan.layout.output, name))
+    store.remove_empty_folder(state)
