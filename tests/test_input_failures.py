@@ -36,7 +36,7 @@ def test_a_damaged_compressed_input_names_the_file_and_where(tmp_path, tiny_bert
 
 
 def test_deep_nesting_and_over_long_lines_are_row_errors_that_skip(tmp_path, tiny_bert_dir, capsys, monkeypatch):
-    from berta_jax.job import inputs
+    from berta_jax.data import inputs
 
     monkeypatch.setattr(inputs, "MAX_LINE_BYTES", 16384)  # smaller than the default 64 MiB, for speed
     source = tmp_path / "in.jsonl"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from berta_jax import InputError
-from berta_jax.job.inputs import IdPolicy, InputFile, check_fields, expand_inputs, input_format, read_rows
+from berta_jax.data.inputs import IdPolicy, InputFile, check_fields, expand_inputs, input_format, read_rows
 from tests.texts import MIXED
 
 TEXTS = [t.replace("\n", " ") for t in MIXED]

@@ -1,8 +1,8 @@
 """Class C: one lock per output, whatever the process count.
 
-The lock is a lease taken with create-if-absent (the same on local disk and in a bucket): a second run, single
-or multi-process, with or without --overwrite, is refused while the first is alive; a dead owner's lock is
-taken over at once on the same host, and after its expiry from elsewhere.
+On local disk the lock is an flock, which the kernel frees when its holder ends; in a bucket a lease, taken with
+create-if-absent and taken over only with the store's precondition once the store's clock says it expired. A
+second run, single or multi-process, with or without --overwrite, is refused while the first is alive.
 """
 
 from __future__ import annotations
@@ -16,11 +16,17 @@ import time
 
 import numpy as np
 
+import sys
+import threading
+
+import pytest
+
 from berta_jax import JobError
-from berta_jax.job.state import Lease, dump_json
+from berta_jax.job.lock import Lease, LocalLock, holder_run
 from berta_jax.storage import store_for
-from tests.helpers import berta_jax, committed_parts, start_berta_jax, tree_hashes, wait_for
+from tests.helpers import REPO, berta_jax, committed_parts, start_berta_jax, wait_for
 from tests.test_job import big_input
+from tests.test_storage import bucket, stores  # noqa: F401 (the fixture)
 
 
 def test_a_second_run_single_or_multi_process_is_refused_while_the_first_works(tmp_path, tiny_bert_dir):
@@ -47,43 +53,87 @@ def test_a_second_run_single_or_multi_process_is_refused_while_the_first_works(t
     assert first.wait(timeout=300) == 0 and np.load(out).shape == (12_000, 16)
 
 
-def _lease(tmp_path, run: str = "b" * 16) -> Lease:
-    return Lease(store_for(str(tmp_path)), str(tmp_path / "out.npy.lock"), run, ttl=60.0)
-
-
-def _holder(tmp_path, **fields) -> None:
-    record = {"run": "a" * 16, "host": "elsewhere", "pid": 1, "pid_start": None, "processes": 1,
-              "expires": time.time() + 60, **fields}
-    (tmp_path / "out.npy.lock").write_bytes(dump_json(record))
-
-
-def test_a_lease_from_another_host_is_honoured_until_it_expires(tmp_path):
-    _holder(tmp_path)
-    before = tree_hashes(tmp_path)
-    try:
-        _lease(tmp_path).acquire()
-        raise AssertionError("the lock was taken from a live holder")
-    except JobError as e:
-        assert "run aaaaaaaaaaaaaaaa, pid 1 on elsewhere" in str(e)
-    assert tree_hashes(tmp_path) == before
-    _holder(tmp_path, expires=time.time() - 1)
-    lease = _lease(tmp_path)
-    lease.acquire()
-    assert json.loads((tmp_path / "out.npy.lock").read_text())["run"] == "b" * 16
-    lease.check()
-    lease.release()
+def test_a_live_holder_on_this_host_refuses_and_a_dead_one_loses_the_lock_at_once(tmp_path):
+    """flock: the kernel holds the lock for a live process (whatever its pid namespace) and frees it when the
+    process ends, however it ends; no expiry, no pid probing."""
+    path = str(tmp_path / "out.npy.lock")
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time
+sys.path.insert(0, {str(REPO)!r})
+from berta_jax.job.lock import LocalLock
+LocalLock({path!r}, "a" * 16).acquire()
+print("held", flush=True)
+time.sleep(600)
+"""], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(JobError, match=f"another run is writing this output \\(run {'a' * 16}, pid {holder.pid} on "):
+        LocalLock(path, "b" * 16).acquire()
+    holder.kill()
+    holder.wait()
+    lock = LocalLock(path, "b" * 16)
+    lock.acquire()  # at once: its holder is gone
+    assert holder_run(path) == "b" * 16 and lock.held
+    lock.release()
     assert not (tmp_path / "out.npy.lock").exists()
 
 
-def test_a_dead_process_on_this_host_loses_its_lock_at_once(tmp_path):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    _holder(tmp_path, host=socket.gethostname(), pid=dead.pid, expires=time.time() + 3600)
-    lease = _lease(tmp_path)
-    lease.acquire()  # no waiting for the expiry: the owner is gone
-    _holder(tmp_path, run="c" * 16)  # someone else took it over meanwhile
-    try:
-        lease.check()
-        raise AssertionError("a lost lock went unnoticed")
-    except JobError as e:
-        assert "no longer holds the lock" in str(e)
+@pytest.fixture
+def root(stores):
+    return bucket("gs")
+
+
+def test_a_lease_in_a_bucket_is_honoured_until_the_store_says_it_expired(root):
+    path = f"{root}/emb/_lock.json"
+    first = Lease(path, "a" * 16, ttl=1.5)
+    first.acquire()
+    first._stop.set()  # its holder stops renewing (as a host that froze would)
+    with pytest.raises(JobError, match="another run is writing this output"):
+        Lease(path, "b" * 16, ttl=1.5).acquire()
+    time.sleep(1.6)
+    second = Lease(path, "b" * 16, ttl=1.5)
+    second.acquire()  # expired by the store's clock: taken over
+    assert holder_run(path) == "b" * 16
+    with pytest.raises(JobError, match="no longer holds the lock"):
+        first.lost = not first.store.replace_if(path, b"{}", first.version)  # its next renewal fails
+        first.check()
+    second.release()
+    assert not store_for(root).exists(path)
+
+
+def test_of_runs_racing_for_an_expired_lease_exactly_one_takes_it(root):
+    """Each contender judged the same expired version and replaces it with the store's precondition: one wins."""
+    path = f"{root}/emb/_lock.json"
+    stale = Lease(path, "0" * 16, ttl=0.5)
+    stale.acquire()
+    stale._stop.set()
+    time.sleep(0.7)
+    contenders, outcomes = [Lease(path, f"{i:x}" * 16, ttl=60) for i in range(1, 7)], []
+    barrier = threading.Barrier(len(contenders))
+
+    def take(lease: Lease) -> None:
+        barrier.wait()
+        try:
+            lease.acquire()
+            outcomes.append(lease.run)
+        except JobError:
+            pass
+
+    threads = [threading.Thread(target=take, args=(c,)) for c in contenders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcomes) == 1 and holder_run(path) == outcomes[0]
+    for c in contenders:
+        c.release()
+
+
+def test_a_host_with_a_slow_clock_does_not_take_over_a_live_lease(root, monkeypatch):
+    path = f"{root}/emb/_lock.json"
+    live = Lease(path, "a" * 16, ttl=60)
+    live.acquire()
+    monkeypatch.setattr(time, "time", lambda: 10**10)  # this host's clock is far off; the store's is not
+    with pytest.raises(JobError, match="another run is writing this output"):
+        Lease(path, "b" * 16, ttl=60).acquire()
+    monkeypatch.undo()
+    live.release()

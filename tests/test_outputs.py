@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from berta_jax import JobError
-from berta_jax.job.outputs import ChunkRows, per_row, write_single_file
+from berta_jax.data.outputs import ChunkRows, per_row, write_single_file
 
 
 def test_float16_refuses_values_beyond_its_range_naming_the_rows():

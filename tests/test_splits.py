@@ -8,8 +8,8 @@ import gzip
 
 import pytest
 
-from berta_jax.job.inputs import InputFile, input_format, read_rows
-from berta_jax.job.splits import count_rows, plan_splits, read_split
+from berta_jax.data.inputs import InputFile, input_format, read_rows
+from berta_jax.data.splits import count_rows, plan_splits, read_split
 from tests.test_inputs import TEXTS, write_inputs
 
 

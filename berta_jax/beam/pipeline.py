@@ -20,10 +20,10 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from berta_jax.beam.handler import BertaModelHandler
 from berta_jax.errors import JobError
-from berta_jax.job.inputs import check_fields, expand_inputs
+from berta_jax.data.inputs import check_fields, expand_inputs
 from berta_jax.job.layout import check_collisions, layout_for
-from berta_jax.job.outputs import parquet_schema, parquet_table
-from berta_jax.job.splits import DEFAULT_SPLIT_BYTES, Split, count_rows, plan_splits, read_split
+from berta_jax.data.outputs import parquet_schema, parquet_table
+from berta_jax.data.splits import DEFAULT_SPLIT_BYTES, Split, count_rows, plan_splits, read_split
 from berta_jax.storage import store_for
 
 TABLE_ROWS = 4096  # rows per Parquet write (a row group of the shard)

@@ -150,7 +150,7 @@ def _parity(args: argparse.Namespace) -> int:
 
 def read_lines(path: str) -> list[str]:
     """Texts of a .txt file, through the batch job's reader (one per line, file:line errors)."""
-    from berta_jax.job.inputs import InputFile, read_rows
+    from berta_jax.data.inputs import InputFile, read_rows
 
     return [row.text for row in read_rows(InputFile(path, ".txt"))]
 

@@ -10,7 +10,7 @@ import time
 from berta_jax.cli.commands import add_prompt_options, check_batch_tokens, command
 from berta_jax.cli.signals import StopSignals
 from berta_jax.job.cluster import Cluster, join
-from berta_jax.job.outputs import PRECISIONS
+from berta_jax.data.outputs import PRECISIONS
 from berta_jax.job.plan import DEFAULT_SPLIT_BYTES, JobOptions
 from berta_jax.job.run import JobSummary
 
@@ -240,11 +240,15 @@ def add_encode(sub) -> None:
     enc.add_argument("--quiet", action="store_true", help="no progress output")
     enc.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines when stderr is not "
                      "a terminal (default 10)")
-    multi = enc.add_argument_group("several hosts (jax.distributed): the splits are dealt over the processes")
+    _add_cluster_options(enc.add_argument_group("several hosts (jax.distributed): the splits are dealt over the "
+                                                "processes"))
+    enc.set_defaults(func=_encode)
+
+
+def _add_cluster_options(multi) -> None:
     multi.add_argument("--distributed", action="store_true", help="join the cluster JAX detects (TPU pod, SLURM)")
     multi.add_argument("--coordinator", help="HOST:PORT of process 0, for an explicit cluster")
     multi.add_argument("--num-processes", type=int, help="with --coordinator")
     multi.add_argument("--process-id", type=int, help="with --coordinator")
     multi.add_argument("--peer-timeout", type=int, default=100, help="seconds without a heartbeat after which JAX "
                        "takes a process for dead and the others stop waiting for it (default 100, JAX's)")
-    enc.set_defaults(func=_encode)

@@ -83,8 +83,8 @@ class JaxCluster(Cluster):
                 buffer = np.zeros(max(int(sizes.max()), 1), np.uint8)
                 buffer[:len(data)] = np.frombuffer(data, np.uint8)
                 every = np.asarray(hosts.process_allgather(buffer))
-        except hosts.ProcessFailureError as e:
-            raise JobError(_gone(sorted({d.process_index for d in e.args[0]}) if e.args else [])) from None
+        except hosts.ProcessFailureError:  # a process failed inside the meeting (JAX names its devices only)
+            raise JobError(_gone([])) from None
         return [every[p, :sizes[p]].tobytes() for p in range(self.count)]
 
     def leave(self) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 
 from berta_jax.errors import JobError
 from berta_jax.job.layout import Layout
-from berta_jax.job.outputs import ChunkRows, HashingWriter, jsonl_bytes, write_single_file
+from berta_jax.data.outputs import ChunkRows, HashingWriter, jsonl_bytes, write_single_file
 from berta_jax.job.parts import Part, part_name
 from berta_jax.job.plan import FORMAT_VERSION, Plan
 from berta_jax.storage import store_for

@@ -22,7 +22,7 @@ import dataclasses
 import os
 
 from berta_jax.errors import JobError
-from berta_jax.job.inputs import InputFile
+from berta_jax.data.inputs import InputFile
 from berta_jax.storage import is_url, store_for
 
 SINGLE_FILE_FORMATS = (".npy", ".parquet")

@@ -24,8 +24,8 @@ from berta_jax.storage import store_for
 LEASE_TTL = 60.0  # seconds a remote lease stays valid without renewal (renewed every ttl / 4)
 
 
-def _record(run: str, renewal: int = 0) -> bytes:
-    holder = {"run": run, "host": socket.gethostname(), "pid": os.getpid(), "renewal": renewal}
+def _record(run: str, ttl: float = 0.0, renewal: int = 0) -> bytes:
+    holder = {"run": run, "host": socket.gethostname(), "pid": os.getpid(), "ttl": ttl, "renewal": renewal}
     return json.dumps(holder, sort_keys=True).encode()
 
 
@@ -35,6 +35,14 @@ def _describe(raw: bytes | None) -> str:
         return f"run {h['run']}, pid {h['pid']} on {h['host']}"
     except (ValueError, KeyError, TypeError):
         return "a run whose lock record is not berta-jax's"
+
+
+def _ttl(raw: bytes, default: float) -> float:
+    try:
+        ttl = json.loads(raw)["ttl"]
+        return float(ttl) if isinstance(ttl, (int, float)) and ttl > 0 else default
+    except (ValueError, KeyError, TypeError):
+        return default
 
 
 def _busy(url: str, raw: bytes | None) -> JobError:
@@ -101,20 +109,20 @@ class Lease:
 
     def acquire(self) -> None:
         for _ in range(3):
-            if self.store.create(self.path, _record(self.run)):
+            if self.store.create(self.path, _record(self.run, self.ttl)):
                 return self._held()
             try:
                 seen, raw = self.store.info(self.path), self.store.read(self.path)
             except FileNotFoundError:
                 continue  # released meanwhile
-            if self._store_now() - seen.modified < self.ttl:
+            if self._store_now() - seen.modified < _ttl(raw, self.ttl):  # the holder's own term
                 raise _busy(self.path, raw)
-            if self.store.replace_if(self.path, _record(self.run), seen.version):
+            if self.store.replace_if(self.path, _record(self.run, self.ttl), seen.version):
                 return self._held()  # taken over from an expired holder; any other contender's replace fails
         raise JobError(f"{self.path}: could not take the lock (other runs keep taking it); try again")
 
     def _store_now(self) -> float:
-        probe = self.path + ".clock"
+        probe = f"{self.path}.clock-{self.run[:8]}"  # one per contender
         self.store.write(probe, _record(self.run))
         try:
             return self.store.info(probe).modified
@@ -130,7 +138,7 @@ class Lease:
         while not self._stop.wait(self.ttl / 4):
             self._renewals += 1
             try:
-                if not self.store.replace_if(self.path, _record(self.run, self._renewals), self.version):
+                if not self.store.replace_if(self.path, _record(self.run, self.ttl, self._renewals), self.version):
                     self.lost = True
                     return
                 self.version = self.store.info(self.path).version

@@ -14,10 +14,10 @@ import json
 
 from berta_jax.errors import JobError
 from berta_jax.folder import ModelFolder
-from berta_jax.job.inputs import InputFile, check_fields, expand_inputs
+from berta_jax.data.inputs import InputFile, check_fields, expand_inputs
 from berta_jax.job.layout import Layout, check_collisions, layout_for
-from berta_jax.job.outputs import PRECISIONS, WHOLE_OUTPUT_PRECISIONS
-from berta_jax.job.splits import Split, plan_splits
+from berta_jax.data.outputs import PRECISIONS, WHOLE_OUTPUT_PRECISIONS
+from berta_jax.data.splits import Split, plan_splits
 from berta_jax.storage import store_for
 
 FORMAT_VERSION = 2

@@ -29,13 +29,13 @@ from berta_jax.errors import BertaJaxError, JobError, NonFiniteError
 from berta_jax.folder import ModelFolder
 from berta_jax.job import finish
 from berta_jax.job.cluster import Cluster
-from berta_jax.job.inputs import IdPolicy
+from berta_jax.data.inputs import IdPolicy
 from berta_jax.job.lock import LEASE_TTL, holder_run, lock_for
-from berta_jax.job.outputs import per_row, shard_bytes
+from berta_jax.data.outputs import per_row, shard_bytes
 from berta_jax.job.parts import Part, Parts, part_name, sha256
 from berta_jax.job.plan import JobOptions, Plan, check_same_plan, input_identity, plan_digests, plan_job
 from berta_jax.job.settle import clear_work, settle, work_record
-from berta_jax.job.splits import count_rows, read_split
+from berta_jax.data.splits import count_rows, read_split
 from berta_jax.vectors import check_finite
 
 if TYPE_CHECKING:  # planning and refusals import no JAX; the encoder is loaded only when there is work

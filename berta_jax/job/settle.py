@@ -16,7 +16,7 @@ from berta_jax.job import finish
 from berta_jax.job.parts import PART, RECORD, Parts
 from berta_jax.job.plan import FORMAT_VERSION, Plan, changed_fields
 
-_JOB_FILES = ("_manifest.json", "_skipped.jsonl", "_truncated.jsonl", "_state", "_lock.json", "_lock.json.clock")
+_JOB_FILES = ("_manifest.json", "_skipped.jsonl", "_truncated.jsonl", "_state", "_lock.json")
 
 
 def work_record(plan: Plan, counts: list) -> bytes:
@@ -150,7 +150,8 @@ def _refuse_foreign(plan: Plan) -> None:
     if not plan.layout.dataset:
         return
     foreign = [n for n in plan.store.list(plan.layout.output)
-               if not (PART.match(n) or n in _JOB_FILES or (n.startswith(".") and n.endswith(".tmp")))]
+               if not (PART.match(n) or n in _JOB_FILES or n.startswith("_lock.json.clock-")
+                       or (n.startswith(".") and n.endswith(".tmp")))]
     if foreign:
         raise JobError(f"{plan.layout.output} holds files berta-jax did not write ({', '.join(foreign[:3])}); "
                        "choose an empty or new directory for a dataset output")

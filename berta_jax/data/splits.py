@@ -18,11 +18,11 @@ import io
 from typing import BinaryIO, Iterator
 
 from berta_jax.errors import InputError
-from berta_jax.job.inputs import (
+from berta_jax.data.inputs import (
     IdPolicy, InputFile, Row, checked_row, decode_line, json_row, open_input, parquet_columns,
     parquet_file, read_rows,
 )
-from berta_jax.job import inputs
+from berta_jax.data import inputs
 from berta_jax.storage import store_for
 
 DEFAULT_SPLIT_BYTES = 64 * 2**20
