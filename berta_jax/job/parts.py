@@ -129,13 +129,21 @@ class Parts:
                       and int(m.group(1)) < self.splits)
 
     def check(self, part: Part) -> str | None:
-        """Why the part's file does not match its record (None when it does), from metadata only."""
+        """Why the part's file does not match its record (None when it does), from metadata and the Parquet footer
+        only (the record's row count must be the file's)."""
+        import pyarrow.parquet as pq
+
         if part.rows == 0:
             return None
+        path = self.data_path(part.split)
         try:
-            info = self.store.info(self.data_path(part.split))
+            info = self.store.info(path)
+            if (info.size, info.version) != (part.size, part.version):
+                return f"{part.name} has changed since it was committed"
+            with self.store.open_read(path) as f:
+                rows = pq.ParquetFile(f).metadata.num_rows
         except FileNotFoundError:
             return f"{part.name} is missing"
-        if (info.size, info.version) != (part.size, part.version):
-            return f"{part.name} has changed since it was committed"
-        return None
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            return f"{part.name} is not a readable part ({type(e).__name__})"
+        return None if rows == part.rows else f"{part.name} holds {rows} rows, its record says {part.rows}"

@@ -64,16 +64,31 @@ class Plan:
     def digest(self) -> str:
         return _digest(self.fingerprint)
 
-    def starts(self, counts: list[int]) -> tuple[list[int], list[int]]:
-        """(first global row, first line in its file) of every split, given every split's row count."""
-        rows, lines, row, line, file = [], [], 0, 1, None
-        for split, count in zip(self.splits, counts):
-            if split.file != file:
-                file, line = split.file, 1
-            rows.append(row)
-            lines.append(split.first_line if split.kind == "row_group" else line)
-            row, line = row + count, line + count
-        return rows, lines
+    def starts(self, counts: list) -> Starts:
+        return Starts(self.splits, counts)
+
+
+class Starts:
+    """The first global row and the first line in its file of each split, found walking the splits in order
+    over their row counts. A split may be asked for once every split before it has its count: all of them
+    after a count pass, or, in one process that reads its splits in order, as each one is read."""
+
+    def __init__(self, splits: list[Split], counts: list):
+        self.splits, self.counts = splits, counts
+        self.next, self.row, self.line, self.file = 0, 0, 1, None
+        self.known: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, index: int) -> tuple[int, int]:
+        while self.next <= index:
+            split = self.splits[self.next]
+            if split.file != self.file:
+                self.file, self.line = split.file, 1
+            self.known[self.next] = (self.row, split.first_line if split.kind == "row_group" else self.line)
+            if self.next == index:
+                break  # its own count may not be known yet
+            self.row, self.line = self.row + self.counts[self.next], self.line + self.counts[self.next]
+            self.next += 1
+        return self.known[index]
 
 
 def _digest(value) -> str:

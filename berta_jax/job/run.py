@@ -5,8 +5,9 @@ crash, on local disk or object storage, from one process or many.
    processes meet and compare their plans.
 2. `settle` (process 0, under the lock): answer "complete" only for a verified output, refuse what must not be
    replaced, clear what --overwrite replaces, keep the verified parts for --resume. It tells the others.
-3. Count: the splits whose row count the metadata does not give are counted, dealt over the processes; a
-   meeting shares the counts, so every split knows its first row and line.
+3. Count (several processes only): the splits whose row count the metadata does not give are counted, dealt
+   over the processes; a meeting shares the counts, so every split knows its first row and line. One process
+   needs no count pass: it reads its splits in order and learns each count as it goes.
 4. Embed: the splits without a verified part, dealt round-robin over the processes; one part per split (the
    next split is read and tokenized while the device embeds this one).
 5. The processes meet at the end; process 0 checks that every split has a verified part, then assembles the
@@ -119,10 +120,10 @@ def _agree(cluster: Cluster, settle_fn: Callable[[], dict]) -> dict:
 
 
 def _work(plan: Plan, encoder, outcome: dict, cluster: Cluster, summary: JobSummary, progress, stop) -> None:
-    counts = _counts(plan, outcome["counts"], cluster, stop)
+    counts = _counts(plan, outcome["counts"], cluster, stop) if cluster.count > 1 else list(outcome["counts"])
     done = set(outcome["done"])
-    first_rows, first_lines = plan.starts(counts)
-    summary.total_rows = sum(counts)
+    starts = plan.starts(counts)
+    summary.total_rows = None if None in counts else sum(counts)
     summary.rows_resumed, summary.splits_resumed = sum(counts[i] for i in done), len(done)
     mine = [i for i in range(len(plan.splits)) if i not in done][cluster.index::cluster.count]
     parts = Parts(plan.store, plan.layout.state, plan.layout.output if plan.layout.dataset else plan.layout.state,
@@ -130,13 +131,12 @@ def _work(plan: Plan, encoder, outcome: dict, cluster: Cluster, summary: JobSumm
     error = None
     try:
         if mine:
-            _embed_splits(plan, encoder, parts, outcome["run"], mine, counts, first_rows, first_lines, summary,
-                          progress, stop)
+            _embed_splits(plan, encoder, parts, outcome["run"], mine, counts, starts, summary, progress, stop)
     except (BertaJaxError, OSError) as e:  # told at the end meeting, then raised
         error = e
     cluster.meet({"stopped": summary.interrupted}, error, tolerate_gone=True)  # all have committed what they will
     if cluster.index == 0 and not summary.interrupted:
-        _finish(plan, parts, counts, first_rows, summary)
+        _finish(plan, parts, counts, starts, summary)
 
 
 def _counts(plan: Plan, known: list, cluster: Cluster, stop) -> list[int]:
@@ -165,6 +165,7 @@ class _Prepared:
     """One split read and tokenized, ready for the device."""
 
     split: int
+    first_row: int
     rows: list
     good: list[int]  # offsets of the rows to embed (the others are skipped: zero vectors)
     prepared: object
@@ -172,11 +173,13 @@ class _Prepared:
     id_kind: str | None
 
 
-def _prepare(plan: Plan, encoder, split: int, count: int, first_line: int) -> _Prepared:
-    o = plan.options
+def _prepare(plan: Plan, encoder, split: int, counts: list, starts) -> _Prepared:
+    """Read and tokenize one split (its row count, when not known yet, is learnt here)."""
+    o, (first_row, first_line) = plan.options, starts(split)
     ids = IdPolicy()
     rows = list(read_split(plan.splits[split], first_line=first_line, text_field=o.text_field, id_field=o.id_field,
                            on_error=o.on_error, ids=ids))
+    count = counts[split] = len(rows) if counts[split] is None else counts[split]
     if len(rows) != count:
         raise JobError(f"{plan.splits[split]}: holds {len(rows)} rows now, {count} when the run counted them: the "
                        "input changed; rerun with --overwrite")
@@ -186,17 +189,17 @@ def _prepare(plan: Plan, encoder, split: int, count: int, first_line: int) -> _P
     good = [i for i, row in enumerate(rows) if row.error is None]
     prepared = encoder.prepare([rows[i].text for i in good], prompt=o.prompt, max_batch_tokens=o.max_batch_tokens,
                                batch_size=o.batch_size)
-    return _Prepared(split, rows, good, prepared, h.hexdigest(), ids.kind)
+    return _Prepared(split, first_row, rows, good, prepared, h.hexdigest(), ids.kind)
 
 
-def _embed_splits(plan: Plan, encoder, parts: Parts, run: str, mine: list[int], counts, first_rows, first_lines,
+def _embed_splits(plan: Plan, encoder, parts: Parts, run: str, mine: list[int], counts: list, starts,
                   summary: JobSummary, progress, stop) -> None:
     """Embed this process's splits, one part each; the next split is prepared in a helper thread meanwhile."""
     encoder = encoder if hasattr(encoder, "prepare") else encoder()  # loaded only now that there is work
     compiled, busy, start = encoder.compile_stats.wall_seconds, encoder.run_stats.device_seconds, time.perf_counter()
 
     def prepare(k: int):
-        return _prepare(plan, encoder, mine[k], counts[mine[k]], first_lines[mine[k]]) if k < len(mine) else None
+        return _prepare(plan, encoder, mine[k], counts, starts) if k < len(mine) else None
 
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="berta-jax-prepare") as ahead:
         upcoming = ahead.submit(prepare, 0)
@@ -208,7 +211,7 @@ def _embed_splits(plan: Plan, encoder, parts: Parts, run: str, mine: list[int], 
                 if vectors is None:
                     summary.interrupted = True
                     return
-                _commit(plan, parts, run, work, vectors, first_rows[work.split], summary)
+                _commit(plan, parts, run, work, vectors, summary)
                 if progress:
                     progress(summary)
         finally:
@@ -240,9 +243,8 @@ def _embed(plan: Plan, encoder, work: _Prepared, summary: JobSummary, progress, 
     return vectors
 
 
-def _commit(plan: Plan, parts: Parts, run: str, work: _Prepared, vectors: np.ndarray, first_row: int,
-            summary: JobSummary) -> None:
-    rows, n = work.rows, len(plan.splits)
+def _commit(plan: Plan, parts: Parts, run: str, work: _Prepared, vectors: np.ndarray, summary: JobSummary) -> None:
+    rows, n, first_row = work.rows, len(plan.splits), work.first_row
     global_rows = np.arange(first_row, first_row + len(rows), dtype=np.int64)
     stored = vectors if not plan.layout.dataset else per_row(vectors, plan.options.precision, global_rows)
     data = shard_bytes(global_rows, [r.id for r in rows], stored) if rows else b""
@@ -260,7 +262,7 @@ def _commit(plan: Plan, parts: Parts, run: str, work: _Prepared, vectors: np.nda
     summary.truncated += len(truncated)
 
 
-def _finish(plan: Plan, parts: Parts, counts: list[int], first_rows: list[int], summary: JobSummary) -> None:
+def _finish(plan: Plan, parts: Parts, counts: list[int], starts, summary: JobSummary) -> None:
     """Process 0: publish only when every split has a part that verifies; else say which are left."""
     committed, missing = [], []
     for i in range(len(plan.splits)):
@@ -268,7 +270,7 @@ def _finish(plan: Plan, parts: Parts, counts: list[int], first_rows: list[int], 
             part = parts.read(i)
         except JobError:
             part = None
-        problem = part.problem(i, len(plan.splits), plan.digest, first_rows[i], counts[i]) if part else "absent"
+        problem = part.problem(i, len(plan.splits), plan.digest, starts(i)[0], counts[i]) if part else "absent"
         if problem is None and (problem := parts.check(part)) is None:
             committed.append(part)
         else:
