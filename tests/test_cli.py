@@ -36,7 +36,9 @@ def test_progress_moves_per_batch_and_rates_count_the_same_rows(tmp_path, tiny_b
     lines = [line for line in err.splitlines() if line.startswith("embedded ")]
     assert len(lines) > 10  # one split, yet a line per batch
     assert lines[0].endswith("(first batch)") and int(lines[0].split()[1].split("/")[0]) < 300
-    assert all("/300 texts" in line for line in lines) and "tokens/s" in lines[-1] and "ETA" in lines[-2]
+    assert "tokens/s" in lines[-1] and "ETA" in lines[-2] and lines[-1].split(", ")[1] == "100% (0 resumed)"
+    fractions = [int(line.split(", ")[1].split("%")[0]) for line in lines]
+    assert fractions == sorted(fractions) and int(lines[-1].split()[1]) == 300
 
 
 def test_summary_grammar_and_resumed_counts(tmp_path, tiny_bert_dir, capsys):

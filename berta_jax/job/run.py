@@ -16,6 +16,7 @@ crash, on local disk or object storage, from one process or many.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -61,6 +62,7 @@ class JobSummary:
     interrupted: bool = False
     already_complete: bool = False
     pending: list[int] = dataclasses.field(default_factory=list)  # splits left without a part (for a resume)
+    fraction: float = 0.0  # of this process's share, by input bytes (an ETA needs no row count)
     output_rows: int = 0
     embed_seconds: float = 0.0  # this process's time embedding, compiles excluded
     device_seconds: float = 0.0  # of which the device was computing (see runtime.RunStats)
@@ -201,17 +203,21 @@ def _embed_splits(plan: Plan, encoder, parts: Parts, run: str, mine: list[int], 
     def prepare(k: int):
         return _prepare(plan, encoder, mine[k], counts, starts) if k < len(mine) else None
 
+    weights = _weights(plan)
+    share, base = sum(weights[i] for i in mine) or 1, 0.0
+
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="berta-jax-prepare") as ahead:
         upcoming = ahead.submit(prepare, 0)
         try:
             for k in range(len(mine)):
                 work = upcoming.result()
                 upcoming = ahead.submit(prepare, k + 1)
-                vectors = _embed(plan, encoder, work, summary, progress, stop)
+                vectors = _embed(plan, encoder, work, summary, progress, stop, (base, weights[work.split], share))
                 if vectors is None:
                     summary.interrupted = True
                     return
                 _commit(plan, parts, run, work, vectors, summary)
+                base += weights[work.split]
                 if progress:
                     progress(summary)
         finally:
@@ -220,10 +226,20 @@ def _embed_splits(plan: Plan, encoder, parts: Parts, run: str, mine: list[int], 
             summary.device_seconds += encoder.run_stats.device_seconds - busy
 
 
-def _embed(plan: Plan, encoder, work: _Prepared, summary: JobSummary, progress, stop) -> np.ndarray | None:
-    """The split's vectors (zero rows for skipped ones), or None when a stop came first."""
+def _weights(plan: Plan) -> list[float]:
+    """Each split's share of its input's bytes: a byte range its length, a row group or whole file its file's
+    size over the file's split count."""
+    sizes = {f.url: i["size"] for f, i in zip(plan.inputs, plan.fingerprint["inputs"])}
+    per_file = collections.Counter(s.file.url for s in plan.splits)
+    return [s.end - s.start if s.kind == "bytes" else sizes[s.file.url] / per_file[s.file.url] for s in plan.splits]
+
+
+def _embed(plan: Plan, encoder, work: _Prepared, summary: JobSummary, progress, stop,
+           share: tuple[float, float, float]) -> np.ndarray | None:
+    """The split's vectors (zero rows for skipped ones), or None when a stop came first. `share`: (weight done
+    before this split, this split's weight, the process's whole share), for the progress fraction."""
     vectors = np.zeros((len(work.rows), plan.dim), np.float32)
-    lengths, done = work.prepared.tokens.lengths, (summary.rows, summary.tokens)
+    lengths, done, embedded = work.prepared.tokens.lengths, (summary.rows, summary.tokens), 0
     for batch, out in encoder.run_batches(work.prepared.batches):
         offsets = [work.good[t] for t in batch.texts]
         try:
@@ -235,6 +251,8 @@ def _embed(plan: Plan, encoder, work: _Prepared, summary: JobSummary, progress, 
         vectors[offsets] = encoder.finish(out, truncate_dim=plan.options.truncate_dim)
         summary.rows += len(offsets)
         summary.tokens += int(lengths[batch.texts].sum())
+        embedded += len(offsets)
+        summary.fraction = (share[0] + share[1] * embedded / max(len(work.good), 1)) / share[2]
         if progress:
             progress(summary)
         if stop and stop():
