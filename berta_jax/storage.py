@@ -87,7 +87,7 @@ class LocalStore:
 
         return sorted(glob.glob(pattern))
 
-    def open_read(self, path: str) -> BinaryIO:
+    def open_read(self, path: str, block_size: int | None = None) -> BinaryIO:
         return open(path, "rb")
 
     def read(self, path: str) -> bytes:
@@ -223,10 +223,12 @@ class RemoteStore:
         found = self._call("list", pattern, self.fs.glob, self._path(pattern))
         return sorted(self.fs.unstrip_protocol(p) for p in found)
 
-    def open_read(self, path: str) -> BinaryIO:
-        # read-ahead caching: gcsfs' default cache re-fetches a block per line when a file is read line by line
-        return self._call("open", path, self.fs.open, self._path(path), "rb", cache_type="readahead",
-                          block_size=1 << 22)
+    def open_read(self, path: str, block_size: int | None = None) -> BinaryIO:
+        """Read-ahead caching in 4 MiB blocks (gcsfs' default cache re-fetches a block per line when a file is read
+        line by line); or, with `block_size`, no cache: the caller buffers reads of that size itself, so a reader
+        of a byte range fetches at most one block past the range's end."""
+        cache = {"cache_type": "none"} if block_size else {"cache_type": "readahead", "block_size": 1 << 22}
+        return self._call("open", path, self.fs.open, self._path(path), "rb", **cache)
 
     def read(self, path: str) -> bytes:
         return self._call("read", path, self.fs.cat_file, self._path(path))

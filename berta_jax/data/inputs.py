@@ -157,10 +157,10 @@ def _problem(source: str, line: int, message: str, on_error: str, id_: str | Non
     raise InputError(f"{source}:{line}: {message}")
 
 
-def open_input(file: InputFile) -> BinaryIO:
+def open_input(file: InputFile, block_size: int | None = None) -> BinaryIO:
     store = store_for(file.url)
     try:
-        return store.open_read(file.url)
+        return store.open_read(file.url, block_size)
     except FileNotFoundError:
         raise InputError(f"{file.url}: no such file") from None
     except OSError as e:

@@ -27,6 +27,7 @@ from berta_jax.storage import store_for
 
 DEFAULT_SPLIT_BYTES = 64 * 2**20
 _BYTE_SPLIT_FORMATS = (".txt", ".jsonl")
+RANGE_BLOCK = 256 * 2**10  # what a byte range's reader fetches at a time: it reads at most this past its end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +125,10 @@ def _row_group_rows(split: Split, first_line: int, column: str, id_column: str |
 
 def _range_lines(split: Split) -> Iterator[bytes | None]:
     """The lines starting in [start, end) without their line ending; None for a line over MAX_LINE_BYTES."""
-    with open_input(split.file) as raw:
+    with open_input(split.file, RANGE_BLOCK) as raw:
         position = max(split.start - 1, 0)
         raw.seek(position)
-        stream = io.BufferedReader(raw, 1 << 20) if not isinstance(raw, io.BufferedIOBase) else raw
+        stream = io.BufferedReader(raw, RANGE_BLOCK) if not isinstance(raw, io.BufferedIOBase) else raw
         if split.start > 0:  # the line holding byte start-1 belongs to an earlier split
             position += _skip_line(stream)
         while position < split.end:
