@@ -248,6 +248,23 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path, tiny_ber
     assert out.read_bytes() == single.read_bytes()
 
 
+def test_processes_started_with_different_plans_stop_before_any_work_naming_the_field(tmp_path, tiny_bert_dir):
+    source = big_input(tmp_path / "in.txt", 50)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "multi.npy"
+    args = ["encode", str(source), "-o", str(out), "--model", str(tiny_bert_dir), "--coordinator", f"127.0.0.1:{port}",
+            "--num-processes", "2", "--quiet"]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [start_berta_jax(*args, "--process-id", "0", **pipes),
+             start_berta_jax(*args, "--process-id", "1", "--prompt", "paraphrase: ", **pipes)]
+    results = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [2, 2], [r[1][-2000:] for r in results]
+    assert all("process 1 planned another job than process 0 (prompt differ)" in r[1] for r in results)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]  # nothing was written
+
+
 @pytest.mark.slow
 def test_memory_stays_flat_as_the_input_grows(tmp_path, tiny_bert_dir):
     small, large = big_input(tmp_path / "small.txt", 5_000), big_input(tmp_path / "large.txt", 50_000)

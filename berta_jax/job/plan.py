@@ -136,7 +136,11 @@ FIELDS = {"inputs": "inputs", "model": "model (--model, --dtype)", "prompt": "pr
 
 
 def changed_fields(recorded: dict, expected: dict) -> list[str]:
-    return [FIELDS[k] for k in FIELDS if recorded.get(k) != expected.get(k)]
+    """What differs between two fingerprints, naming the first input file that changed."""
+    changed = [FIELDS[k] for k in FIELDS if recorded.get(k) != expected.get(k)]
+    was, now = recorded.get("inputs") or [], expected.get("inputs") or []
+    moved = next((n["url"] for w, n in zip(was, now) if w != n), None) if len(was) == len(now) else None
+    return [f"inputs ({moved} changed)" if c == "inputs" and moved else c for c in changed]
 
 
 def plan_digests(plan: Plan) -> dict[str, str]:

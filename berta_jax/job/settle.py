@@ -78,7 +78,7 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
             clear_work(plan, keep_parts=False)
             work, recorded = None, []
     elif _output_present(plan) and not overwrite:
-        raise JobError(f"{plan.layout.output} exists; pass --overwrite to replace it")
+        raise JobError(f"{plan.layout.output} (or its sidecars) exists; pass --overwrite to replace it")
     elif plan.layout.dataset:
         clear_work(plan, keep_parts=False)  # --overwrite of parts no record names
     _check_report(plan, overwrite)
@@ -142,7 +142,7 @@ def _output_present(plan: Plan) -> bool:
     store, layout = plan.store, plan.layout
     if layout.dataset:
         return any(PART.match(n) for n in store.list(layout.output))
-    return store.exists(layout.output)
+    return any(store.exists(p) for p in (layout.output, layout.skipped, layout.truncated))
 
 
 def _refuse_foreign(plan: Plan) -> None:
