@@ -102,7 +102,7 @@ CHECKLIST: dict[str, list[str]] = {
           "test_never_destroy::test_convert_refuses_an_existing_destination_and_the_source_itself"],
     "B": ["test_state_trust::test_a_damaged_part_is_embedded_again_on_resume",
           "test_state_trust::test_a_damaged_part_record_is_embedded_again",
-          "test_state_trust::test_a_record_that_lies_is_embedded_again_and_nothing_it_names_is_touched",
+          "test_state_trust::test_records_that_lie_are_embedded_again_and_nothing_they_name_is_touched",
           "test_state_trust::test_a_completion_record_that_lies_is_not_believed_and_deletes_nothing_else",
           "test_state_trust::test_without_its_job_record_a_work_folder_is_not_resumed_into_another_job",
           "test_state_trust::test_a_damaged_job_record_is_cleared_by_the_overwrite_its_message_suggests",

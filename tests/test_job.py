@@ -173,9 +173,9 @@ def test_bad_rows_stop_with_file_and_line_or_are_skipped_and_listed(content, mes
 
 
 def test_resume_after_kill_9_at_several_points_is_byte_identical(tmp_path, tiny_bert_dir):
-    source = big_input(tmp_path / "big.txt", 3000)
+    source = big_input(tmp_path / "big.txt", 1500)
     reference = tmp_path / "reference.npy"
-    common = ["--model", str(tiny_bert_dir), "--split-size", "4K", "--quiet"]
+    common = ["--model", str(tiny_bert_dir), "--split-size", "2K", "--quiet"]
     assert encode(str(source), "-o", str(reference), *common)[0] == 0
     out, parts = tmp_path / "out.npy", tmp_path / "out.npy.parts"
     killed_at = []

@@ -129,7 +129,8 @@ def test_an_input_edited_in_place_with_its_mtime_restored_is_caught(setup, tmp_p
     capsys.readouterr()
     assert main(["encode", *args, "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "an earlier run with different inputs wrote here" in err and "--overwrite" in err
+    assert "an earlier run with different inputs (" in err and "in.txt changed) wrote here" in err
+    assert "--overwrite" in err
     assert committed_parts(tmp_path / "out.npy.parts") == 2  # nothing was thrown away
 
 
@@ -153,18 +154,26 @@ def _tamper(record, **fields) -> None:
     record.write_text(json.dumps(raw))
 
 
-@pytest.mark.parametrize("field, value", [("name", "../victim.txt"), ("name", "/dev/zero"), ("first_row", -1),
-                                          ("rows", 10**6), ("split", 100000), ("skipped", [[500, 1, None, "x"]]),
-                                          ("fingerprint", "0" * 64)])
-def test_a_record_that_lies_is_embedded_again_and_nothing_it_names_is_touched(setup, tmp_path, monkeypatch, field,
-                                                                               value):
-    source, args, reference = setup
+LIES = [("name", "../victim.txt"), ("name", "/dev/zero"), ("first_row", -1), ("rows", 10**6), ("split", 100000),
+        ("skipped", [[500, 1, None, "x"]]), ("fingerprint", "0" * 64)]
+
+
+def test_records_that_lie_are_embedded_again_and_nothing_they_name_is_touched(tmp_path, tiny_bert_dir, monkeypatch):
+    """One lie per record (a name outside the folder, a device, rows out of range or too many, another split, a
+    skipped row beyond the split, another job's fingerprint): each such part is embedded again."""
+    source = tmp_path / "in.txt"
+    source.write_text("".join(f"строка номер {i} line {i % 7}\n" for i in range(600)))
+    args = [str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir), "--split-size", "1500",
+            "--quiet"]
+    assert main(["encode", *args[:2], str(tmp_path / "reference.npy"), *args[3:]]) == 0
     victim = tmp_path / "victim.txt"
     victim.write_text("not yours")
-    stopped_after(args, tmp_path, monkeypatch, chunks=2)
-    _tamper(records(tmp_path)[0], **{field: value})
+    stopped_after(args, tmp_path, monkeypatch, chunks=len(LIES) + 1)
+    for record, (field, value) in zip(records(tmp_path), LIES):
+        _tamper(record, **{field: value})
     assert main(["encode", *args, "--resume"]) == 0
-    assert (tmp_path / "out.npy").read_bytes() == reference.read_bytes() and victim.read_text() == "not yours"
+    assert (tmp_path / "out.npy").read_bytes() == (tmp_path / "reference.npy").read_bytes()
+    assert victim.read_text() == "not yours"
 
 
 @pytest.mark.parametrize("damage", ["drop", "rename", "absolute"])
