@@ -51,10 +51,6 @@ class InputFile:
     url: str  # a local path or a storage URL, as the OS / the store gives it
     format: str
 
-    @property
-    def name(self) -> str:
-        return self.url
-
 
 def input_format(path: str) -> str:
     name = os.fspath(path).lower()

@@ -164,5 +164,5 @@ class Lease:
         self.version = None
 
 
-def lock_for(path: str, run: str, ttl: float = LEASE_TTL) -> LocalLock | Lease:
-    return Lease(path, run, ttl) if store_for(path).remote else LocalLock(path, run)
+def lock_for(path: str, run: str) -> LocalLock | Lease:
+    return Lease(path, run) if store_for(path).remote else LocalLock(path, run)

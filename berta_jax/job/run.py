@@ -32,7 +32,7 @@ from berta_jax.folder import ModelFolder
 from berta_jax.job import finish
 from berta_jax.job.cluster import Cluster
 from berta_jax.data.inputs import IdPolicy
-from berta_jax.job.lock import LEASE_TTL, holder_run, lock_for
+from berta_jax.job.lock import holder_run, lock_for
 from berta_jax.data.outputs import per_row, shard_bytes
 from berta_jax.job.parts import Part, Parts, part_name, sha256
 from berta_jax.job.plan import JobOptions, Plan, check_same_plan, input_identity, plan_digests, plan_job
@@ -76,7 +76,7 @@ class JobSummary:
 def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list, output, options: JobOptions, *,
             model: ModelFolder | None = None, resume: bool = False, overwrite: bool = False, dataset: bool = False,
             truncation_report: str | None = None, compute_dtype: str = "float32", progress=None, stop=None,
-            cluster: Cluster | None = None, lock_ttl: float = LEASE_TTL) -> JobSummary:
+            cluster: Cluster | None = None) -> JobSummary:
     """Embed every row of `inputs` into `output` (see the module). `encoder` may be a loader called only when
     this process has work (then `model` gives the folder for the up-front checks)."""
     cluster = cluster or Cluster()
@@ -91,7 +91,7 @@ def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list, output, opti
         error = e
     check_same_plan(cluster.meet(plan_digests(plan) if plan else None, error))
     summary = JobSummary(output=plan.layout.output, process=cluster.index)
-    lock = lock_for(plan.layout.lock, os.urandom(8).hex(), lock_ttl) if cluster.index == 0 else None
+    lock = lock_for(plan.layout.lock, os.urandom(8).hex()) if cluster.index == 0 else None
     try:
         outcome = _agree(cluster, lambda: settle(plan, lock, resume=resume, overwrite=overwrite))
         if outcome["status"] == "complete":
