@@ -151,3 +151,12 @@ def test_a_closed_stdout_after_a_finished_run_is_not_an_error(tmp_path, tiny_ber
         assert proc.wait(timeout=120) == 0, (run, err)
         assert "Broken pipe" not in err and "--resume" not in err, (run, err)
     assert np.load(tmp_path / "out.npy").shape == (2, 16)
+
+
+@pytest.mark.parametrize("option, named", [("--modle", "did you mean --model?"), ("--chunk-rows", "--split-size"),
+                                           ("--bogus", "unknown option --bogus")])
+def test_a_mistyped_or_retired_option_is_named_before_any_missing_one(option, named, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["encode", "in.txt", "-o", "out.npy", option, "5"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"unknown option {option}" in err and named in err and "required" not in err

@@ -9,6 +9,7 @@ import time
 
 from berta_jax.cli.commands import add_prompt_options, check_batch_tokens, command
 from berta_jax.cli.signals import StopSignals
+from berta_jax.errors import BertaJaxError
 from berta_jax.job.cluster import Cluster, join
 from berta_jax.data.outputs import PRECISIONS
 from berta_jax.job.plan import DEFAULT_SPLIT_BYTES, JobOptions
@@ -175,6 +176,8 @@ def _encode(args: argparse.Namespace) -> int:
         cluster = join(args.coordinator, args.num_processes, args.process_id, detect=args.distributed,
                        heartbeat_timeout=args.peer_timeout, stop=stop)
         return _run(args, stop, cluster)
+    except BertaJaxError:
+        raise  # its own message names what is at fault
     except OSError as e:  # disk full, read-only folder, ...: committed parts stay, temporary files are removed
         print(f"berta-jax encode: error: {e.filename or args.output}: {e.strerror or e}; parts committed so far "
               "are kept, rerun with --resume once fixed", file=sys.stderr)

@@ -7,20 +7,19 @@ refused `encode` answer at once.
 from __future__ import annotations
 
 import argparse
+import difflib
 import signal
 import sys
+
+from berta_jax.cli import commands, encode, engines
+from berta_jax.errors import BertaJaxError
+from berta_jax.version import __version__
+
+RENAMED = {"--chunk-rows": "--split-size (bytes of text per split: the unit of work is now a split of the input)"}
 
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
-
-
-# SIGTERM is Ctrl-C from the very start: a scheduler's stop during start-up exits 130 cleanly, not by the signal.
-signal.signal(signal.SIGTERM, _interrupt)
-
-from berta_jax.version import __version__  # noqa: E402
-from berta_jax.cli import commands, encode, engines  # noqa: E402
-from berta_jax.errors import BertaJaxError  # noqa: E402
 
 
 USAGE = """berta-jax: BERT sentence encoders (sergeyzh/BERTA first of all) in JAX.
@@ -39,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"berta-jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    parser.commands = sub.choices
     commands.add_demo(sub)
     commands.add_convert(sub)
     commands.add_parity(sub)
@@ -52,6 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     own, after_dashes = engines.split_pipeline_args(argv)
+    _refuse_unknown_options(parser, own)
     args, unknown = parser.parse_known_args(own)
     if args.command != "beam":
         return parser.parse_args(argv)
@@ -59,7 +60,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """An option the command does not know is named first (argparse would first complain of a missing required
+    one: `--modle M` said "--model is required"), with the option it most resembles."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    sub = parser.commands.get(command)
+    if sub is None or command == "beam":  # beam hands options it does not know to the pipeline
+        return
+    known = [o for action in sub._actions for o in action.option_strings]
+    for token in argv:
+        name = token.split("=", 1)[0]
+        if name.startswith("--") and not any(k.startswith(name) for k in known):  # argparse takes prefixes
+            like = RENAMED.get(name) or next(iter(difflib.get_close_matches(name, known, 1)), None)
+            sub.error(f"unknown option {name}" + (f"; did you mean {like}?" if like else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM is Ctrl-C from the very start: a scheduler's stop during start-up exits 130 cleanly.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         args = parse(argv)
     except KeyboardInterrupt:
