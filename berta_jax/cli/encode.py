@@ -239,7 +239,8 @@ def add_encode(sub) -> None:
                      "line) to this file (always kept beside the output when any text was cut)")
     enc.add_argument("--resume", action="store_true", help="continue an interrupted run")
     enc.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    enc.add_argument("--quiet", action="store_true", help="no progress output")
+    enc.add_argument("--quiet", action="store_true", help="no progress output (the one-line result still goes to "
+                     "stdout, errors to stderr)")
     enc.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines when stderr is not "
                      "a terminal (default 10)")
     _add_cluster_options(enc.add_argument_group("several hosts (jax.distributed): the splits are dealt over the "
