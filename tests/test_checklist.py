@@ -98,6 +98,7 @@ CHECKLIST: dict[str, list[str]] = {
           "test_never_destroy::test_an_input_named_like_a_sidecar_is_never_deleted",
           "test_never_destroy::test_the_output_may_not_be_an_input_even_with_overwrite",
           "test_never_destroy::test_no_output_inside_the_model_folder_or_an_input_directory",
+          "test_never_destroy::test_no_output_or_report_onto_a_file_behind_a_linked_model_folder",
           "test_never_destroy::test_a_refused_run_leaves_no_files_behind",
           "test_never_destroy::test_convert_refuses_an_existing_destination_and_the_source_itself"],
     "B": ["test_state_trust::test_a_damaged_part_is_embedded_again_on_resume",

@@ -70,6 +70,22 @@ def test_the_output_may_not_be_an_input_even_with_overwrite(tmp_path, tiny_bert_
         assert "would overwrite or delete input 1" in err and str(corpus) in err
 
 
+def test_no_output_or_report_onto_a_file_behind_a_linked_model_folder(tmp_path, corpus, tiny_bert_dir, capsys):
+    """A hub snapshot's files are links into the repository's shared blob folder: writing there would change the
+    model."""
+    repo = tmp_path / "models--owner--name"
+    blobs, model = repo / "blobs", repo / "snapshots" / "0123abc"
+    shutil.copytree(tiny_bert_dir, blobs)
+    model.mkdir(parents=True)
+    for file in blobs.iterdir():
+        (model / file.name).symlink_to(file)
+    err = refused([str(corpus), "-o", f"{blobs}/", "--model", str(model)], capsys, tmp_path)  # a dataset holding them
+    assert "inside the model folder" in err and str(blobs) in err
+    err = refused([str(corpus), "-o", str(tmp_path / "emb.npy"), "--model", str(model), "--truncation-report",
+                   str(blobs / "config.json")], capsys, tmp_path)
+    assert "the truncation report" in err and "config.json" in err
+
+
 def test_no_output_inside_the_model_folder_or_an_input_directory(tmp_path, corpus, tiny_bert_dir, capsys):
     model = tmp_path / "model"
     shutil.copytree(tiny_bert_dir, model)
