@@ -73,10 +73,10 @@ def _copy_remote_folder(url: str, cache_root: Path) -> Path:
     base = url.rstrip("/")
     local = cache_root / hashlib.sha256(base.encode()).hexdigest()[:20]
     try:
-        found = store.glob(base + "/**")
+        found = store.find(base + "/")
     except FileNotFoundError:
         found = []
-    names = [p[len(base) + 1:] for p in found if p.startswith(base + "/")]
+    names = [p[len(base) + 1:] for p in found if p.startswith(base + "/") and p != base + "/"]
     for name in names:  # object names are keys, not paths: only plain segments may become local files
         if any(part in ("", ".", "..") for part in name.split("/")):
             raise StorageError(f"{base}/{name}: an object name with an empty, '.' or '..' segment, which would "

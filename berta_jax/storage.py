@@ -223,6 +223,11 @@ class RemoteStore:
         found = self._call("list", pattern, self.fs.glob, self._path(pattern))
         return sorted(self.fs.unstrip_protocol(p) for p in found)
 
+    def find(self, prefix: str) -> list[str]:
+        """Every object under `prefix` (objects only, at any depth), as URLs."""
+        found = self._call("list", prefix, self.fs.find, self._path(prefix))
+        return sorted(self.fs.unstrip_protocol(p) for p in found)
+
     def open_read(self, path: str, block_size: int | None = None) -> BinaryIO:
         """Read-ahead caching in 4 MiB blocks (gcsfs' default cache re-fetches a block per line when a file is read
         line by line); or, with `block_size`, no cache: the caller buffers reads of that size itself, so a reader

@@ -189,3 +189,25 @@ def test_reading_from_a_bucket_streams(stores):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert count == 48 * 2**20 // len(line) and peak < 24 * 2**20, peak
+
+
+def test_a_remote_model_folder_copies_only_plain_object_names_and_drops_files_gone_from_the_bucket(stores, tiny_bert_dir,
+                                                                                                   tmp_path):
+    """An object key `model//tmp/x.json` would become the absolute local path /tmp/x.json; a file deleted from the
+    bucket must not be served from the local copy of an earlier load."""
+    from berta_jax import StorageError
+    from berta_jax.hub import resolve_model_dir
+
+    root = bucket("gs")
+    upload_folder(tiny_bert_dir, f"{root}/model")
+    store = store_for(root)
+    store.write(f"{root}/model/extra.json", b"{}")
+    local = resolve_model_dir(f"{root}/model", cache_dir=str(tmp_path / "cache"))
+    assert (local / "extra.json").is_file() and (local / "config.json").is_file()
+    store.delete(f"{root}/model/extra.json")
+    assert not (resolve_model_dir(f"{root}/model", cache_dir=str(tmp_path / "cache")) / "extra.json").exists()
+    escape = tmp_path / "escaped.json"
+    store.write(f"{root}/model/{escape}", b"{}")  # an empty segment, then an absolute path
+    with pytest.raises(StorageError, match="an empty, '.' or '..' segment"):
+        resolve_model_dir(f"{root}/model", cache_dir=str(tmp_path / "cache"))
+    assert not escape.exists()
