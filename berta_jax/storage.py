@@ -274,42 +274,31 @@ class RemoteStore:
 
     def replace_if(self, path: str, data: bytes, version: str) -> bool:
         """Write `data` only if the object is still at `version` (what `info` gave); False if it changed."""
-        bucket, key = self._bucket_key(path)
-        try:
-            if self.protocol in ("gs", "gcs"):
-                self.fs.call("POST", f"{self.fs._location}/upload/storage/v1/b/{quote(bucket)}/o", uploadType="media",
-                             name=key, ifGenerationMatch=version, data=data, json_out=True,
-                             headers={"Content-Type": "application/octet-stream"})
-            else:
-                self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version)
-        except Exception as e:
-            if _precondition_failed(e) or isinstance(e, (FileNotFoundError, FileExistsError)):
-                return False
-            raise StorageError(f"{path}: cannot replace ({type(e).__name__}: {e})") from e
-        self.fs.invalidate_cache(self._path(path))
-        return True
+        return self._conditional("replace", path, lambda bucket, key: self.fs.call(
+            "POST", f"{self.fs._location}/upload/storage/v1/b/{quote(bucket)}/o", uploadType="media", name=key,
+            ifGenerationMatch=version, data=data, json_out=True, headers={"Content-Type": "application/octet-stream"}),
+            lambda bucket, key: self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version))
 
     def delete_if(self, path: str, version: str) -> bool:
         """Delete the object only if it is still at `version`; False if it changed or is gone."""
-        bucket, key = self._bucket_key(path)
-        try:
-            if self.protocol in ("gs", "gcs"):
-                self.fs.call("DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=version)
-            else:
-                self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
-        except Exception as e:
-            if _precondition_failed(e) or isinstance(e, (FileNotFoundError, FileExistsError)):
-                return False
-            raise StorageError(f"{path}: cannot delete ({type(e).__name__}: {e})") from e
-        self.fs.invalidate_cache(self._path(path))
-        return True
+        return self._conditional("delete", path, lambda bucket, key: self.fs.call(
+            "DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=version),
+            lambda bucket, key: self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version))
 
-    def _bucket_key(self, path: str) -> tuple[str, str]:
+    def _conditional(self, what: str, path: str, on_gcs, on_s3) -> bool:
+        """One request with the store's own precondition (Cloud Storage generation, S3 ETag): False if it failed."""
         if self.protocol not in ("gs", "gcs", "s3", "s3a"):
             raise StorageError(f"{path}: the {self.protocol}:// store has no conditional writes, which the lock "
                                "needs; write the output to local disk, gs:// or s3://")
         bucket, key = self._path(path).split("/", 1)
-        return bucket, key
+        try:
+            (on_gcs if self.protocol in ("gs", "gcs") else on_s3)(bucket, key)
+        except Exception as e:  # gcsfs reports a failed precondition as FileExistsError, s3fs as an OSError
+            if _precondition_failed(e) or isinstance(e, (FileNotFoundError, FileExistsError)):
+                return False
+            raise StorageError(f"{path}: cannot {what} ({type(e).__name__}: {e})") from e
+        self.fs.invalidate_cache(self._path(path))
+        return True
 
     def _holds(self, path: str, data: bytes) -> bool:
         try:
