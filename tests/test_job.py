@@ -102,6 +102,18 @@ def test_quantised_outputs_follow_sentence_transformers(tmp_path, tiny, tiny_ber
     assert np.mean(got == expected) > 0.995 and np.abs(got.astype(int) - expected.astype(int)).max() <= 1
 
 
+def test_a_skipped_row_does_not_move_the_int8_ranges_of_the_others(tmp_path, tiny_bert_dir):
+    """The zero row standing for a skipped input is left out of the per-dimension ranges."""
+    good = [json.dumps({"text": t}) for t in ("кот", "дом у реки", "the river", "program test")]
+    (tmp_path / "clean.jsonl").write_text("\n".join(good) + "\n")
+    (tmp_path / "dirty.jsonl").write_text("\n".join(good[:2] + ['{"text": 5}'] + good[2:]) + "\n")
+    for name in ("clean", "dirty"):
+        assert encode(str(tmp_path / f"{name}.jsonl"), "-o", str(tmp_path / f"{name}.npy"), "--model",
+                      str(tiny_bert_dir), "--precision", "int8", "--on-error", "skip")[0] == 0
+    clean, dirty = np.load(tmp_path / "clean.npy"), np.load(tmp_path / "dirty.npy")
+    np.testing.assert_array_equal(np.delete(dirty, 2, axis=0), clean)
+
+
 def test_float16_and_truncate_dim(tmp_path, tiny, tiny_bert_dir):
     files = write_inputs(tmp_path / "in")
     out = tmp_path / "out.npy"

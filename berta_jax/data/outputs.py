@@ -136,18 +136,20 @@ class HashingWriter:
 
 @dataclasses.dataclass(frozen=True)
 class ChunkRows:
-    """One chunk as the assembly sees it: its first row's index, its vectors and ids in row order."""
+    """One chunk as the assembly sees it: its first row's index, its vectors and ids in row order, and which rows
+    are embeddings (not the zero rows of skipped inputs, which int8/uint8 ranges leave out)."""
 
     start: int
     vectors: np.ndarray
     ids: list
+    skipped: tuple = ()  # offsets of skipped rows
 
 
 def write_single_file(f, kind: str, chunks: Callable[[], Iterator[ChunkRows]], rows: int, width: int,
                       precision: str, output: str) -> None:
     """Stream every chunk (a fresh iterator per pass) into one .npy or .parquet file, in row order."""
     if precision in WHOLE_OUTPUT_PRECISIONS:
-        quantise = int8_quantiser((c.vectors for c in chunks()), precision, output)
+        quantise = int8_quantiser((np.delete(c.vectors, list(c.skipped), axis=0) for c in chunks()), precision, output)
         convert = lambda v, first_row: quantise(v)  # noqa: E731
     else:
         convert = lambda v, first_row: per_row(v, precision, np.arange(first_row, first_row + len(v)))  # noqa: E731

@@ -30,7 +30,7 @@ def _part_rows(plan: Plan, parts, part: Part) -> ChunkRows:
 
     table = pq.read_table(io.BytesIO(plan.store.read(parts.data_path(part.split))))
     vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), np.float32).reshape(part.rows, plan.dim)
-    return ChunkRows(part.first_row, vectors, table.column("id").to_pylist())
+    return ChunkRows(part.first_row, vectors, table.column("id").to_pylist(), tuple(r[0] for r in part.skipped))
 
 
 def assemble(plan: Plan, parts, committed: list[Part]) -> dict:
