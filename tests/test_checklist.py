@@ -135,7 +135,8 @@ CHECKLIST: dict[str, list[str]] = {
     "G": ["test_signals::test_the_first_signal_stops_within_a_batch_and_resume_finishes",
           "test_signals::test_a_second_signal_aborts_leaving_only_committed_state",
           "test_signals::test_a_signal_during_start_up_exits_130_and_leaves_nothing",
-          "test_signals::test_a_stop_after_the_last_batch_still_finishes_the_job"],
+          "test_signals::test_a_stop_after_the_last_batch_still_finishes_the_job",
+          "test_signals::test_sigterm_to_process_0_waiting_for_a_stalled_peer_is_honoured"],
 }
 
 

@@ -118,3 +118,30 @@ def test_a_signal_while_the_model_loads_interrupts_once_loading_is_over():
     with armed.held():
         armed._handle(signal.SIGTERM, None)  # armed: a graceful stop request, nothing raised
     assert armed()
+
+
+def test_sigterm_to_process_0_waiting_for_a_stalled_peer_is_honoured(tmp_path, tiny_bert_dir):
+    """jax.distributed takes SIGTERM for its preemption notifier, and a meeting waits in native code: process 0
+    still stops at once (exit 130) when its peer is frozen, with what was committed kept."""
+    import socket
+
+    source = big_input(tmp_path / "in.txt", 1500)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["encode", str(source), "-o", f"{tmp_path}/out/", "--model", str(tiny_bert_dir), "--split-size", "2K",
+            "--quiet", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--peer-timeout", "60"]
+    first = start_berta_jax(*args, "--process-id", "0", stderr=subprocess.PIPE, text=True)
+    peer = start_berta_jax(*args, "--process-id", "1", stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(list((tmp_path / "out").glob("part-*.parquet"))) >= 2, first)
+        peer.send_signal(signal.SIGSTOP)  # process 0 ends up waiting for it, at the end meeting or before
+        time.sleep(3)
+        first.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        assert first.wait(timeout=30) == 130 and time.monotonic() - start < 10
+        assert "--resume" in first.stderr.read()
+    finally:
+        peer.send_signal(signal.SIGCONT)
+        peer.kill()
+        peer.wait()

@@ -170,11 +170,11 @@ def _dtype_choice(args: argparse.Namespace):
 
 
 def _encode(args: argparse.Namespace) -> int:
-    stop = StopSignals().install()
-    cluster = None
+    stop, cluster = StopSignals(), None
     try:
         cluster = join(args.coordinator, args.num_processes, args.process_id, detect=args.distributed,
                        heartbeat_timeout=args.peer_timeout, stop=stop)
+        stop.install()  # after jax.distributed, whose preemption notifier takes SIGTERM for itself otherwise
         return _run(args, stop, cluster)
     except BertaJaxError:
         raise  # its own message names what is at fault
@@ -186,7 +186,13 @@ def _encode(args: argparse.Namespace) -> int:
         stop.restore()
         if cluster is not None:
             sys.stdout.flush()
-            cluster.leave()  # process 0 last: JAX stops every process still connected when it goes
+            try:
+                cluster.leave()  # process 0 last: JAX stops every process still connected when it goes
+            finally:
+                if cluster.abandoned:  # stopped while JAX waited for a stalled peer
+                    print("berta-jax encode: stopped while waiting for another process; parts committed so far "
+                          "are kept, rerun with --resume", file=sys.stderr)
+                    stop.exit_now(130)
 
 
 def split_size(text: str) -> int:

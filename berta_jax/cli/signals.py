@@ -49,8 +49,8 @@ class StopSignals:
             raise KeyboardInterrupt
 
     def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in self._previous.items():  # None: a handler installed outside Python (JAX's, say)
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     def _handle(self, signum: int, frame) -> None:
         self.count += 1
@@ -67,3 +67,10 @@ class StopSignals:
 
     def __call__(self) -> bool:
         return self.count > 0
+
+    def exit_now(self, code: int) -> None:
+        """End the process at once: a thread blocked in native code (JAX waiting for a stalled peer) would crash a
+        normal interpreter exit. Committed state is all there is."""
+        sys.stdout.flush()
+        self.stream.flush()
+        os._exit(code)

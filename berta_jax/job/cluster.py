@@ -22,6 +22,7 @@ class Cluster:
 
     index: int = 0
     count: int = 1
+    abandoned: bool = False  # a meeting was left while JAX still waited in it (see JaxCluster._wait)
 
     def gather(self, data: bytes) -> list[bytes]:
         """Every process's `data`, by process index."""
@@ -119,6 +120,7 @@ class JaxCluster(Cluster):
         while thread.is_alive():
             thread.join(0.1)
             if self.stop is not None and self.stop() and thread.is_alive():
+                self.abandoned = True  # JAX cannot be woken: this process must end without waiting for it
                 raise KeyboardInterrupt  # the meeting is abandoned; committed parts stay for a resume
         if "error" in result:
             raise result["error"]
