@@ -63,14 +63,16 @@ class ModelFolder:
         return [str(folder), *given, *behind]
 
     def identity(self) -> dict:
-        """What a job's output depends on in this folder: its place and a digest of every file's name, size
-        and modification time (cheap: no file is read)."""
+        """What a job's output depends on in this folder: every file's name, size and sha256 (so two hosts'
+        byte-identical copies agree, wherever they lie and whatever their times, and a file replaced by another
+        of the same size and time does not)."""
         folder = self.files.folder
         entries = []
         for path in sorted(p for p in folder.rglob("*") if not any(s.startswith(".") for s in p.relative_to(folder).parts)):
             if path.is_file():
-                stat = path.stat()
-                entries.append((path.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns))
-        digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()
-        return {"folder": str(folder.resolve()), "files": digest}
-
+                digest = hashlib.sha256()
+                with open(path, "rb") as f:
+                    while block := f.read(1 << 22):
+                        digest.update(block)
+                entries.append((path.relative_to(folder).as_posix(), path.stat().st_size, digest.hexdigest()))
+        return {"files": hashlib.sha256(json.dumps(entries).encode()).hexdigest()}

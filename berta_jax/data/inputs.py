@@ -94,10 +94,12 @@ def _directory_shards(store, folder: str) -> list[InputFile]:
     shards = []
     for name in names:
         try:
-            shards.append(InputFile(store.join(folder, name), input_format(name)))
+            input_format(name)
         except InputError:
             raise InputError(f"{folder}: a directory input is read as a dataset of shards, but {name} is not an "
                              f"input format ({', '.join(FORMATS)})") from None
+        path = store.join(folder, name)
+        shards.append(InputFile(path, input_format(name) if store.remote else check_input(path)))
     if not shards:
         raise InputError(f"{folder}: a directory with no input files in it")
     return shards
@@ -127,8 +129,8 @@ def check_input(path: str) -> str:
 class IdPolicy:
     """Ids are strings or integers (written in decimal), one kind per run."""
 
-    def __init__(self):
-        self.kind: str | None = None
+    def __init__(self, kind: str | None = None):
+        self.kind: str | None = kind  # "string" or "integer", once known (the run's first id decides)
 
     def __call__(self, value) -> tuple[str | None, str | None]:
         """(id as text, error) for a raw id value."""
@@ -243,6 +245,8 @@ def _json_record(source: str, number: int, line: str, on_error: str) -> dict | R
         return _problem(source, number, f"not valid JSON ({e.msg} at column {e.colno})", on_error)
     except RecursionError:
         return _problem(source, number, "not valid JSON (nested too deeply)", on_error)
+    except ValueError as e:  # an integer of more digits than Python converts (4300)
+        return _problem(source, number, f"not valid JSON here ({e})", on_error)
     if not isinstance(record, dict):
         return _problem(source, number, "not a JSON object", on_error)
     return record
@@ -275,7 +279,7 @@ def _csv_rows(file: InputFile, raw: BinaryIO, column: str, id_column: str | None
     start = reader.line_num + 1  # the first physical line of the next record, for errors that name it
     try:
         for record in reader:
-            number = reader.line_num
+            number = start  # a record spanning lines is named by its first
             text, id_ = record.get(column), record.get(id_column) if id_column else None
             bad = [name for name, value in ((column, text), (id_column, id_)) if _undecodable(value)]
             if bad:
@@ -373,6 +377,18 @@ def check_fields(file: InputFile, text_field: str, id_field: str | None) -> None
                         raise InputError(f"{file.url}:{number}: the first record has no field {name!r} (fields: "
                                          f"{', '.join(map(str, record)) or 'none'}); check --text-field / --id-field")
                 return
+
+
+def first_id_kind(files: list[InputFile], id_field: str | None) -> str | None:
+    """The kind of the first id of the inputs ("string" or "integer"): every split is judged by it."""
+    if id_field is None:
+        return None
+    for file in files:
+        ids = IdPolicy()
+        for _ in read_rows(file, id_field=id_field, text_field=id_field, on_error="skip", ids=ids):
+            if ids.kind is not None:
+                return ids.kind
+    return None
 
 
 def count_rows(file: InputFile) -> int | None:

@@ -68,7 +68,9 @@ def _complete(plan: Plan, committed: list[Part], record: dict) -> dict:
     store, layout = plan.store, plan.layout
     sidecars = {}
     for key, path in (("skipped", layout.skipped), ("truncated", layout.truncated)):
-        if entries := _sidecar_rows(plan, committed, key):
+        if not (entries := _sidecar_rows(plan, committed, key)):
+            store.delete(path)  # an earlier run's list, which this output no longer has
+        else:
             store.write(path, jsonl_bytes(entries))
             info = store.info(path)
             sidecars[key] = {"name": store.name(path), "rows": len(entries), "size": info.size,
@@ -80,12 +82,14 @@ def _complete(plan: Plan, committed: list[Part], record: dict) -> dict:
     return manifest
 
 
+def report_bytes(layout: Layout, store, manifest: dict) -> bytes:
+    """What --truncation-report holds: the truncated-rows list (empty when no row was truncated)."""
+    return store.read(layout.truncated) if manifest.get("sidecars", {}).get("truncated") else b""
+
+
 def write_report(layout: Layout, store, manifest: dict) -> None:
-    """--truncation-report: a copy of the truncated-rows list (an empty file when no row was truncated)."""
-    if not layout.report:
-        return
-    info = manifest.get("sidecars", {}).get("truncated")
-    store_for(layout.report).write(layout.report, store.read(layout.truncated) if info else b"")
+    if layout.report:
+        store_for(layout.report).write(layout.report, report_bytes(layout, store, manifest))
 
 
 def read_manifest(layout: Layout, store) -> dict | None:

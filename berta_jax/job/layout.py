@@ -105,6 +105,10 @@ def check_collisions(layout: Layout, inputs: list[InputFile], input_specs: list[
         for other_what, other in written[i + 1:]:
             if _key(path) == _key(other):
                 raise JobError(f"{what} and {other_what} would both be {path}; choose another path")
+    folders = [layout.state] + ([layout.output] if layout.dataset else [])
+    if layout.report and any(_same_or_inside(layout.report, folder) for folder in folders):
+        raise JobError(f"the truncation report {layout.report} is inside the output's folder, whose files are the "
+                       "job's own; choose a path outside it")
 
 
 def _is_dir(spec: str) -> bool:

@@ -78,6 +78,10 @@ class LocalLock:
                 same = os.stat(self.path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
                 same = False
+            if same and os.fstat(fd).st_nlink > 1:
+                os.close(fd)
+                raise JobError(f"{self.path}: the lock file has other hard links; writing it would change them. "
+                               "Remove it (no run holds it)")
             if same:  # else its holder removed it between our open and flock: take the new one
                 break
             os.close(fd)

@@ -14,7 +14,7 @@ import json
 
 from berta_jax.errors import JobError
 from berta_jax.folder import ModelFolder
-from berta_jax.data.inputs import InputFile, check_fields, expand_inputs
+from berta_jax.data.inputs import InputFile, check_fields, expand_inputs, first_id_kind
 from berta_jax.job.layout import Layout, check_collisions, layout_for
 from berta_jax.data.outputs import PRECISIONS, WHOLE_OUTPUT_PRECISIONS
 from berta_jax.data.splits import Split, plan_splits
@@ -55,6 +55,7 @@ class Plan:
     options: JobOptions
     fingerprint: dict
     dim: int  # dimensions of the stored vectors before packing (truncate_dim or the hidden size)
+    id_kind: str | None = None  # of the run's first id: every split judges its ids by it
 
     @property
     def store(self):
@@ -81,7 +82,7 @@ class Starts:
     def __call__(self, index: int) -> tuple[int, int]:
         while self.next <= index:
             split = self.splits[self.next]
-            if split.file != self.file:
+            if split.file != self.file or (split.kind != "row_group" and split.start == 0):  # a file's first split
                 self.file, self.line = split.file, 1
             self.known[self.next] = (self.row, split.first_line if split.kind == "row_group" else self.line)
             if self.next == index:
@@ -128,7 +129,7 @@ def plan_job(input_specs: list[str], output: str, options: JobOptions, model: Mo
                    "prompt": options.prompt, "options": options_record,
                    "splits": _digest([[inputs.index(s.file), s.kind, s.start, s.end] for s in splits])}
     return Plan(inputs, splits, layout, options, fingerprint,
-                options.truncate_dim or model.sentence.truncate_dim or hidden)
+                options.truncate_dim or model.sentence.truncate_dim or hidden, first_id_kind(inputs, options.id_field))
 
 
 FIELDS = {"inputs": "inputs", "model": "model (--model, --dtype)", "prompt": "prompt", "options": "options",
@@ -138,8 +139,9 @@ FIELDS = {"inputs": "inputs", "model": "model (--model, --dtype)", "prompt": "pr
 def changed_fields(recorded: dict, expected: dict) -> list[str]:
     """What differs between two fingerprints, naming the first input file that changed."""
     changed = [FIELDS[k] for k in FIELDS if recorded.get(k) != expected.get(k)]
-    was, now = recorded.get("inputs") or [], expected.get("inputs") or []
-    moved = next((n["url"] for w, n in zip(was, now) if w != n), None) if len(was) == len(now) else None
+    was, now = recorded.get("inputs"), expected.get("inputs") or []
+    same_length = isinstance(was, list) and len(was) == len(now)
+    moved = next((n["url"] for w, n in zip(was, now) if w != n), None) if same_length else None
     return [f"inputs ({moved} changed)" if c == "inputs" and moved else c for c in changed]
 
 

@@ -92,6 +92,7 @@ def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list, output, opti
     check_same_plan(cluster.meet(plan_digests(plan) if plan else None, error))
     summary = JobSummary(output=plan.layout.output, process=cluster.index)
     lock = lock_for(plan.layout.lock, os.urandom(8).hex()) if cluster.index == 0 else None
+    outcome: dict = {}
     try:
         outcome = _agree(cluster, lambda: settle(plan, lock, resume=resume, overwrite=overwrite))
         if outcome["status"] == "complete":
@@ -105,8 +106,9 @@ def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list, output, opti
         return summary
     finally:
         if lock is not None and lock.held:
-            if not Parts(plan.store, plan.layout.state, plan.layout.state, len(plan.splits)).recorded():
-                clear_work(plan, keep_parts=True)  # nothing was committed: leave no files behind
+            if outcome.get("status") == "go" and not Parts(plan.store, plan.layout.state, plan.layout.state,
+                                                           len(plan.splits)).recorded():
+                clear_work(plan, keep_parts=True)  # this run settled and committed nothing: leave no files behind
             lock.release()
 
 
@@ -175,12 +177,15 @@ class _Prepared:
     id_kind: str | None
 
 
-def _prepare(plan: Plan, encoder, split: int, counts: list, starts) -> _Prepared:
-    """Read and tokenize one split (its row count, when not known yet, is learnt here)."""
+def _prepare(plan: Plan, encoder, split: int, counts: list, starts, stop=None) -> _Prepared:
+    """Read and tokenize one split (its row count, when not known yet, is learnt here); a stop ends the read."""
     o, (first_row, first_line) = plan.options, starts(split)
-    ids = IdPolicy()
-    rows = list(read_split(plan.splits[split], first_line=first_line, text_field=o.text_field, id_field=o.id_field,
-                           on_error=o.on_error, ids=ids))
+    ids, rows = IdPolicy(plan.id_kind), []
+    for row in read_split(plan.splits[split], first_line=first_line, text_field=o.text_field, id_field=o.id_field,
+                          on_error=o.on_error, ids=ids):
+        rows.append(row)
+        if len(rows) % 4096 == 0 and stop and stop():
+            raise KeyboardInterrupt  # only in the helper thread, whose result nobody waits for after a stop
     count = counts[split] = len(rows) if counts[split] is None else counts[split]
     if len(rows) != count:
         raise JobError(f"{plan.splits[split]}: holds {len(rows)} rows now, {count} when the run counted them: the "
@@ -201,7 +206,7 @@ def _embed_splits(plan: Plan, encoder, parts: Parts, run: str, mine: list[int], 
     compiled, busy, start = encoder.compile_stats.wall_seconds, encoder.run_stats.device_seconds, time.perf_counter()
 
     def prepare(k: int):
-        return _prepare(plan, encoder, mine[k], counts, starts) if k < len(mine) else None
+        return _prepare(plan, encoder, mine[k], counts, starts, stop) if k < len(mine) else None
 
     weights = _weights(plan)
     share, base = sum(weights[i] for i in mine) or 1, 0.0
@@ -218,6 +223,9 @@ def _embed_splits(plan: Plan, encoder, parts: Parts, run: str, mine: list[int], 
                     return
                 _commit(plan, parts, run, work, vectors, summary)
                 base += weights[work.split]
+                if stop and stop() and k + 1 < len(mine):  # a split without batches polls nothing
+                    summary.interrupted = True
+                    return
                 if progress:
                     progress(summary)
         finally:
@@ -293,6 +301,8 @@ def _finish(plan: Plan, parts: Parts, counts: list[int], starts, summary: JobSum
             committed.append(part)
         else:
             missing.append(i)
+            if part is not None:  # a record that does not fit its place: embedded again by a resume
+                plan.store.delete(parts.record_path(i))
     if missing:
         summary.pending = missing
         return

@@ -54,8 +54,9 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
     _remove_temporaries(plan)
     complete = _settle_manifest(plan, overwrite)
     if complete is not None:
-        _check_report(plan, overwrite)
-        finish.write_report(plan.layout, plan.store, complete)
+        if not _report_holds(plan, finish.report_bytes(plan.layout, plan.store, complete)):
+            _check_report(plan, overwrite)
+            finish.write_report(plan.layout, plan.store, complete)
         return {"status": "complete", "rows": complete["rows"]}
     try:
         work = _read_work(plan)
@@ -155,6 +156,15 @@ def _refuse_foreign(plan: Plan) -> None:
     if foreign:
         raise JobError(f"{plan.layout.output} holds files berta-jax did not write ({', '.join(foreign[:3])}); "
                        "choose an empty or new directory for a dataset output")
+
+
+def _report_holds(plan: Plan, data: bytes) -> bool:
+    """Whether --truncation-report is already a regular file holding `data` (a rerun of a finished command)."""
+    report = plan.layout.report
+    if not report or "://" in report or os.path.islink(report) or not os.path.isfile(report):
+        return False
+    with open(report, "rb") as f:
+        return f.read(len(data) + 1) == data
 
 
 def _check_report(plan: Plan, overwrite: bool) -> None:
