@@ -56,6 +56,7 @@ class Plan:
     fingerprint: dict
     dim: int  # dimensions of the stored vectors before packing (truncate_dim or the hidden size)
     id_kind: str | None = None  # of the run's first id: every split judges its ids by it
+    settled: bool = False  # process 0 has settled the output for this run (see settle.settle)
 
     @property
     def store(self):

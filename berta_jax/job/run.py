@@ -92,7 +92,6 @@ def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list, output, opti
     check_same_plan(cluster.meet(plan_digests(plan) if plan else None, error))
     summary = JobSummary(output=plan.layout.output, process=cluster.index)
     lock = lock_for(plan.layout.lock, os.urandom(8).hex()) if cluster.index == 0 else None
-    outcome: dict = {}
     try:
         outcome = _agree(cluster, lambda: settle(plan, lock, resume=resume, overwrite=overwrite))
         if outcome["status"] == "complete":
@@ -106,8 +105,8 @@ def run_job(encoder: Encoder | Callable[[], Encoder], inputs: list, output, opti
         return summary
     finally:
         if lock is not None and lock.held:
-            if outcome.get("status") == "go" and not Parts(plan.store, plan.layout.state, plan.layout.state,
-                                                           len(plan.splits)).recorded():
+            if plan.settled and not Parts(plan.store, plan.layout.state, plan.layout.state,
+                                          len(plan.splits)).recorded():
                 clear_work(plan, keep_parts=True)  # this run settled and committed nothing: leave no files behind
             lock.release()
 

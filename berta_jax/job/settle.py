@@ -87,6 +87,7 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
 
 
 def _keep_verified(plan: Plan, parts: Parts, recorded: list[int], work: dict | None, run: str) -> dict:
+    plan.settled = True  # every refusal is behind: the work folder is this run's to tidy if it commits nothing
     counts = work["counts"] if work and _valid_counts(work.get("counts"), len(plan.splits)) else [None] * len(
         plan.splits)
     counts = [s.rows if s.rows is not None else c for s, c in zip(plan.splits, counts)]
