@@ -31,7 +31,7 @@ sys.path.insert(0, os.environ["BERTA_REPO"])
 corpus, report = os.environ["CORPUS_PREFIX"], os.environ["BYTES_REPORT"]
 read = {"bytes": 0}
 
-from berta_jax import storage
+from berta_jax.storage import stores as storage
 
 class Counting(io.FileIO):
     def readinto(self, b):
@@ -93,7 +93,7 @@ def run(processes: int, corpus: str, output: str, model: str, split: str, folder
 
 
 def planning_time(folder: Path, model: str) -> tuple[float, int]:
-    from berta_jax.folder import ModelFolder
+    from berta_jax.loading.folder import ModelFolder
     from berta_jax.job.plan import JobOptions, plan_job
 
     big = folder / "big"
@@ -132,12 +132,12 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for store in args.stores:
         if store == "gs":
-            from tests.emulators import start_gcs_emulator
+            from tests.emulators import apply_client_env, gcs_client_env, start_gcs_emulator
 
             endpoint, _ = start_gcs_emulator()
-            env.update(STORAGE_EMULATOR_HOST=endpoint, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
-            os.environ.update(STORAGE_EMULATOR_HOST=endpoint, GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false")
-            from berta_jax.storage import store_for
+            env.update(gcs_client_env(endpoint))
+            apply_client_env(gcs_client_env(endpoint))
+            from berta_jax.storage.stores import store_for
 
             store_for("gs://reads").fs.mkdir("reads")
             corpus, root = "gs://reads/corpus.txt", "gs://reads"

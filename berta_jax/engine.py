@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from berta_jax.dtypes import NAMES
+from berta_jax.runtime.dtypes import NAMES
 from berta_jax.errors import InputError
-from berta_jax.texts import text_problem
+from berta_jax.models.vectors import embedding_dim
+from berta_jax.text.texts import text_problem
 
 if TYPE_CHECKING:
-    from berta_jax.encoder import Encoder
+    from berta_jax.runtime.encoder import Encoder
 
 DTYPES = (*NAMES, "auto")
 ON_ERROR = ("raise", "skip")
@@ -64,7 +65,7 @@ class EncoderSpec:
 
     def load(self) -> Encoder:
         """The Encoder, with JAX imported here: call it on the worker, once per process."""
-        from berta_jax.encoder import Encoder
+        from berta_jax.runtime.encoder import Encoder
 
         return Encoder.from_pretrained(
             self.model, dtype=self.dtype, pooling=self.pooling, max_seq_length=self.max_seq_length,
@@ -73,7 +74,7 @@ class EncoderSpec:
         )
 
     def dim(self, encoder: Encoder) -> int:
-        return self.truncate_dim or encoder.embedding_dim
+        return embedding_dim(encoder.hidden_size, encoder.sentence.truncate_dim, self.truncate_dim)
 
     def embed(self, encoder: Encoder, values: Sequence) -> tuple[np.ndarray, list[str | None]]:
         """float32 `[n, dim]` for a whole batch in one `Encoder.encode` call, and each element's problem.

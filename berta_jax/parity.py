@@ -17,11 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from berta_jax.batching import bucket, length_buckets
+from berta_jax.runtime.batching import bucket, length_buckets
 from berta_jax.convert.checkpoint import FLAX_WEIGHTS, HF_INDEX, HF_WEIGHTS
 from berta_jax.convert.folders import flax_folder_to_hf
-from berta_jax.encoder import Encoder
-from berta_jax.files import ModelFiles
+from berta_jax.runtime.encoder import Encoder
+from berta_jax.storage.model_files import ModelFiles
 
 DEFAULT_TEXTS = (
     "В Ярославской области разрешили работу бань, но без посетителей",
@@ -56,9 +56,6 @@ class ParityReport:
         """The first stage above its tolerance, or None."""
         limits = {"hidden": hidden_tol, "embedding": embed_tol}
         return next((name for name, diff, kind in self.stages() if diff > limits[kind]), None)
-
-    def passed(self, hidden_tol: float = HIDDEN_TOLERANCE, embed_tol: float = EMBEDDING_TOLERANCE) -> bool:
-        return self.first_failure(hidden_tol, embed_tol) is None
 
 
 @dataclasses.dataclass

@@ -12,12 +12,12 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from berta_jax.config import BertConfig
+from berta_jax.models.bert.config import BertConfig
 from berta_jax.errors import CheckpointError
-from berta_jax.files import ModelFiles
-from berta_jax.jsonfields import Fields
-from berta_jax.params import FlatParams
-from berta_jax.convert import mapping
+from berta_jax.storage.model_files import ModelFiles
+from berta_jax.storage.json_fields import Fields
+from berta_jax.models.bert.params import FlatParams
+from berta_jax.models.bert import names as mapping
 from berta_jax.convert.safetensors_io import read_header, read_safetensors
 
 HF_WEIGHTS = "model.safetensors"

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from berta_jax.config import BertConfig
+from berta_jax.models.bert.config import BertConfig
+from berta_jax.models.registry import read_config
 from berta_jax.errors import CheckpointError
-from berta_jax.files import ModelFiles
-from berta_jax.params import FlatParams, param_shapes
-from berta_jax.storage import copy_file
+from berta_jax.storage.model_files import ModelFiles
+from berta_jax.models.bert.params import FlatParams, param_shapes
+from berta_jax.storage.stores import copy_file
 from berta_jax.convert.checkpoint import (
     EXTRA_PREFIX, FLAX_FORMAT, FLAX_WEIGHTS, HF_INDEX, HF_WEIGHTS, check_params, flax_to_hf, hf_to_flax,
     read_checkpoint, read_flax_file, read_hf_tensors,
@@ -86,7 +87,7 @@ def _write_and_verify(path: Path, tensors: dict[str, np.ndarray], metadata: dict
 def hf_folder_to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Convert an HF / sentence-transformers folder into a berta-jax folder."""
     files, dst = ModelFiles(src), Path(dst)
-    cfg = BertConfig.from_json(files.folder / "config.json")
+    cfg = read_config(files)
     if files.exists(FLAX_WEIGHTS) and not (files.exists(HF_WEIGHTS) or files.exists(HF_INDEX)):
         raise CheckpointError(f"{files.folder} is already a berta-jax folder ({FLAX_WEIGHTS}); to get an HF folder "
                               f"use `berta-jax convert --to hf {src} {dst}`")
@@ -103,7 +104,7 @@ def hf_folder_to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, overwri
 def flax_folder_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
     """Convert a berta-jax folder back into an HF folder that transformers and sentence-transformers load."""
     files, dst = ModelFiles(src), Path(dst)
-    cfg = BertConfig.from_json(files.folder / "config.json")
+    cfg = read_config(files)
     if not files.exists(FLAX_WEIGHTS):
         kind = "an HF folder" if files.exists(HF_WEIGHTS) or files.exists(HF_INDEX) else "a folder with no weights"
         raise CheckpointError(f"{files.folder} is {kind}, not a berta-jax folder (no {FLAX_WEIGHTS}); to get a "

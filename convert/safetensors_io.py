@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as _serialize
 
 from berta_jax.errors import CheckpointError
-from berta_jax.storage import LocalStore
+from berta_jax.storage.stores import LocalStore
 
 MAX_HEADER_BYTES = 100_000_000  # the limit the safetensors library enforces
 _LFS_MAGIC = b"version https://git-lfs"

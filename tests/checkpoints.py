@@ -15,7 +15,7 @@ import json
 import string
 from pathlib import Path
 
-from berta_jax.config import BertConfig
+from berta_jax.models.bert.config import BertConfig
 
 BERTA_PROMPTS = {
     "search_query": "search_query: ",

@@ -7,6 +7,7 @@ race-free. It also adds the cancel call of a resumable upload, which gcsfs uses 
 """
 from __future__ import annotations
 
+import os
 import types
 from http import HTTPStatus
 
@@ -181,3 +182,18 @@ def start_moto() -> tuple[str, object]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return f"http://127.0.0.1:{port}", server
+
+
+def gcs_client_env(endpoint: str) -> dict[str, str]:
+    """What points gcsfs at the emulator, for this process and its subprocesses: its endpoint (gcsfs honours
+    STORAGE_EMULATOR_HOST), anonymous access (fsspec's FSSPEC_<protocol>_<option> configuration), and no gRPC
+    bucket-type probe (an emulator cannot answer it; gcsfs would retry for 60 s per call)."""
+    return {"STORAGE_EMULATOR_HOST": endpoint, "FSSPEC_GCS_TOKEN": "anon", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+
+
+def apply_client_env(env: dict[str, str]) -> None:
+    """Set `env` here, and in fsspec's configuration, which it reads from the environment only at import."""
+    import fsspec.config
+
+    os.environ.update(env)
+    fsspec.config.set_conf_env(fsspec.config.conf)

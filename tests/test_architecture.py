@@ -11,22 +11,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Bottom to top. A module imports only modules of lower layers (at any place in the file: a function-level import
-# follows the same rule), so no import can form a cycle.
+# Bottom to top, folder by folder (ARCHITECTURE.md draws the same): storage/ -> text/ -> models/ -> convert/ ->
+# loading/ -> runtime/ -> the encoder's users (parity, engines, data/, job/) -> cli/. A module imports only modules
+# of lower layers (at any place in the file: a function-level import follows the same rule), so no import can form
+# a cycle, and no folder reaches up into a later one.
 LAYERS: list[list[str]] = [
     ["berta_jax.errors", "berta_jax.version"],
-    ["berta_jax.jsonfields", "berta_jax.vectors", "berta_jax.wordpiece", "berta_jax.compile_cache", "berta_jax.texts",
-     "berta_jax.dtypes"],
-    ["berta_jax.files", "berta_jax.storage"],
-    ["berta_jax.config"],
-    ["berta_jax.attention"],
-    ["berta_jax.model"],
-    ["berta_jax.params", "berta_jax.pooling", "berta_jax.convert.mapping", "berta_jax.convert.safetensors_io"],
-    ["berta_jax.convert.checkpoint", "berta_jax.st_config", "berta_jax.hub", "berta_jax.tokenize"],
-    ["berta_jax.convert.folders", "berta_jax.weights", "berta_jax.folder", "berta_jax.batching"],
-    ["berta_jax.runtime", "berta_jax.packing"],
-    ["berta_jax.encoder"],
-    ["berta_jax.parity", "berta_jax.data.inputs", "berta_jax.engine", "berta_jax.data.outputs"],
+    ["berta_jax.storage.json_fields", "berta_jax.storage.stores"],
+    ["berta_jax.storage.model_files"],
+    ["berta_jax.text.texts", "berta_jax.text.wordpiece"],
+    ["berta_jax.text.tokenize"],
+    ["berta_jax.models.vectors", "berta_jax.models.bert.config", "berta_jax.models.bert.names",
+     "berta_jax.models.attention"],
+    ["berta_jax.models.bert.model", "berta_jax.models.registry"],
+    ["berta_jax.models.bert.params", "berta_jax.models.pooling"],
+    ["berta_jax.convert.safetensors_io"],
+    ["berta_jax.convert.checkpoint"],
+    ["berta_jax.convert.folders"],
+    ["berta_jax.loading.hub", "berta_jax.loading.sentence_config", "berta_jax.loading.weights"],
+    ["berta_jax.loading.folder"],
+    ["berta_jax.runtime.compile_cache", "berta_jax.runtime.dtypes", "berta_jax.runtime.batching"],
+    ["berta_jax.runtime.packing", "berta_jax.runtime.compiled"],
+    ["berta_jax.runtime.encoder"],
+    ["berta_jax.parity", "berta_jax.engine", "berta_jax.data.outputs", "berta_jax.data.inputs"],
     ["berta_jax.data.splits", "berta_jax.beam.handler", "berta_jax.ray", "berta_jax.job.layout", "berta_jax.job.lock",
      "berta_jax.job.cluster", "berta_jax.job.parts"],
     ["berta_jax.job.plan", "berta_jax.beam.pipeline"],
@@ -37,7 +44,8 @@ LAYERS: list[list[str]] = [
     ["berta_jax.cli.encode", "berta_jax.cli.engines"],
     ["berta_jax.cli.main"],
     ["berta_jax.cli", "berta_jax.cli.__main__", "berta_jax.__main__", "berta_jax", "berta_jax.convert", "berta_jax.job",
-     "berta_jax.data"],
+     "berta_jax.data", "berta_jax.storage", "berta_jax.text", "berta_jax.models", "berta_jax.models.bert",
+     "berta_jax.loading", "berta_jax.runtime"],
 ]
 LAYER = {module: i for i, names in enumerate(LAYERS) for module in names}
 MAX_FUNCTION_LINES = 50
@@ -88,10 +96,20 @@ def test_no_function_in_the_library_is_longer_than_fifty_lines():
     assert not long, long
 
 
-def test_the_distribution_claims_no_bare_top_level_name():
+def _packages() -> list[str]:
     text = (REPO / "pyproject.toml").read_text()
-    packages = re.search(r"^packages = \[(.*?)\]", text, re.M).group(1)
-    assert all(p.strip().strip('"').startswith("berta_jax") for p in packages.split(","))
+    listed = re.search(r"^packages = \[(.*?)\]", text, re.M | re.S).group(1)
+    return [p.strip().strip('"') for p in listed.split(",") if p.strip()]
+
+
+def test_the_distribution_claims_no_bare_top_level_name():
+    assert all(p.startswith("berta_jax") for p in _packages())
+
+
+def test_every_package_folder_is_in_the_distribution():
+    """A folder left out of pyproject's list would be missing from a wheel (an editable install hides that)."""
+    folders = {".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "berta_jax").rglob("__init__.py")}
+    assert sorted(folders | {"berta_jax.convert"}) == sorted(_packages())
 
 
 def test_nothing_imports_at_module_import_time_what_it_does_not_need():

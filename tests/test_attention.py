@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from berta_jax import Encoder
-from berta_jax.attention import attention_bias, explicit_attention, fused_attention, select_kernel, splash_attention
-from berta_jax.runtime import Runtime
+from berta_jax.models.attention import attention_bias, explicit_attention, fused_attention, select_kernel, splash_attention
+from berta_jax.runtime.compiled import Runtime
 from tests.helpers import cli_env, worker
 from tests.texts import MIXED
 
@@ -28,7 +28,7 @@ from tests.texts import MIXED
     ("splash", "tpu", jnp.bfloat16, "splash"),
 ])
 def test_each_backend_gets_its_kernel(requested, platform, dtype, kernel):
-    assert select_kernel(requested, platform, dtype) == kernel
+    assert select_kernel(requested, platform, dtype).name == kernel
 
 
 @pytest.mark.parametrize("requested, platform, dtype, message", [
@@ -113,7 +113,7 @@ def test_an_automatic_fused_choice_that_cannot_compile_falls_back_and_says_so(ti
     assert encoder.compile_stats.attention == "xla"
     expected = encoder.encode(MIXED)
     batches = encoder.prepare(MIXED, prompt=encoder.sentence.resolve_prompt(None, None)).batches
-    runtime = Runtime(encoder.graphdef, encoder.params, attention="cudnn", fallback=True)
+    runtime = Runtime(encoder.model, attention="cudnn", fallback=True)
     with pytest.warns(RuntimeWarning, match="the cudnn attention kernel did not compile here"):
         out = dict((tuple(b.texts), v) for b, v in runtime.run(batches, pooling="mean", normalize=True))
     assert runtime.stats.attention == "xla (cudnn unavailable)"
@@ -121,6 +121,6 @@ def test_an_automatic_fused_choice_that_cannot_compile_falls_back_and_says_so(ti
     for texts, vectors in out.items():
         got[list(texts)] = vectors
     assert np.abs(got - expected).max() == 0.0
-    strict = Runtime(encoder.graphdef, encoder.params, attention="cudnn", fallback=False)
+    strict = Runtime(encoder.model, attention="cudnn", fallback=False)
     with pytest.raises(Exception):
         next(strict.run(batches[:1], pooling="mean", normalize=True))

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from berta_jax import CheckpointError, ConfigError, Encoder, flat_params
-from berta_jax.convert import mapping
+from berta_jax.models.bert import names as mapping
 from berta_jax.convert.checkpoint import flax_to_hf
 from berta_jax.convert.folders import flax_folder_to_hf, hf_folder_to_flax
 from tests.checkpoints import random_bert_state

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from berta_jax import Encoder
-from berta_jax.dtypes import choose_dtype, cpu_bf16_unit
+from berta_jax.runtime.dtypes import choose_dtype, cpu_bf16_unit
 from tests.helpers import berta_jax
 
 

@@ -128,7 +128,7 @@ def test_a_record_with_a_shifted_first_row_is_embedded_again_by_the_next_resume(
 
 
 def test_the_model_is_identified_by_content_not_by_place_or_time(tiny_bert_dir, tmp_path):
-    from berta_jax.folder import ModelFolder
+    from berta_jax.loading.folder import ModelFolder
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_bert_dir, copy)

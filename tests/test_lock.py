@@ -23,7 +23,7 @@ import pytest
 
 from berta_jax import JobError
 from berta_jax.job.lock import Lease, LocalLock, holder_run
-from berta_jax.storage import store_for
+from berta_jax.storage.stores import store_for
 from tests.helpers import REPO, berta_jax, committed_parts, start_berta_jax, wait_for
 from tests.test_job import big_input
 from tests.test_storage import bucket, stores  # noqa: F401 (the fixture)

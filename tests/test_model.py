@@ -116,10 +116,10 @@ def _dot_types(encoder: Encoder) -> set:
 
 def test_bfloat16_matmuls_take_bfloat16_and_accumulate_into_float32(tiny_bert_dir):
     """The form the matrix units run fast (AMX through oneDNN on CPUs, MXUs, tensor cores): bf16 operands,
-    float32 result; float32 mode stays float32 throughout. Six dots a layer: qkv, scores, context, out, two FFN."""
+    float32 result; float32 mode stays float32 throughout. Eight dots a layer: q, k, v, scores, context, out, two FFN."""
     bf16 = Encoder.from_pretrained(tiny_bert_dir, dtype=jnp.bfloat16)
     assert _dot_types(bf16) == {(("bfloat16", "bfloat16"), "float32")}
-    assert len(_dots(bf16)) == 6  # the scanned layer body is traced once
+    assert len(_dots(bf16)) == 8  # the scanned layer body is traced once
     assert _dot_types(Encoder.from_pretrained(tiny_bert_dir)) == {(("float32", "float32"), "float32")}
 
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from berta_jax import BertaJaxError, ConfigError, Encoder
-from berta_jax.folder import ModelFolder
+from berta_jax.loading.folder import ModelFolder
 from tests.checkpoints import make_random_bert
 
 
@@ -181,7 +181,7 @@ def test_type_confusion_in_any_config_file_is_a_named_error(pristine, case):
         path.write_text(json.dumps(_mutate(json.loads(original), seed, value, whole)))
         try:
             folder = ModelFolder.open(pristine)
-            from berta_jax.tokenize import TextTokenizer
+            from berta_jax.text.tokenize import TextTokenizer
 
             TextTokenizer.from_files(folder.files, folder.sentence.max_seq_length, folder.config.vocab_size,
                                      folder.sentence.lowercase)

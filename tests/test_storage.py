@@ -14,13 +14,14 @@ import subprocess
 import tracemalloc
 import uuid
 
+import fsspec.config
 import numpy as np
 import pytest
 
 from berta_jax import Encoder
 from berta_jax.cli import main
-from berta_jax.storage import store_for
-from tests.emulators import start_gcs_emulator, start_moto
+from berta_jax.storage.stores import store_for
+from tests.emulators import apply_client_env, gcs_client_env, start_gcs_emulator, start_moto
 from tests.helpers import cli_env, start_berta_jax, wait_for
 from tests.test_inputs import TEXTS
 
@@ -31,14 +32,14 @@ def stores():
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     gcs, gcs_server = start_gcs_emulator()
     s3, s3_server = start_moto()
-    env = {"STORAGE_EMULATOR_HOST": gcs, "AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-           "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    env = {**gcs_client_env(gcs), "AWS_ENDPOINT_URL": s3, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
     saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    apply_client_env(env)
     yield
     for key, value in saved.items():
         os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    fsspec.config.conf.get("gcs", {}).pop("token", None)
     gcs_server.stop()
     s3_server.stop()
 
@@ -196,7 +197,7 @@ def test_a_remote_model_folder_copies_only_plain_object_names_and_drops_files_go
     """An object key `model//tmp/x.json` would become the absolute local path /tmp/x.json; a file deleted from the
     bucket must not be served from the local copy of an earlier load."""
     from berta_jax import StorageError
-    from berta_jax.hub import resolve_model_dir
+    from berta_jax.loading.hub import resolve_model_dir
 
     root = bucket("gs")
     upload_folder(tiny_bert_dir, f"{root}/model")

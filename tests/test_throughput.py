@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from berta_jax import Encoder
-from berta_jax.batching import LENGTH_BUCKETS, BatchPlanner
-from berta_jax.compile_cache import enable_compilation_cache
-from berta_jax.packing import TOKENS_PER_SEGMENT, PackingPlanner
+from berta_jax.runtime.batching import LENGTH_BUCKETS, BatchPlanner
+from berta_jax.runtime.compile_cache import enable_compilation_cache
+from berta_jax.runtime.packing import TOKENS_PER_SEGMENT, PackingPlanner
 from tests.helpers import cli_env, worker
 from tests.texts import ALL, LONG
 
@@ -215,8 +215,8 @@ class _Device:
     ("gpu", 16, 1, 16384), ("tpu", 2, 4, 4 * 8192),  # a small device: never below 8192 a device
     ("gpu", 2048, 1, 262144), ("gpu", None, 2, 32768)])  # capped; a device that reports no memory: 16384
 def test_the_default_token_budget_follows_the_device_memory(platform, gib, devices, expected):
-    from berta_jax.config import BertConfig
-    from berta_jax.encoder import activation_bytes_per_token, default_batch_tokens
+    from berta_jax.models.bert.config import BertConfig
+    from berta_jax.runtime.encoder import activation_bytes_per_token, default_batch_tokens
 
     cfg = BertConfig(vocab_size=55_000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                      intermediate_size=3072, max_position_embeddings=512)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from berta_jax import Encoder
-from berta_jax.tokenize import TextTokenizer
+from berta_jax.text.tokenize import TextTokenizer
 from tests.helpers import sentence_transformer
 
 EMBED_TOL = 1e-5
@@ -79,7 +79,7 @@ def test_truncate_dim_follows_sentence_transformers(minilm_dir, tmp_path):
 
 def test_retrieval_helpers_say_once_when_the_model_has_no_prompts(minilm_dir):
     encoder = Encoder.from_pretrained(minilm_dir)
-    from berta_jax import encoder as encoder_module
+    from berta_jax.runtime import encoder as encoder_module
 
     encoder_module._WARNED.clear()
     with pytest.warns(UserWarning, match="defines no prompts, so encode_query embeds without one"):

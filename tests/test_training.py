@@ -124,7 +124,7 @@ def test_remat_gives_the_same_values_and_gradients(tiny_bert_dir):
 
     from berta_jax import BertConfig, build_model
     from berta_jax.convert.checkpoint import read_params
-    from berta_jax.files import ModelFiles
+    from berta_jax.storage.model_files import ModelFiles
 
     cfg = BertConfig.from_json(tiny_bert_dir / "config.json")
     params, source = read_params(ModelFiles(tiny_bert_dir))
@@ -197,7 +197,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint(minilm_dir, tmp_path, m
     from berta_jax import BertConfig
     from berta_jax.convert.checkpoint import read_params
     from berta_jax.convert.folders import write_hf_folder
-    from berta_jax.files import ModelFiles
+    from berta_jax.storage.model_files import ModelFiles
 
     cfg = BertConfig.from_json(minilm_dir / "config.json")
     params, _ = read_params(ModelFiles(minilm_dir))

@@ -17,7 +17,7 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from berta_jax.engine import EncoderSpec
 
 if TYPE_CHECKING:  # imported on the workers only, by EncoderSpec.load: the launcher never initialises JAX
-    from berta_jax.encoder import Encoder
+    from berta_jax.runtime.encoder import Encoder
 
 MIN_BATCH_SIZE = 256
 MAX_BATCH_SIZE = 4096

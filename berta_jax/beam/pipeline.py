@@ -24,7 +24,7 @@ from berta_jax.data.inputs import check_fields, expand_inputs
 from berta_jax.job.layout import check_collisions, layout_for
 from berta_jax.data.outputs import parquet_schema, parquet_table
 from berta_jax.data.splits import DEFAULT_SPLIT_BYTES, Split, count_rows, plan_splits, read_split
-from berta_jax.storage import store_for
+from berta_jax.storage.stores import store_for
 
 TABLE_ROWS = 4096  # rows per Parquet write (a row group of the shard)
 

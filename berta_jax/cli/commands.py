@@ -74,7 +74,7 @@ def packaged_minilm() -> str:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from berta_jax.encoder import Encoder
+    from berta_jax.runtime.encoder import Encoder
 
     name = args.model or BERTA
     try:

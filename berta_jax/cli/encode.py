@@ -69,8 +69,8 @@ class ProgressDisplay:
 def _loader(args: argparse.Namespace, model, stop: StopSignals):
     def load():
         with stop.held():  # native libraries start here: a signal now interrupts once the model is loaded
-            from berta_jax.compile_cache import enable_compilation_cache
-            from berta_jax.encoder import Encoder
+            from berta_jax.runtime.compile_cache import enable_compilation_cache
+            from berta_jax.runtime.encoder import Encoder
 
             enable_compilation_cache()
             encoder = Encoder.from_folder(model, dtype=args.dtype, max_batch_tokens=args.max_batch_tokens)
@@ -114,7 +114,7 @@ def _busy(summary: JobSummary) -> str:
 
 
 def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
-    from berta_jax.folder import ModelFolder
+    from berta_jax.loading.folder import ModelFolder
     from berta_jax.job.run import run_job
 
     model = ModelFolder.open(args.model)
@@ -162,7 +162,7 @@ def _dtype_choice(args: argparse.Namespace):
         return None
     import jax
 
-    from berta_jax.dtypes import choose_dtype
+    from berta_jax.runtime.dtypes import choose_dtype
 
     choice = choose_dtype("auto", jax.default_backend())
     args.dtype = choice.name

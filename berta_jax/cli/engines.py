@@ -60,7 +60,7 @@ def run_beam(args: argparse.Namespace) -> int:
     runner = None if _names_runner(args.pipeline_args) else _in_process_runner()
     with beam.Pipeline(runner=runner, options=options) as pipeline:
         build_pipeline(pipeline, args.inputs, args.output, handler,
-                       dim=folder.sentence.truncate_dim or folder.config.hidden_size, text_field=args.text_field,
+                       dim=folder.embedding_dim, text_field=args.text_field,
                        id_field=args.id_field, on_error=args.on_error, split_bytes=max(1, int(args.split_mb * 2**20)),
                        model_folder=folder.folder)
     print(f"berta-jax beam: wrote {args.output}")
@@ -81,7 +81,7 @@ def _handler(args: argparse.Namespace):
 
 def _folder(args: argparse.Namespace):
     """The model folder's configs (no weights, no JAX), with the prompt and batch budget checked against them."""
-    from berta_jax.folder import ModelFolder
+    from berta_jax.loading.folder import ModelFolder
 
     folder = ModelFolder.open(args.model, truncate_dim=args.truncate_dim)
     try:

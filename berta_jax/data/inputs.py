@@ -27,8 +27,8 @@ import zlib
 from typing import BinaryIO, Iterator
 
 from berta_jax.errors import InputError
-from berta_jax.storage import is_url, store_for
-from berta_jax.texts import surrogate_problem, text_problem
+from berta_jax.storage.stores import is_url, store_for
+from berta_jax.text.texts import surrogate_problem, text_problem
 
 FORMATS = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".csv", ".parquet")
 MAX_LINE_BYTES = 64 * 2**20

@@ -23,7 +23,7 @@ from berta_jax.data.inputs import (
     parquet_file, read_rows,
 )
 from berta_jax.data import inputs
-from berta_jax.storage import store_for
+from berta_jax.storage.stores import store_for
 
 DEFAULT_SPLIT_BYTES = 64 * 2**20
 _BYTE_SPLIT_FORMATS = (".txt", ".jsonl")

@@ -22,7 +22,7 @@ from berta_jax.job.layout import Layout
 from berta_jax.data.outputs import ChunkRows, HashingWriter, jsonl_bytes, write_single_file
 from berta_jax.job.parts import Part, part_name
 from berta_jax.job.plan import FORMAT_VERSION, Plan
-from berta_jax.storage import store_for
+from berta_jax.storage.stores import store_for
 
 
 def _part_rows(plan: Plan, parts, part: Part) -> ChunkRows:

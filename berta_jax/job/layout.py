@@ -23,7 +23,7 @@ import os
 
 from berta_jax.errors import JobError
 from berta_jax.data.inputs import InputFile
-from berta_jax.storage import is_url, store_for
+from berta_jax.storage.stores import is_url, store_for
 
 SINGLE_FILE_FORMATS = (".npy", ".parquet")
 

@@ -19,7 +19,7 @@ import socket
 import threading
 
 from berta_jax.errors import JobError, StorageError
-from berta_jax.storage import store_for
+from berta_jax.storage.stores import store_for
 
 LEASE_TTL = 60.0  # seconds a remote lease stays valid without renewal (renewed every ttl / 4)
 

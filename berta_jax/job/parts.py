@@ -17,7 +17,7 @@ import json
 import re
 
 from berta_jax.errors import ConfigError, JobError
-from berta_jax.jsonfields import Fields
+from berta_jax.storage.json_fields import Fields
 
 PART = re.compile(r"part-(\d{5,})\.parquet\Z")
 RECORD = re.compile(r"(\d{5,})\.json\Z")

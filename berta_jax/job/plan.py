@@ -13,12 +13,13 @@ import hashlib
 import json
 
 from berta_jax.errors import JobError
-from berta_jax.folder import ModelFolder
+from berta_jax.loading.folder import ModelFolder
+from berta_jax.models.vectors import embedding_dim
 from berta_jax.data.inputs import InputFile, check_fields, expand_inputs, first_id_kind
 from berta_jax.job.layout import Layout, check_collisions, layout_for
 from berta_jax.data.outputs import PRECISIONS, WHOLE_OUTPUT_PRECISIONS
 from berta_jax.data.splits import Split, plan_splits
-from berta_jax.storage import store_for
+from berta_jax.storage.stores import store_for
 
 FORMAT_VERSION = 2
 DEFAULT_SPLIT_BYTES = 4 * 2**20  # ~1M tokens of text: seconds on an accelerator, what a graceful stop can lose
@@ -130,7 +131,7 @@ def plan_job(input_specs: list[str], output: str, options: JobOptions, model: Mo
                    "prompt": options.prompt, "options": options_record,
                    "splits": _digest([[inputs.index(s.file), s.kind, s.start, s.end] for s in splits])}
     return Plan(inputs, splits, layout, options, fingerprint,
-                options.truncate_dim or model.sentence.truncate_dim or hidden, first_id_kind(inputs, options.id_field))
+                embedding_dim(hidden, model.sentence.truncate_dim, options.truncate_dim), first_id_kind(inputs, options.id_field))
 
 
 FIELDS = {"inputs": "inputs", "model": "model (--model, --dtype)", "prompt": "prompt", "options": "options",

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from berta_jax.errors import BertaJaxError, JobError, NonFiniteError
-from berta_jax.folder import ModelFolder
+from berta_jax.loading.folder import ModelFolder
 from berta_jax.job import finish
 from berta_jax.job.cluster import Cluster
 from berta_jax.data.inputs import IdPolicy
@@ -38,10 +38,10 @@ from berta_jax.job.parts import Part, Parts, part_name, sha256
 from berta_jax.job.plan import JobOptions, Plan, check_same_plan, input_identity, plan_digests, plan_job
 from berta_jax.job.settle import clear_work, settle, work_record
 from berta_jax.data.splits import count_rows, read_split
-from berta_jax.vectors import check_finite
+from berta_jax.models.vectors import check_finite
 
 if TYPE_CHECKING:  # planning and refusals import no JAX; the encoder is loaded only when there is work
-    from berta_jax.encoder import Encoder
+    from berta_jax.runtime.encoder import Encoder
 
 __all__ = ["JobOptions", "JobSummary", "run_job"]
 

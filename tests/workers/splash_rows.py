@@ -13,7 +13,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from berta_jax import Encoder  # noqa: E402
-from berta_jax.runtime import Runtime  # noqa: E402
+from berta_jax.runtime.compiled import Runtime  # noqa: E402
 from tests.texts import MIXED  # noqa: E402
 
 shard_maps = []  # the meshes the attention's shard_map calls ran over
@@ -25,7 +25,7 @@ batches = encoder.prepare(MIXED, prompt=encoder.sentence.resolve_prompt(None, No
 out = {"devices": len(jax.devices()), "packed": any(b.num_segments > 1 for b in batches)}
 vectors = {}
 for kernel in ("xla", "splash"):
-    runtime = Runtime(encoder.graphdef, encoder.params, attention=kernel)
+    runtime = Runtime(encoder.model, attention=kernel)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         vectors[kernel] = np.concatenate([v for _, v in runtime.run(batches, pooling="mean", normalize=True)])

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 from berta_jax.convert.safetensors_io import write_safetensors
-from berta_jax.storage import copy_file
+from berta_jax.storage.stores import copy_file
 
 kind, target = sys.argv[1], sys.argv[2]
 print("ready", flush=True)

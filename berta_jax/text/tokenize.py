@@ -19,10 +19,10 @@ from typing import Sequence
 
 import numpy as np
 
-from berta_jax import wordpiece
+from berta_jax.text import wordpiece
 from berta_jax.errors import ConfigError
-from berta_jax.files import TOKENIZER_LIMIT, ModelFiles
-from berta_jax.jsonfields import Fields
+from berta_jax.storage.model_files import TOKENIZER_LIMIT, ModelFiles
+from berta_jax.storage.json_fields import Fields
 
 # Files the transformers tokenizer loader may open; each is checked before it does.
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",

@@ -11,12 +11,13 @@ import hashlib
 import json
 import os
 
-from berta_jax.config import BertConfig
-from berta_jax.files import ModelFiles
-from berta_jax.hub import resolve_model_dir
-from berta_jax.st_config import POOLING_MODES, SentenceConfig
-from berta_jax.storage import is_url
-from berta_jax.vectors import check_truncate_dim
+from berta_jax.models.bert.config import BertConfig
+from berta_jax.models.registry import read_config
+from berta_jax.storage.model_files import ModelFiles
+from berta_jax.loading.hub import resolve_model_dir
+from berta_jax.loading.sentence_config import SentenceConfig
+from berta_jax.storage.stores import is_url
+from berta_jax.models.vectors import check_truncate_dim, embedding_dim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +35,10 @@ class ModelFolder:
              truncate_dim: int | None = None) -> ModelFolder:
         """Resolve and read a model folder, applying the caller's overrides of the folder's settings."""
         files = ModelFiles(resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir))
-        config = BertConfig.from_json(files.folder / "config.json")
+        config = read_config(files)
         sentence = SentenceConfig.from_folder(files, config)
         overrides = {}
-        if pooling is not None:
-            if pooling not in POOLING_MODES:
-                raise ValueError(f"pooling={pooling!r} is not supported; choose one of {', '.join(POOLING_MODES)}")
+        if pooling is not None:  # checked by SentenceConfig, as the folder's own value is
             overrides["pooling"] = pooling
         if max_seq_length is not None:
             if not (isinstance(max_seq_length, int) and 2 <= max_seq_length <= config.max_position_embeddings):
@@ -49,6 +48,11 @@ class ModelFolder:
         if truncate_dim is not None:
             overrides["truncate_dim"] = check_truncate_dim(truncate_dim, config.hidden_size)
         return cls(os.fspath(name_or_path), files, config, dataclasses.replace(sentence, **overrides))
+
+    @property
+    def embedding_dim(self) -> int:
+        """Dimensions of the vectors this folder's encoder returns (its truncate_dim, else the hidden size)."""
+        return embedding_dim(self.config.hidden_size, self.sentence.truncate_dim)
 
     @property
     def folder(self):

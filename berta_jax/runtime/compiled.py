@@ -30,8 +30,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from berta_jax.batching import Batch
-from berta_jax.pooling import embed_packed, l2_normalize, make_hidden_fn, pool
+from berta_jax.runtime.batching import Batch
+from berta_jax.models.attention import EXPLICIT, AttentionKernel, kernel_named
+from berta_jax.models.pooling import embed_rows, make_hidden_fn
 
 DATA_AXIS = "data"
 IN_FLIGHT = 1  # batches dispatched ahead of the one whose results the host is taking
@@ -52,10 +53,6 @@ class CompileStats:
     @property
     def count(self) -> int:
         return len(self.seconds)
-
-    @property
-    def total_seconds(self) -> float:
-        return sum(self.seconds.values())
 
     @property
     def cache_hits(self) -> int:
@@ -125,18 +122,12 @@ def _counting_cache_hits() -> Iterator[collections.Counter]:
         jax.monitoring.unregister_event_listener(listener)
 
 
-def _embed_fn(graphdef: nnx.GraphDef, pooling: str, normalize: bool, num_segments: int, kernel: str) -> Callable:
+def _embed_fn(graphdef: nnx.GraphDef, pooling: str, normalize: bool, num_segments: int,
+              kernel: AttentionKernel) -> Callable:
     def fn(params, input_ids, token_type_ids, segment_ids, positions, pool_mask):
-        model = nnx.merge(graphdef, params)
-        if num_segments > 1:  # packed rows
-            out = embed_packed(model, input_ids, token_type_ids, segment_ids, positions, pool_mask,
-                               num_segments=num_segments, pooling=pooling, normalize=normalize,
-                               attention_kernel=kernel)
-            return out.reshape(-1, out.shape[-1])
-        hidden = model.forward(input_ids, segment_ids > 0, token_type_ids, positions=positions,
-                               attention_kernel=kernel).last_hidden_state
-        pooled = pool(hidden, pool_mask, pooling)
-        return l2_normalize(pooled) if normalize else pooled
+        out = embed_rows(nnx.merge(graphdef, params), input_ids, token_type_ids, segment_ids, positions, pool_mask,
+                         num_segments=num_segments, pooling=pooling, normalize=normalize, attention_kernel=kernel)
+        return out.reshape(-1, out.shape[-1])  # [B * S, D]: a batch's slots index this
 
     return fn
 
@@ -164,22 +155,36 @@ def _batch_args(batch: Batch) -> tuple[np.ndarray, ...]:
 class Runtime:
     """Compiled, sharded forwards of one model on `devices` (default: every local device)."""
 
-    def __init__(self, graphdef: nnx.GraphDef, params: nnx.State, *, devices: Sequence[jax.Device] | None = None,
-                 chunk_tokens: int | None = None, stats: CompileStats | None = None, attention: str = "xla",
-                 fallback: bool = False, compute_dtype=jnp.float32):
+    def __init__(self, model: nnx.Module, *, devices: Sequence[jax.Device] | None = None,
+                 chunk_tokens: int | None = None, stats: CompileStats | None = None,
+                 attention: str | AttentionKernel = EXPLICIT, fallback: bool = False, compute_dtype=jnp.float32):
         devices = list(devices) if devices is not None else jax.local_devices()
-        self.graphdef = graphdef
+        self.model = model  # the one source of the weights: `params` follows edits to it
+        self.graphdef = nnx.graphdef(model)
         self.mesh = Mesh(np.array(devices), (DATA_AXIS,))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.rows_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
-        self.params = jax.device_put(matmul_copy(params, compute_dtype), self.replicated)
+        self.compute_dtype = compute_dtype
+        self._placed: tuple[list, nnx.State] | None = None  # (the model's leaves, their device copy)
         self.chunk_tokens = chunk_tokens
         self.stats = stats if stats is not None else CompileStats()
         self.run_stats = RunStats()
-        self.kernel = self.stats.attention = attention
+        self.kernel = kernel_named(attention)
+        self.stats.attention = self.kernel.name
         self.fallback = fallback  # a fused kernel that fails to compile falls back to "xla", saying so
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
         self._lock = threading.Lock()
+
+    @property
+    def params(self) -> nnx.State:
+        """The model's parameters on the mesh (replicated, matmul kernels in the compute dtype), placed again
+        only when the model's arrays changed since the last call."""
+        state = nnx.state(self.model)
+        leaves = jax.tree.leaves(state)
+        placed = self._placed
+        if placed is None or len(placed[0]) != len(leaves) or any(a is not b for a, b in zip(placed[0], leaves)):
+            placed = self._placed = (leaves, jax.device_put(matmul_copy(state, self.compute_dtype), self.replicated))
+        return placed[1]
 
     @property
     def num_devices(self) -> int:
@@ -200,8 +205,7 @@ class Runtime:
         specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.rows_sharding) for a in args]
         jitted = jax.jit(make(), in_shardings=(self.replicated, *(self.rows_sharding,) * len(args)),
                          out_shardings=out_sharding)
-        # splash runs in a shard_map over this mesh (XLA cannot partition a Pallas TPU kernel); the others need none
-        with jax.set_mesh(self.mesh) if self.kernel == "splash" else contextlib.nullcontext():
+        with jax.set_mesh(self.mesh) if self.kernel.needs_mesh else contextlib.nullcontext():
             compiled = jitted.lower(self.params, *specs).compile()
         with self._lock:
             self._compiled[key] = compiled
@@ -233,7 +237,7 @@ class Runtime:
         return program(self.params, *(jax.device_put(a, self.rows_sharding) for a in _batch_args(batch)))
 
     def _embed_key(self, batch: Batch, pooling: str, normalize: bool) -> tuple:
-        return ("embed", self.kernel, pooling, normalize, *batch.shape)
+        return ("embed", self.kernel.name, pooling, normalize, *batch.shape)
 
     def _embed_maker(self, batch: Batch, pooling: str, normalize: bool) -> Callable[[], Callable]:
         kernel = self.kernel
@@ -246,11 +250,11 @@ class Runtime:
             return self._program(self._embed_key(batch, pooling, normalize), self._embed_maker(batch, pooling, normalize),
                                  _batch_args(batch), self.rows_sharding)
         except Exception as e:  # noqa: BLE001 - only an automatic fused-kernel choice falls back, and says why
-            if kernel == "xla" or not self.fallback:
+            if kernel is EXPLICIT or not self.fallback:
                 raise
-            warnings.warn(f"the {kernel} attention kernel did not compile here ({type(e).__name__}: {str(e)[:200]}); "
+            warnings.warn(f"the {kernel.name} attention kernel did not compile here ({type(e).__name__}: {str(e)[:200]}); "
                           "using the xla kernel (pass attention='xla' to skip the attempt)", RuntimeWarning, stacklevel=3)
-            self.kernel, self.stats.attention, self.fallback = "xla", f"xla ({kernel} unavailable)", False
+            self.kernel, self.stats.attention, self.fallback = EXPLICIT, f"xla ({kernel.name} unavailable)", False
             return self.embed_program(batch, pooling=pooling, normalize=normalize)
 
     def run(self, batches: Iterable[Batch], *, pooling: str, normalize: bool) -> Iterator[tuple[Batch, np.ndarray]]:
@@ -283,17 +287,7 @@ class Runtime:
         args = [np.pad(a.astype(np.int32), ((0, padded - rows), (0, 0))) for a in (input_ids, attention_mask,
                                                                                     token_type_ids)]
         key = ("hidden", all_layers, *args[0].shape)
-        program = self._program(key, lambda: self._hidden_fn(all_layers), args, None)
+        make = lambda: make_hidden_fn(self.graphdef, chunk_tokens=self.chunk_tokens, all_layers=all_layers)  # noqa: E731
+        program = self._program(key, make, args, None)
         out = program(self.params, *(jax.device_put(a, self.rows_sharding) for a in args))
         return tuple(h[:rows] for h in out) if all_layers else out[:rows]
-
-    def _hidden_fn(self, all_layers: bool) -> Callable:
-        if not all_layers:  # caller batches larger than a planner batch run in row chunks of the same size
-            return make_hidden_fn(self.graphdef, chunk_tokens=self.chunk_tokens)
-
-        def fn(params, input_ids, attention_mask, token_type_ids):
-            out = nnx.merge(self.graphdef, params).forward(input_ids, attention_mask, token_type_ids,
-                                                           output_hidden_states=True)
-            return out.hidden_states
-
-        return fn

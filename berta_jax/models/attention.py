@@ -7,12 +7,13 @@ Three kernels compute the same softmax(q k^T / sqrt(K) + mask) v:
   GPUs for bfloat16/float16 compute; the mask goes in as a [B, 1, L, L] bias.
 - "splash": Pallas splash attention (`jax.experimental.pallas.ops.tpu.splash_attention`), the TPU's blocked
   flash kernel, for bfloat16/float16 compute; the mask goes in as segment ids, which it supports natively.
-`select_kernel` picks "cudnn" for 16-bit compute on a GPU, "splash" for 16-bit compute on a TPU, and "xla"
+Each is an `AttentionKernel` object that builds the mask in the form it takes (`mask`) and runs (`__call__`); the
+model is handed one and never switches on a name. `select_kernel` picks "cudnn" for 16-bit compute on a GPU, "splash" for 16-bit compute on a TPU, and "xla"
 everywhere else: CPUs (XLA fuses the explicit form well) and float32 on accelerators (neither fused kernel has
 a float32 mode that keeps PyTorch parity: cuDNN has none, splash multiplies at the TPU's default bf16-pass
 precision, and float32 is the parity mode).
 
-`kernel_mask` builds the mask in the form the kernel takes. For "xla" and "cudnn" it is an additive
+The mask forms. For "xla" and "cudnn" it is an additive
 float32 bias: 0 where a query may attend to a key, a large finite negative value elsewhere (finite, so a
 filler row whose keys are all padding gets a uniform softmax, never NaN); `[B, 1, 1, L]` (padding keys) for
 "xla" without packing, `[B, 1, L, L]` (same text only) otherwise. For "splash" it is the int32 segment ids
@@ -21,9 +22,10 @@ filler row whose keys are all padding gets a uniform softmax, never NaN); `[B, 1
 
 from __future__ import annotations
 
+import abc
 import math
 import warnings
-from typing import Callable
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,38 +33,127 @@ from jax.sharding import PartitionSpec
 from jaxtyping import Array, Bool, Float, Int
 
 MASKED_LOGIT = -1e30
-KERNELS = ("xla", "cudnn", "splash")
-FUSED_PLATFORM = {"cudnn": ("gpu", "an NVIDIA GPU"), "splash": ("tpu", "a TPU")}  # fused kernel -> where it runs
 SPLASH_TILE = 128  # splash's query/key block sizes are multiples of this; rows are padded up to one
+Mask = Float[Array, "B 1 L L"] | Float[Array, "B 1 1 L"] | Int[Array, "B L"]
+Dropout = Callable[[Float[Array, "B H L L"]], Float[Array, "B H L L"]]
 
 
-def select_kernel(requested: str, platform: str, dtype) -> str:
+class AttentionKernel(abc.ABC):
+    """softmax(q k^T / sqrt(K) + mask) v by one implementation: `mask` builds the mask in the form it takes,
+    `__call__` runs it. Stateless: one shared instance per kernel (`KERNELS`)."""
+
+    name: ClassVar[str]
+    platform: ClassVar[tuple[str, str] | None] = None  # (backend, in words) where a fused kernel runs
+    needs_mesh: ClassVar[bool] = False  # compiled under `jax.set_mesh` (a kernel XLA cannot partition itself)
+
+    @abc.abstractmethod
+    def mask(self, key_mask: Bool[Array, "B L"], segment_ids: Int[Array, "B L"] | None = None) -> Mask:
+        """Which keys each query may see, in this kernel's form (segment ids: 0 = padding)."""
+
+    @abc.abstractmethod
+    def __call__(self, q: Float[Array, "B L H K"], k: Float[Array, "B L H K"], v: Float[Array, "B L H K"],
+                 mask: Mask, *, precision: jax.lax.Precision, dropout: Dropout | None = None,
+                 with_probs: bool = False) -> tuple[Float[Array, "B L H K"], Float[Array, "B H L L"] | None]:
+        """The context and, when asked, the probabilities before dropout."""
+
+    def __repr__(self) -> str:
+        return f"<{self.name} attention>"
+
+
+class ExplicitKernel(AttentionKernel):
+    """"xla": batched matmuls with float32 logits and softmax, on every backend. The reference, and the only
+    kernel that returns probabilities or applies dropout to them."""
+
+    name: ClassVar[str] = "xla"
+
+    def mask(self, key_mask: Bool[Array, "B L"], segment_ids: Int[Array, "B L"] | None = None) -> Mask:
+        return attention_bias(key_mask, segment_ids)  # [B, 1, 1, L] when unpacked: broadcast over queries
+
+    def __call__(self, q, k, v, mask: Mask, *, precision: jax.lax.Precision, dropout: Dropout | None = None,
+                 with_probs: bool = False):
+        return explicit_attention(q, k, v, mask, precision=precision, dropout=dropout, with_probs=with_probs)
+
+
+class FusedKernel(AttentionKernel):
+    """A fused (flash) kernel: no probabilities, no dropout (`BertModel.forward` runs the explicit kernel
+    whenever either is in play)."""
+
+    def mask(self, key_mask: Bool[Array, "B L"], segment_ids: Int[Array, "B L"] | None = None) -> Mask:
+        return attention_bias(key_mask, segment_ids, full=True)
+
+    def __call__(self, q, k, v, mask: Mask, *, precision: jax.lax.Precision, dropout: Dropout | None = None,
+                 with_probs: bool = False):
+        if dropout is not None or with_probs:
+            raise ValueError(f"the {self.name} attention kernel returns no probabilities and applies no dropout; "
+                             "use 'xla'")
+        return self.fused(q, k, v, mask), None
+
+    @abc.abstractmethod
+    def fused(self, q: Float[Array, "B L H K"], k: Float[Array, "B L H K"], v: Float[Array, "B L H K"],
+              mask: Mask) -> Float[Array, "B L H K"]:
+        """The context of the fused call."""
+
+
+class CudnnKernel(FusedKernel):
+    """"cudnn": cuDNN's fused attention through `jax.nn.dot_product_attention` (NVIDIA GPUs, 16-bit compute)."""
+
+    name: ClassVar[str] = "cudnn"
+    platform: ClassVar[tuple[str, str]] = ("gpu", "an NVIDIA GPU")
+
+    def fused(self, q, k, v, mask: Mask) -> Float[Array, "B L H K"]:
+        return fused_attention(q, k, v, mask, implementation="cudnn")
+
+
+class SplashKernel(FusedKernel):
+    """"splash": Pallas splash attention, the TPU's blocked flash kernel (16-bit compute); off a TPU it runs in
+    the Pallas interpreter, correct but slow (tests only: `select_kernel` refuses it there)."""
+
+    name: ClassVar[str] = "splash"
+    platform: ClassVar[tuple[str, str]] = ("tpu", "a TPU")
+    needs_mesh: ClassVar[bool] = True  # runs in a shard_map over the rows: XLA cannot partition a Pallas kernel
+
+    def mask(self, key_mask: Bool[Array, "B L"], segment_ids: Int[Array, "B L"] | None = None) -> Mask:
+        return (key_mask if segment_ids is None else segment_ids).astype(jnp.int32)
+
+    def fused(self, q, k, v, mask: Mask) -> Float[Array, "B L H K"]:
+        interpret = jax.default_backend() != "tpu"
+        if interpret:
+            warnings.warn("splash attention off TPU runs in the Pallas interpreter: correct but slow, meant for "
+                          "tests; use attention_kernel='xla'", RuntimeWarning, stacklevel=4)
+        return splash_attention(q, k, v, mask, interpret=interpret)
+
+
+EXPLICIT = ExplicitKernel()
+KERNELS: dict[str, AttentionKernel] = {kernel.name: kernel for kernel in (EXPLICIT, CudnnKernel(), SplashKernel())}
+
+
+def kernel_named(kernel: str | AttentionKernel) -> AttentionKernel:
+    """The kernel object for a name ("xla", "cudnn", "splash"), or the object itself."""
+    if isinstance(kernel, AttentionKernel):
+        return kernel
+    if kernel not in KERNELS:
+        raise ValueError(f"attention kernel {kernel!r} is not one of {', '.join(map(repr, KERNELS))}")
+    return KERNELS[kernel]
+
+
+def select_kernel(requested: str, platform: str, dtype) -> AttentionKernel:
     """The kernel for `requested` ("auto", "xla", "cudnn" or "splash") on `platform` ("cpu", "gpu", "tpu") with
     compute `dtype`; a kernel the backend cannot run is a ValueError saying what to use instead."""
     if requested not in ("auto", *KERNELS):
         raise ValueError(f"attention={requested!r} is not a kernel; choose 'auto', {', '.join(map(repr, KERNELS))}")
     sixteen_bit = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if requested == "auto":
-        fused = [name for name, (where, _) in FUSED_PLATFORM.items() if where == platform]
-        return fused[0] if fused and sixteen_bit else "xla"
-    if requested in FUSED_PLATFORM:
-        where, hardware = FUSED_PLATFORM[requested]
-        if not (platform == where and sixteen_bit):
-            raise ValueError(f"attention={requested!r} needs {hardware} and bfloat16/float16 compute (here: "
-                             f"{platform}, {jnp.dtype(dtype).name}); use attention='auto' or 'xla'")
-    return requested
-
-
-def kernel_mask(kernel: str, key_mask: Bool[Array, "B L"],
-                segment_ids: Int[Array, "B L"] | None = None) -> Float[Array, "B 1 Q L"] | Int[Array, "B L"]:
-    """The mask in the form `kernel` takes: an additive bias (`attention_bias`) or, for "splash", segment ids."""
-    if kernel == "splash":
-        return (key_mask if segment_ids is None else segment_ids).astype(jnp.int32)
-    return attention_bias(key_mask, segment_ids, full=kernel != "xla")
+        fused = [k for k in KERNELS.values() if k.platform and k.platform[0] == platform]
+        return fused[0] if fused and sixteen_bit else EXPLICIT
+    kernel = KERNELS[requested]
+    if kernel.platform and not (platform == kernel.platform[0] and sixteen_bit):
+        raise ValueError(f"attention={requested!r} needs {kernel.platform[1]} and bfloat16/float16 compute (here: "
+                         f"{platform}, {jnp.dtype(dtype).name}); use attention='auto' or 'xla'")
+    return kernel
 
 
 def attention_bias(key_mask: Bool[Array, "B L"], segment_ids: Int[Array, "B L"] | None = None, *,
-                   full: bool = False) -> Float[Array, "B 1 Q L"]:
+                   full: bool = False) -> Float[Array, "B 1 L L"] | Float[Array, "B 1 1 L"]:
     """The additive attention bias (`full`: always [B, 1, L, L], the form fused kernels take).
 
     Without segments, key t of row b is visible to every query of the row iff key_mask[b, t]:
@@ -79,32 +170,6 @@ def attention_bias(key_mask: Bool[Array, "B L"], segment_ids: Int[Array, "B L"] 
         return jnp.where(key_mask, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None, None, :]
     same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
     return jnp.where(same, 0.0, MASKED_LOGIT).astype(jnp.float32)[:, None, :, :]
-
-
-def attention(
-    q: Float[Array, "B L H K"],
-    k: Float[Array, "B L H K"],
-    v: Float[Array, "B L H K"],
-    mask: Float[Array, "B 1 Q L"] | Int[Array, "B L"],
-    *,
-    precision: jax.lax.Precision,
-    dropout: Callable[[jax.Array], jax.Array] | None = None,
-    with_probs: bool = False,
-    kernel: str = "xla",
-) -> tuple[Float[Array, "B L H K"], Float[Array, "B H L L"] | None]:
-    """softmax(q k^T / sqrt(K) + mask) v, and the probabilities when asked (which, like dropout, needs "xla":
-    `BertModel.forward` picks "xla" whenever either is in play); `mask` from `kernel_mask(kernel, ...)`."""
-    if kernel == "xla":
-        return explicit_attention(q, k, v, mask, precision=precision, dropout=dropout, with_probs=with_probs)
-    if dropout is not None or with_probs:
-        raise ValueError(f"the {kernel} attention kernel returns no probabilities and applies no dropout; use 'xla'")
-    if kernel == "splash":
-        interpret = jax.default_backend() != "tpu"
-        if interpret:  # only a direct BertModel call gets here: select_kernel refuses splash off TPU
-            warnings.warn("splash attention off TPU runs in the Pallas interpreter: correct but slow, meant for tests; "
-                          "use attention_kernel='xla'", RuntimeWarning, stacklevel=2)
-        return splash_attention(q, k, v, mask, interpret=interpret), None
-    return fused_attention(q, k, v, mask, implementation=kernel), None
 
 
 def fused_attention(q: Float[Array, "B L H K"], k: Float[Array, "B L H K"], v: Float[Array, "B L H K"],
@@ -145,7 +210,10 @@ def splash_attention(q: Float[Array, "B L H K"], k: Float[Array, "B L H K"], v: 
     return run(q, k, v, segments)[:, :, :length].transpose(0, 2, 1, 3)
 
 
-def explicit_attention(q, k, v, bias, *, precision: jax.lax.Precision, dropout=None, with_probs: bool = False):
+def explicit_attention(q: Float[Array, "B L H K"], k: Float[Array, "B L H K"], v: Float[Array, "B L H K"],
+                       bias: Float[Array, "B 1 L L"] | Float[Array, "B 1 1 L"], *, precision: jax.lax.Precision,
+                       dropout: Dropout | None = None,
+                       with_probs: bool = False) -> tuple[Float[Array, "B L H K"], Float[Array, "B H L L"] | None]:
     """The "xla" kernel: logits and softmax in float32; probabilities returned when asked.
 
     Queries are pre-scaled (exact for power-of-two head sizes), and heads move next to the batch

@@ -14,14 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from berta_jax.errors import ConfigError
-from berta_jax.files import ModelFiles
-from berta_jax.jsonfields import Fields
+from berta_jax.storage.model_files import ModelFiles
+from berta_jax.storage.json_fields import Fields
 
-# hidden_act values of transformers' ACT2FN that this model implements.
-# "gelu" is the exact erf GELU; the other two are the tanh approximation.
-SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
+
+MODEL_TYPE = "bert"  # config.json's model_type for this family (see models.registry)
+# transformers' ACT2FN names this model implements -> the jax.nn function and its arguments (the model builds
+# it; this table stays free of JAX so that reading a config imports none). "gelu" is BERT's exact erf GELU.
+ACTIVATIONS: dict[str, tuple[str, dict]] = {
+    "gelu": ("gelu", {"approximate": False}),
+    "gelu_new": ("gelu", {"approximate": True}),
+    "gelu_pytorch_tanh": ("gelu", {"approximate": True}),
+    "relu": ("relu", {}),
+}
 _SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                  "max_position_embeddings", "type_vocab_size")
+_DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,6 +54,7 @@ class BertConfig:
     attention_probs_dropout_prob: float = 0.1
 
     def __post_init__(self) -> None:
+        """Every value checked here, once, whether the config came from a file or from code."""
         for name in _SHAPE_FIELDS:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -51,17 +64,20 @@ class BertConfig:
                 f"config field hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
             )
-        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+        if self.hidden_act not in ACTIVATIONS:
             raise ConfigError(
                 f"config field hidden_act={self.hidden_act!r} is not implemented; "
-                f"supported: {', '.join(SUPPORTED_ACTIVATIONS)}"
+                f"supported: {', '.join(ACTIVATIONS)}"
             )
-        if not (isinstance(self.layer_norm_eps, (int, float)) and math.isfinite(self.layer_norm_eps)
-                and self.layer_norm_eps > 0):
+        if not _finite(self.layer_norm_eps) or self.layer_norm_eps <= 0:
             raise ConfigError(f"config field layer_norm_eps={self.layer_norm_eps!r}: expected a finite number > 0")
-        if not (0 <= self.pad_token_id < self.vocab_size):
+        for name in _DROPOUT_FIELDS:
+            if not _finite(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"config field {name}={getattr(self, name)!r}: expected a number in [0, 1)")
+        if not (isinstance(self.pad_token_id, int) and 0 <= self.pad_token_id < self.vocab_size):
             raise ConfigError(
-                f"config field pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size})"
+                f"config field pad_token_id={self.pad_token_id!r} is outside the vocabulary "
+                f"(vocab_size={self.vocab_size})"
             )
 
     @property
@@ -84,7 +100,7 @@ class BertConfig:
     def from_dict(cls, raw: Any, source: str = "config.json") -> BertConfig:
         """Validate a parsed `config.json` and keep the fields the encoder uses."""
         f = Fields(raw, source)
-        f.str("model_type", choices=("bert",))
+        f.str("model_type", choices=(MODEL_TYPE,))
         if f.raw.get("auto_map"):
             raise ConfigError(
                 f"{source}: field auto_map asks to run custom code from the repository; "
@@ -93,13 +109,13 @@ class BertConfig:
         f.str("position_embedding_type", "absolute", choices=("absolute",))
         if f.bool("is_decoder", False) or f.bool("add_cross_attention", False):
             raise ConfigError(f"{source}: decoder / cross-attention BERT variants are not supported")
-        values = {name: f.int(name, minimum=1) for name in _SHAPE_FIELDS if name != "type_vocab_size"}
-        values["type_vocab_size"] = f.int("type_vocab_size", 2, minimum=1)
-        values["layer_norm_eps"] = f.number("layer_norm_eps", 1e-12, above=0)
-        values["hidden_act"] = f.str("hidden_act", "gelu", choices=SUPPORTED_ACTIVATIONS)
-        values["pad_token_id"] = f.int("pad_token_id", 0, minimum=0)
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            values[name] = f.number(name, 0.1, minimum=0, below=1)
+        # JSON types here (Fields names the file and field); the values' rules in __post_init__
+        values = {name: f.int(name) for name in _SHAPE_FIELDS if name != "type_vocab_size"}
+        values["type_vocab_size"] = f.int("type_vocab_size", 2)
+        values["layer_norm_eps"] = f.number("layer_norm_eps", 1e-12)
+        values["hidden_act"] = f.str("hidden_act", "gelu")
+        values["pad_token_id"] = f.int("pad_token_id", 0)
+        values.update({name: f.number(name, 0.1) for name in _DROPOUT_FIELDS})
         try:
             return cls(**values)
         except ConfigError as e:

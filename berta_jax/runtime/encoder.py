@@ -18,21 +18,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from berta_jax.attention import select_kernel
-from berta_jax.batching import Batch, BatchPlanner, make_batches
-from berta_jax.compile_cache import enable_compilation_cache
-from berta_jax.config import BertConfig
-from berta_jax.dtypes import choose_dtype
+from berta_jax.models.attention import select_kernel
+from berta_jax.runtime.batching import Batch, BatchPlanner, make_batches
+from berta_jax.runtime.compile_cache import enable_compilation_cache
+from berta_jax.models.bert.config import BertConfig
+from berta_jax.runtime.dtypes import choose_dtype
 from berta_jax.errors import TruncationWarning
-from berta_jax.folder import ModelFolder
-from berta_jax.model import BertModel
-from berta_jax.packing import PackingPlanner, make_packed_batches, unpack_batch
-from berta_jax.runtime import CompileStats, Runtime, RunStats
-from berta_jax.st_config import RETRIEVAL_PROMPT_NAMES, SentenceConfig
-from berta_jax.texts import surrogate_problem
-from berta_jax.tokenize import TextTokenizer, TokenizedTexts
-from berta_jax.vectors import check_finite, check_truncate_dim, truncate
-from berta_jax.weights import load_model
+from berta_jax.loading.folder import ModelFolder
+from berta_jax.models.bert.model import BertModel
+from berta_jax.runtime.packing import PackingPlanner, make_packed_batches, unpack_batch
+from berta_jax.runtime.compiled import CompileStats, Runtime, RunStats
+from berta_jax.loading.sentence_config import RETRIEVAL_PROMPT_NAMES, SentenceConfig
+from berta_jax.text.texts import surrogate_problem
+from berta_jax.text.tokenize import TextTokenizer, TokenizedTexts
+from berta_jax.models.vectors import check_finite, check_truncate_dim, embedding_dim, truncate
+from berta_jax.loading.weights import load_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +73,8 @@ class Encoder:
       config: its `BertConfig`.
       sentence: pooling, normalisation, context, prompts and output dimension (`SentenceConfig`).
       tokenizer: the tokenizer step (`TextTokenizer`).
-      graphdef, params: `nnx.split(model)`, for the pure functions.
-      runtime: the compiled, sharded forwards; `compile_stats` says what was compiled, `run_stats` how busy the
+      graphdef, params: `nnx.split(model)`, for the pure functions (read from `model` on each access).
+      runtime: the compiled, sharded forwards (of `model`'s current weights: an edit to them is run); `compile_stats` says what was compiled, `run_stats` how busy the
         device was while batches ran.
     """
 
@@ -87,7 +87,6 @@ class Encoder:
         self.sentence = sentence
         self.name = name
         self.folder = folder  # the model folder it was loaded from (a hub snapshot for hub ids)
-        self.graphdef, self.params = nnx.split(model)
         self.devices = list(devices) if devices is not None else jax.local_devices()
         if max_batch_tokens is None:
             max_batch_tokens = default_batch_tokens(self.devices, sentence.max_seq_length, self.config)
@@ -96,7 +95,7 @@ class Encoder:
         self.packing = packing  # several texts per row (see packing.py); False: one text per padded row
         self.compile_stats = CompileStats()
         kernel = select_kernel(attention, self.devices[0].platform, model.layers.attention.dtype)
-        self.runtime = Runtime(self.graphdef, self.params, devices=self.devices, chunk_tokens=max_batch_tokens,
+        self.runtime = Runtime(model, devices=self.devices, chunk_tokens=max_batch_tokens,
                                stats=self.compile_stats, attention=kernel, fallback=attention == "auto",
                                compute_dtype=model.layers.attention.dtype)
 
@@ -151,6 +150,14 @@ class Encoder:
         return encoder
 
     @property
+    def graphdef(self) -> nnx.GraphDef:
+        return nnx.graphdef(self.model)
+
+    @property
+    def params(self) -> nnx.State:
+        return nnx.state(self.model)
+
+    @property
     def run_stats(self) -> RunStats:
         return self.runtime.run_stats
 
@@ -161,7 +168,7 @@ class Encoder:
     @property
     def embedding_dim(self) -> int:
         """Dimensions of the vectors `encode` returns (the folder's truncate_dim, else the hidden size)."""
-        return self.sentence.truncate_dim or self.hidden_size
+        return embedding_dim(self.hidden_size, self.sentence.truncate_dim)
 
     def prepare(self, texts: Sequence[str], *, prompt: str = "", batch_size: int | None = None,
                 max_batch_tokens: int | None = None) -> Prepared:

@@ -13,8 +13,8 @@ import re
 import numpy as np
 from flax import nnx
 
-from berta_jax.config import BertConfig
-from berta_jax.model import BertModel, abstract_model
+from berta_jax.models.bert.config import BertConfig
+from berta_jax.models.bert.model import BertModel, abstract_model
 
 FlatParams = dict[str, np.ndarray]
 LAYERS = "layers"

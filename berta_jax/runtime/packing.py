@@ -23,8 +23,8 @@ from typing import Iterator
 
 import numpy as np
 
-from berta_jax.batching import Batch, BatchPlanner
-from berta_jax.tokenize import TokenizedTexts
+from berta_jax.runtime.batching import Batch, BatchPlanner
+from berta_jax.text.tokenize import TokenizedTexts
 
 PACKED_ROW_LENGTHS = (128, 256, 512)
 TOKENS_PER_SEGMENT = 4  # a row of length L holds at most L // 4 texts: a bound on the pooled slots per row. At 8,

@@ -55,9 +55,6 @@ class LocalStore:
 
     remote = False
 
-    def url(self, path: str) -> str:
-        return path
-
     def join(self, base: str, *names: str) -> str:
         return os.path.join(base, *names)
 
@@ -181,9 +178,6 @@ class RemoteStore:
 
     def _path(self, url: str) -> str:
         return self.fs._strip_protocol(url)
-
-    def url(self, path: str) -> str:
-        return path
 
     def join(self, base: str, *names: str) -> str:
         return "/".join([base.rstrip("/"), *names])
@@ -357,17 +351,14 @@ def store_for(location: str | os.PathLike) -> LocalStore | RemoteStore:
 
 
 def _options(protocol: str) -> dict:
-    """Backend options. Listings are never cached: other processes write the same prefixes (locks, claims).
-    Against a Cloud Storage emulator (STORAGE_EMULATOR_HOST) access is anonymous; S3 endpoints come from the
-    standard AWS_ENDPOINT_URL."""
+    """Backend options. Listings are never cached: other processes write the same prefixes (locks, records).
+    Credentials and endpoints are the backends' own (gcsfs: application default credentials,
+    STORAGE_EMULATOR_HOST; s3fs: the AWS variables and AWS_ENDPOINT_URL; any option through fsspec's
+    FSSPEC_<PROTOCOL>_<OPTION> configuration)."""
     options: dict = {"use_listings_cache": False}
     timeout = float(os.environ.get(TIMEOUT_VAR, 300))  # a request that hangs is an error, not a stuck job
     if protocol in ("gs", "gcs"):
         options["requests_timeout"] = timeout
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
-            # an emulator cannot answer gcsfs' gRPC bucket-type probe, which would then retry for 60 s per call
-            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-            options["token"] = "anon"
     elif protocol in ("s3", "s3a"):
         options["config_kwargs"] = {"connect_timeout": min(timeout, 60), "read_timeout": timeout}
     return options

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-from berta_jax.tokenize import TokenizedTexts
+from berta_jax.text.tokenize import TokenizedTexts
 
 LENGTH_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512)
 
@@ -133,15 +133,6 @@ class Batch:
     def shape(self) -> tuple[int, int, int]:
         """(rows, length, segments per row): what a compiled program is specialised to."""
         return (*self.input_ids.shape, self.num_segments)
-
-    @property
-    def attention_mask(self) -> np.ndarray:
-        return (self.segment_ids > 0).astype(np.int32)
-
-    @property
-    def rows(self) -> np.ndarray:
-        """Input indices in slot order (one text per row: the row's text)."""
-        return self.texts
 
 
 def make_batches(

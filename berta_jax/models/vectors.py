@@ -1,6 +1,8 @@
-"""Sentence vectors on the host, after the device: the finiteness check and sentence-transformers' truncation.
+"""What a sentence vector is, on the host: the pooling modes that make it, its dimensions, the finiteness
+check and sentence-transformers' truncation.
 
-Kept free of JAX so the batch job's planning and checks import quickly.
+Kept free of JAX so that reading a folder and the batch job's planning import quickly; `pooling` (on the
+device) and `loading.sentence_config` take the pooling modes from here.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from berta_jax.errors import NonFiniteError
+
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")  # sentence-transformers' names
 
 
 def check_finite(vectors: np.ndarray, total: int) -> None:
@@ -20,6 +24,12 @@ def check_finite(vectors: np.ndarray, total: int) -> None:
         f"{', ...' if len(bad) > 20 else ''}); the weights overflow float32 on them: check the checkpoint",
         bad,
     )
+
+
+def embedding_dim(hidden_size: int, folder_truncate_dim: int | None, requested: int | None = None) -> int:
+    """Dimensions of the vectors a call returns: the `truncate_dim` asked for, else the folder's, else the
+    model's hidden size."""
+    return requested or folder_truncate_dim or hidden_size
 
 
 def check_truncate_dim(value, hidden_size: int) -> int:

@@ -1,7 +1,7 @@
 """The one table between Hugging Face BERT parameter names and the Flax tree.
 
-Each row pairs an HF `BertModel` name with a per-layer path of `berta_jax.model.BertModel`
-(`berta_jax.params` stacks the layers) and names the transform between them. `{i}` stands for the layer index. Both
+Each row pairs an HF `BertModel` name with a per-layer path of `berta_jax.models.bert.model.BertModel`
+(`berta_jax.models.bert.params` stacks the layers) and names the transform between them. `{i}` stands for the layer index. Both
 directions (HF -> Flax and Flax -> HF) are derived from this table; nothing else
 in the project spells a parameter name.
 

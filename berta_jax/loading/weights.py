@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from berta_jax.config import BertConfig
-from berta_jax.files import ModelFiles
-from berta_jax.model import BertModel, abstract_model
-from berta_jax.params import FlatParams, state_shapes, stacked_tree
+from berta_jax.models.bert.config import BertConfig
+from berta_jax.storage.model_files import ModelFiles
+from berta_jax.models.bert.model import BertModel
+from berta_jax.models.registry import family_for
+from berta_jax.models.bert.params import FlatParams, state_shapes, stacked_tree
 from berta_jax.convert.checkpoint import check_params, read_params
 
 
@@ -31,7 +32,8 @@ def build_model(
 
     `remat=True` rematerialises each layer in the backward pass (less memory for long sequences).
     """
-    graphdef, state = nnx.split(abstract_model(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat))
+    abstract = family_for(cfg).module("model").abstract_model
+    graphdef, state = nnx.split(abstract(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat))
     check_params(params, state_shapes(state), source, cfg)
     arrays = {k: np.asarray(v, dtype=np.dtype(param_dtype)) for k, v in params.items()}
     tree = jax_tree(stacked_tree(arrays, cfg.num_hidden_layers))

@@ -14,9 +14,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from berta_jax.model import BertModel
+from berta_jax.models.attention import EXPLICIT, AttentionKernel
+from berta_jax.models.bert.model import BertModel
+from berta_jax.models.vectors import POOLING_MODES
 
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
 
 
 def pool(hidden: Float[Array, "B L D"], mask: Bool[Array, "B L"], mode: str) -> Float[Array, "B D"]:
@@ -65,35 +66,42 @@ def l2_normalize(x: Float[Array, "... D"], eps: float = 1e-12) -> Float[Array, "
     return x / jnp.maximum(norm, eps)
 
 
+def embed_rows(model: BertModel, input_ids: Int[Array, "B L"], token_type_ids: Int[Array, "B L"] | None,
+               segment_ids: Int[Array, "B L"], positions: Int[Array, "B L"] | None, pool_mask: Bool[Array, "B L"],
+               *, num_segments: int = 1, pooling: str = "mean", normalize: bool = True,
+               attention_kernel: str | AttentionKernel = EXPLICIT,
+               dropout_key: jax.Array | None = None) -> Float[Array, "B S D"]:
+    """The one sentence-embedding path: encoder -> pool each of a row's `num_segments` texts over `pool_mask`
+    -> L2 norm; one vector per (row, segment), zeros for empty segments.
+
+    `segment_ids` say which text each token belongs to (0 = padding); with one text per row they are the
+    attention mask. A `dropout_key` switches the encoder to training mode (dropout at the config's rates).
+    """
+    packed = num_segments > 1
+    hidden = model.forward(input_ids, segment_ids > 0, token_type_ids, segment_ids=segment_ids if packed else None,
+                           positions=positions, attention_kernel=attention_kernel,
+                           deterministic=dropout_key is None, dropout_key=dropout_key).last_hidden_state
+    pooled = pool_segments(hidden, segment_ids, pool_mask, num_segments, pooling)
+    return l2_normalize(pooled) if normalize else pooled
+
+
 def embed(
     model: BertModel,
     input_ids: Int[Array, "B L"],
-    attention_mask: Int[Array, "B L"],
+    attention_mask: Int[Array, "B L"] | Bool[Array, "B L"],
     token_type_ids: Int[Array, "B L"] | None = None,
     pool_mask: Bool[Array, "B L"] | None = None,
     *,
     pooling: str = "mean",
     normalize: bool = True,
-    dropout_key=None,
+    dropout_key: jax.Array | None = None,
 ) -> Float[Array, "B D"]:
-    """Sentence embeddings from token ids: encoder, pooling over `pool_mask` (default: attention mask), L2 norm.
-
-    A `dropout_key` switches the encoder to training mode (dropout at the config's rates).
-    """
-    hidden = model.forward(
-        input_ids, attention_mask, token_type_ids, deterministic=dropout_key is None, dropout_key=dropout_key
-    ).last_hidden_state
-    pooled = pool(hidden, (attention_mask if pool_mask is None else pool_mask).astype(bool), pooling)
-    return l2_normalize(pooled) if normalize else pooled
-
-
-def embed_packed(model: BertModel, input_ids, token_type_ids, segment_ids, positions, pool_mask, *,
-                 num_segments: int, pooling: str, normalize: bool, attention_kernel: str = "xla") -> Float[Array, "B S D"]:
-    """Sentence embeddings of packed rows: one vector per (row, segment), zeros for empty segments."""
-    hidden = model.forward(input_ids, segment_ids > 0, token_type_ids, segment_ids=segment_ids,
-                           positions=positions, attention_kernel=attention_kernel).last_hidden_state
-    pooled = pool_segments(hidden, segment_ids, pool_mask, num_segments, pooling)
-    return l2_normalize(pooled) if normalize else pooled
+    """Sentence embeddings of one text per row: `embed_rows` with the attention mask as the segments, pooling
+    over `pool_mask` (positions within the attention mask; default: all of them)."""
+    segments = attention_mask.astype(bool).astype(jnp.int32)
+    pool_mask = (attention_mask if pool_mask is None else pool_mask).astype(bool)
+    return embed_rows(model, input_ids, token_type_ids, segments, None, pool_mask, pooling=pooling,
+                      normalize=normalize, dropout_key=dropout_key)[:, 0]
 
 
 def make_embed_fn(graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: bool = True) -> Callable:
@@ -105,33 +113,37 @@ def make_embed_fn(graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: b
     """
 
     def embed_fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None):
-        model = nnx.merge(graphdef, params)
-        return embed(
-            model, input_ids, attention_mask, token_type_ids, pool_mask,
-            pooling=pooling, normalize=normalize, dropout_key=dropout_key,
-        )
+        return embed(nnx.merge(graphdef, params), input_ids, attention_mask, token_type_ids, pool_mask,
+                     pooling=pooling, normalize=normalize, dropout_key=dropout_key)
 
     return embed_fn
 
 
-def make_hidden_fn(graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None) -> Callable:
-    """A pure `fn(params, input_ids, attention_mask, token_type_ids=None) -> [B, L, D]` (last hidden state).
+def make_hidden_fn(graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None,
+                   all_layers: bool = False) -> Callable:
+    """A pure `fn(params, input_ids, attention_mask, token_type_ids=None)` -> the last hidden state
+    `[B, L, D]`, or with `all_layers` the embeddings output and every layer's (N + 1 x `[B, L, D]`).
 
     With `chunk_tokens`, a batch of more than that many tokens runs as a sequence of row chunks of about
-    that size (`lax.map`): the same numbers, with cache-sized intermediates, which is faster on CPUs.
+    that size (`lax.scan`): the same numbers, with cache-sized intermediates, which is faster on CPUs.
     """
+
+    def forward(params, input_ids, attention_mask, token_type_ids):
+        out = nnx.merge(graphdef, params).forward(input_ids, attention_mask, token_type_ids,
+                                                  output_hidden_states=all_layers)
+        return out.hidden_states if all_layers else out.last_hidden_state
 
     def hidden_fn(params, input_ids, attention_mask, token_type_ids=None):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         batch, length = input_ids.shape
-        rows = chunk_rows(batch, length, chunk_tokens)
+        rows = batch if all_layers else chunk_rows(batch, length, chunk_tokens)
         if rows == batch:
-            return nnx.merge(graphdef, params)(input_ids, attention_mask, token_type_ids)
+            return forward(params, input_ids, attention_mask, token_type_ids)
         chunks = tuple(x.reshape(batch // rows, rows, length) for x in (input_ids, attention_mask, token_type_ids))
 
         def step(carried, xs):  # the parameters travel as the carry: NNX merges them at the loop's trace level
-            return carried, nnx.merge(graphdef, carried)(*xs)
+            return carried, forward(carried, *xs)
 
         _, out = jax.lax.scan(step, params, chunks)  # [chunks, rows, L, D]
         return out.reshape(batch, length, -1)

@@ -13,12 +13,12 @@ import dataclasses
 from types import MappingProxyType
 from typing import Mapping
 
-from berta_jax.config import BertConfig
+from berta_jax.models.bert.config import BertConfig
 from berta_jax.errors import ConfigError
-from berta_jax.files import ModelFiles
-from berta_jax.jsonfields import Fields
+from berta_jax.storage.model_files import ModelFiles
+from berta_jax.storage.json_fields import Fields
+from berta_jax.models.vectors import POOLING_MODES
 
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len_tokens")
 # sentence-transformers' legacy boolean keys -> its pooling_mode names.
 _LEGACY_POOLING_KEYS = {
     "pooling_mode_cls_token": "cls",

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from berta_jax.errors import ModelNotFoundError, StorageError
-from berta_jax.storage import copy_to_local, is_url, store_for
+from berta_jax.storage.stores import copy_to_local, is_url, store_for
 
 # What a sentence encoder needs from a repository; never pickles or other frameworks' weights.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "vocab.txt"]  # fnmatch: "*" also matches "/" (1_Pooling/...)

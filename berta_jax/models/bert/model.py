@@ -3,7 +3,7 @@
 embeddings -> N x (self-attention -> residual LayerNorm -> GELU feed-forward -> residual LayerNorm) ->
 last hidden state. The N layers are one `EncoderLayer` whose parameters carry a leading layer axis
 (created with `nnx.vmap`, applied with `nnx.scan`), so a 12-layer model compiles one layer body instead of
-twelve. Parameter names are the ones the converter's table (`convert/mapping.py`) maps to and from Hugging
+twelve. Parameter names are the ones the converter's table (`berta_jax/models/bert/names.py`) maps to and from Hugging
 Face names, with the layer index in the path (`layers.3.ffn_in.kernel`); `weights.py` stacks and unstacks.
 
 Numerics, in one place (`Numerics`): parameters are stored in `param_dtype`; matmuls run in `dtype`
@@ -18,21 +18,23 @@ text's own tokens, and `positions` restart at 0 for each text, so a packed text 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from berta_jax.attention import attention, kernel_mask
-from berta_jax.config import BertConfig
+from berta_jax.models.attention import EXPLICIT, AttentionKernel, Mask, kernel_named
+from berta_jax.models.bert.config import ACTIVATIONS, BertConfig
 
-_ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's exact erf GELU
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The `jax.nn` function config.json's `hidden_act` names (`config.ACTIVATIONS`)."""
+    function, kwargs = ACTIVATIONS[name]
+    return functools.partial(getattr(jax.nn, function), **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,32 +101,24 @@ class SelfAttention(nnx.Module):
 
     def __init__(self, cfg: BertConfig, numerics: Numerics, *, rngs: nnx.Rngs):
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
-        self.dtype, self.precision, self.accumulate = numerics.dtype, numerics.precision, numerics.accumulate
+        self.dtype, self.precision = numerics.dtype, numerics.precision
         self.query = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
         self.key = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
         self.value = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
         self.out = numerics.linear(cfg.hidden_size, cfg.hidden_size, rngs)
         self.dropout = nnx.Dropout(cfg.attention_probs_dropout_prob)
 
-    def _projections(self, x: Float[Array, "B L D"]) -> tuple[Float[Array, "B L H K"], ...]:
-        """q, k, v from one [D, 3D] matmul (a larger GEMM runs closer to peak), split into heads."""
-        kernel = jnp.concatenate([self.query.kernel[...], self.key.kernel[...], self.value.kernel[...]], axis=1)
-        bias = jnp.concatenate([self.query.bias[...], self.key.bias[...], self.value.bias[...]])
-        qkv = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype), precision=self.precision,
-                      preferred_element_type=self.accumulate) + bias.astype(self.accumulate or self.dtype)
+    def _heads(self, projection: nnx.Linear, x: Float[Array, "B L D"]) -> Float[Array, "B L H K"]:
         batch, length, _ = x.shape
-        heads = qkv.astype(self.dtype).reshape(batch, length, 3, self.num_heads, self.head_dim)
-        return heads[:, :, 0], heads[:, :, 1], heads[:, :, 2]  # each [B, L, H, K], in the compute dtype
+        return projection(x).astype(self.dtype).reshape(batch, length, self.num_heads, self.head_dim)
 
-    def __call__(self, x: Float[Array, "B L D"], mask: Float[Array, "B 1 Lq Lk"] | Int[Array, "B L"],
-                 rngs: nnx.Rngs | None = None,
-                 *, with_probs: bool = False, kernel: str = "xla") -> tuple[Float[Array, "B L D"],
-                                                                          Float[Array, "B H L L"] | None]:
+    def __call__(self, x: Float[Array, "B L D"], mask: Mask, rngs: nnx.Rngs | None = None, *,
+                 with_probs: bool = False,
+                 kernel: AttentionKernel = EXPLICIT) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"] | None]:
         """The attention output and, when asked, the attention probabilities (before dropout)."""
-        q, k, v = self._projections(x)
+        q, k, v = (self._heads(projection, x) for projection in (self.query, self.key, self.value))
         dropout = None if rngs is None else (lambda p: self.dropout(p, deterministic=False, rngs=rngs))
-        context, probs = attention(q, k, v, mask, precision=self.precision, dropout=dropout, with_probs=with_probs,
-                                   kernel=kernel)
+        context, probs = kernel(q, k, v, mask, precision=self.precision, dropout=dropout, with_probs=with_probs)
         batch, length = x.shape[:2]
         return self.out(context.reshape(batch, length, -1)), probs
 
@@ -138,13 +132,12 @@ class EncoderLayer(nnx.Module):
         self.ffn_in = numerics.linear(cfg.hidden_size, cfg.intermediate_size, rngs)
         self.ffn_out = numerics.linear(cfg.intermediate_size, cfg.hidden_size, rngs)
         self.ln_ffn = numerics.layer_norm(cfg, rngs)
-        self.activation = _ACTIVATIONS[cfg.hidden_act]
+        self.activation = activation(cfg.hidden_act)
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(self, x: Float[Array, "B L D"], mask: Float[Array, "B 1 Lq Lk"] | Int[Array, "B L"],
-                 rngs: nnx.Rngs | None = None,
-                 *, with_probs: bool = False, kernel: str = "xla") -> tuple[Float[Array, "B L D"],
-                                                                          Float[Array, "B H L L"] | None]:
+    def __call__(self, x: Float[Array, "B L D"], mask: Mask, rngs: nnx.Rngs | None = None, *,
+                 with_probs: bool = False,
+                 kernel: AttentionKernel = EXPLICIT) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"] | None]:
         """The layer output and (when asked) its attention probabilities."""
         drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)  # noqa: E731
         attended, probs = self.attention(x, mask, rngs, with_probs=with_probs, kernel=kernel)
@@ -188,7 +181,7 @@ class BertModel(nnx.Module):
         dropout_key: jax.Array | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-        attention_kernel: str = "xla",
+        attention_kernel: str | AttentionKernel = EXPLICIT,
     ) -> BertOutput:
         """The encoder, with packed rows, training dropout and introspection when asked.
 
@@ -200,9 +193,9 @@ class BertModel(nnx.Module):
             needs `dropout_key`, from which every layer and call site derives its own key.
           output_hidden_states: also return the embeddings output and every layer's output.
           output_attentions: also return every layer's attention probabilities `[B, H, L, L]`.
-          attention_kernel: "xla" (explicit, every backend), "cudnn" (fused, NVIDIA GPUs, 16-bit compute) or
-            "splash" (fused, TPUs, 16-bit compute; the Pallas interpreter elsewhere); see
-            `attention.select_kernel`. Dropout and `output_attentions` always run the explicit kernel.
+          attention_kernel: an `AttentionKernel` or its name: "xla" (explicit, every backend), "cudnn" (fused,
+            NVIDIA GPUs, 16-bit compute) or "splash" (fused, TPUs, 16-bit compute; the Pallas interpreter
+            elsewhere); see `attention.select_kernel`. Dropout and `output_attentions` always run the explicit kernel.
         """
         if not deterministic and dropout_key is None:
             raise ValueError("deterministic=False (training) needs a dropout_key, e.g. jax.random.key(0)")
@@ -211,8 +204,8 @@ class BertModel(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if positions is None:  # right padding, one text per row: position = index
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        kernel = "xla" if key is not None or output_attentions else attention_kernel
-        mask = kernel_mask(kernel, attention_mask.astype(bool), segment_ids)
+        kernel = EXPLICIT if key is not None or output_attentions else kernel_named(attention_kernel)
+        mask = kernel.mask(attention_mask.astype(bool), segment_ids)
         rngs = None if key is None else nnx.Rngs(dropout=jax.random.fold_in(key, 0))
         embedded = self.embeddings(input_ids, token_type_ids, positions, rngs)
         last, hidden, probs = self._run_layers(embedded, mask, key, output_hidden_states, output_attentions, kernel)
@@ -222,10 +215,10 @@ class BertModel(nnx.Module):
             attentions=None if probs is None else tuple(probs),
         )
 
-    def _run_layers(self, x: Float[Array, "B L D"], mask: Float[Array, "B 1 Lq Lk"] | Int[Array, "B L"],
-                    key: jax.Array | None,
-                    keep_hidden: bool, keep_probs: bool, kernel: str) -> tuple[jax.Array, jax.Array | None,
-                                                                               jax.Array | None]:
+    def _run_layers(self, x: Float[Array, "B L D"], mask: Mask, key: jax.Array | None, keep_hidden: bool,
+                    keep_probs: bool, kernel: AttentionKernel) -> tuple[Float[Array, "B L D"],
+                                                                        Float[Array, "N B L D"] | None,
+                                                                        Float[Array, "N B H L L"] | None]:
         """Scan the stacked layer over the layer axis: (last state, [N, B, L, D] states, [N, B, H, L, L] probs)."""
         keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), self.cfg.num_hidden_layers)
 
