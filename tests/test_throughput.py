@@ -26,7 +26,7 @@ def _lengths(n: int, seed: int = 0) -> np.ndarray:
 
 
 def _shapes(planner: BatchPlanner, lengths) -> set[tuple[int, int]]:
-    return {(rows, length) for _, rows, length in planner.plan(lengths)}
+    return {(step.n_rows, step.length) for step in planner.plan(lengths)}
 
 
 @pytest.mark.parametrize("budget", [512, 2048, 8192, 32768])
@@ -34,18 +34,18 @@ def test_plan_covers_every_text_once_within_the_budget(budget):
     lengths = _lengths(3000)
     planner = BatchPlanner(max_seq_length=512, max_batch_tokens=budget)
     plan = planner.plan(lengths)
-    covered = np.concatenate([take for take, _, _ in plan])
-    assert sorted(covered.tolist()) == list(range(len(lengths)))
-    for take, rows, length in plan:
-        assert rows * length <= budget and len(take) <= rows
-        assert lengths[take].max() <= length and length in LENGTH_BUCKETS
-    assert sum(len(take) < rows for take, rows, _ in plan) <= len(LENGTH_BUCKETS)  # one short batch per bucket
+    assert sorted(i for step in plan for i in step.texts) == list(range(len(lengths)))
+    for step in plan:
+        assert step.segments == 1 and all(len(row) == 1 for row in step.rows)
+        assert step.n_rows * step.length <= budget and len(step.texts) <= step.n_rows
+        assert lengths[step.texts].max() <= step.length and step.length in LENGTH_BUCKETS
+    assert sum(len(s.texts) < s.n_rows for s in plan) <= len(LENGTH_BUCKETS)  # one short batch per bucket
 
 
 def test_compiled_shapes_are_bounded_whatever_the_number_of_texts():
     planner = BatchPlanner(max_seq_length=512, max_batch_tokens=4096)
     small, large = _lengths(100), _lengths(10_000, seed=1)
-    assert set(LENGTH_BUCKETS) == {b for _, _, b in planner.plan(small)}  # the same length range
+    assert set(LENGTH_BUCKETS) == {step.length for step in planner.plan(small)}  # the same length range
     assert len(_shapes(planner, large)) <= len(_shapes(planner, small)) == len(LENGTH_BUCKETS)
     assert len({length for _, length in _shapes(planner, large)}) == len(_shapes(planner, large))  # one per bucket
 
@@ -53,15 +53,15 @@ def test_compiled_shapes_are_bounded_whatever_the_number_of_texts():
 def test_padding_overhead_is_small_for_a_mixed_workload():
     lengths = _lengths(10_000)
     plan = BatchPlanner(max_seq_length=512, max_batch_tokens=4096).plan(lengths)
-    padded = sum(rows * length for _, rows, length in plan)
+    padded = sum(step.n_rows * step.length for step in plan)
     assert padded / lengths.sum() < 1.2
 
 
 def test_rows_divide_by_the_device_count():
     planner = BatchPlanner(max_seq_length=512, max_batch_tokens=2048, num_devices=4)
-    for take, rows, length in planner.plan(_lengths(777)):
-        assert rows % 4 == 0 and rows >= len(take)
-    assert planner.plan(np.array([5]))[0][1] == 4  # one text still fills a row per device
+    for step in planner.plan(_lengths(777)):
+        assert step.n_rows % 4 == 0 and step.n_rows >= len(step.texts)
+    assert planner.plan(np.array([5]))[0].n_rows == 4  # one text still fills a row per device
 
 
 @pytest.mark.parametrize(

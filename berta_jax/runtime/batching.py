@@ -42,6 +42,21 @@ def _positive_int(name: str, value) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
+class BatchPlan:
+    """One batch of a plan: which texts go in which row, and the batch's shape. Both planners make these."""
+
+    rows: list[list[int]]  # input indices of the texts in each real row, in segment order
+    n_rows: int  # rows of the batch shape (real rows, then empty ones)
+    length: int
+    segments: int = 1  # segments (texts) per row of the batch shape
+
+    @property
+    def texts(self) -> list[int]:
+        """Input indices in slot order."""
+        return [i for row in self.rows for i in row]
+
+
+@dataclasses.dataclass(frozen=True)
 class BatchPlanner:
     """Decides batch shapes: a token budget per batch, a row cap, and a device count rows must divide by.
 
@@ -89,8 +104,8 @@ class BatchPlanner:
         rows = 1 << max(0, (n - 1).bit_length())
         return -(-rows // self.num_devices) * self.num_devices
 
-    def plan(self, lengths: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
-        """[(input indices, rows, padded length)] covering every text once, longest texts first.
+    def plan(self, lengths: np.ndarray) -> list[BatchPlan]:
+        """Batches of one text per row covering every text once, longest texts first.
 
         Texts are grouped by length bucket; each bucket is cut into full batches
         of `full_rows` rows. Its last, short batch keeps the full shape when the
@@ -107,7 +122,8 @@ class BatchPlanner:
             for start in range(0, len(members), rows):
                 take = members[start : start + rows]
                 short = len(members) < rows  # the bucket never fills a batch: a small shape of its own
-                plan.append((take, min(rows, self.tail_rows(len(take))) if short else rows, length))
+                n_rows = min(rows, self.tail_rows(len(take))) if short else rows
+                plan.append(BatchPlan([[int(i)] for i in take], n_rows, length))
         return plan
 
 
@@ -135,24 +151,26 @@ class Batch:
         return (*self.input_ids.shape, self.num_segments)
 
 
-def make_batches(
-    tokens: TokenizedTexts, planner: BatchPlanner, *, pad_token_id: int, exclude_prompt: bool = False
-) -> Iterator[Batch]:
-    """Padded batches, one text per row, in the planner's order; `exclude_prompt` drops [CLS] + prompt tokens
-    from pooling (sentence-transformers' include_prompt=false)."""
-    lengths = tokens.lengths
-    for take, n_rows, seq in planner.plan(lengths):
-        ids = np.full((n_rows, seq), pad_token_id, dtype=np.int32)
-        types = np.zeros((n_rows, seq), dtype=np.int32)
-        segments = np.zeros((n_rows, seq), dtype=np.int32)
-        for r, i in enumerate(take):
-            n = lengths[i]
-            ids[r, :n] = tokens.input_ids[i]
-            types[r, :n] = tokens.token_type_ids[i]
-            segments[r, :n] = 1
-        pool_mask = segments > 0
-        if exclude_prompt and tokens.prompt_length:
-            pool_mask[:, : tokens.prompt_length] = False
-        positions = np.broadcast_to(np.arange(seq, dtype=np.int32), (n_rows, seq))
-        yield Batch(np.asarray(take, np.int64), np.arange(len(take), dtype=np.int64), ids, types, segments,
-                    positions, pool_mask)
+def make_batches(tokens: TokenizedTexts, planner: BatchPlanner, *, pad_token_id: int,
+                 exclude_prompt: bool = False) -> Iterator[Batch]:
+    """The planner's batches laid out, in its order: each row's texts side by side (segment ids 1, 2, ...,
+    positions restarting at 0 for each); `exclude_prompt` drops each text's [CLS] + prompt from pooling
+    (sentence-transformers' include_prompt=false)."""
+    skip = tokens.prompt_length if exclude_prompt else 0
+    for step in planner.plan(tokens.lengths):
+        shape = (step.n_rows, step.length)
+        ids, types = np.full(shape, pad_token_id, np.int32), np.zeros(shape, np.int32)
+        segments, positions, pool = np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.zeros(shape, bool)
+        slots = []
+        for r, row in enumerate(step.rows):
+            start = 0
+            for s, i in enumerate(row):
+                n = len(tokens.input_ids[i])
+                span = slice(start, start + n)
+                ids[r, span], types[r, span] = tokens.input_ids[i], tokens.token_type_ids[i]
+                segments[r, span], positions[r, span] = s + 1, np.arange(n)
+                pool[r, start + skip:start + n] = True
+                slots.append(r * step.segments + s)
+                start += n
+        yield Batch(np.asarray(step.texts, np.int64), np.asarray(slots, np.int64), ids, types, segments, positions,
+                    pool, num_segments=step.segments)

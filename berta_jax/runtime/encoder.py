@@ -26,7 +26,7 @@ from berta_jax.runtime.dtypes import choose_dtype
 from berta_jax.errors import TruncationWarning
 from berta_jax.loading.folder import ModelFolder
 from berta_jax.models.bert.model import BertModel
-from berta_jax.runtime.packing import PackingPlanner, make_packed_batches, unpack_batch
+from berta_jax.runtime.packing import PackingPlanner, unpack_batch
 from berta_jax.runtime.compiled import CompileStats, Runtime, RunStats
 from berta_jax.loading.sentence_config import RETRIEVAL_PROMPT_NAMES, SentenceConfig
 from berta_jax.text.texts import surrogate_problem
@@ -174,11 +174,10 @@ class Encoder:
                 max_batch_tokens: int | None = None) -> Prepared:
         """Tokenize `texts` (with `prompt` prepended) and plan their batches."""
         tokens = self.tokenizer(texts, prompt=prompt)
-        planner_type, batcher = (PackingPlanner, make_packed_batches) if self.packing else (BatchPlanner, make_batches)
-        planner = planner_type(max_seq_length=self.sentence.max_seq_length,
+        planner = (PackingPlanner if self.packing else BatchPlanner)(max_seq_length=self.sentence.max_seq_length,
                                max_batch_tokens=self.max_batch_tokens if max_batch_tokens is None else max_batch_tokens,
                                batch_size=batch_size, num_devices=self.runtime.num_devices)
-        batches = batcher(tokens, planner, pad_token_id=self.config.pad_token_id,
+        batches = make_batches(tokens, planner, pad_token_id=self.config.pad_token_id,
                           exclude_prompt=not self.sentence.include_prompt)
         return Prepared(tokens, list(batches))
 

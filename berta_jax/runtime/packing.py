@@ -19,25 +19,15 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from typing import Iterator
 
 import numpy as np
 
-from berta_jax.runtime.batching import Batch, BatchPlanner
-from berta_jax.text.tokenize import TokenizedTexts
+from berta_jax.runtime.batching import BatchPlan, Batch, BatchPlanner
 
 PACKED_ROW_LENGTHS = (128, 256, 512)
 TOKENS_PER_SEGMENT = 4  # a row of length L holds at most L // 4 texts: a bound on the pooled slots per row. At 8,
 # 100,000 texts of 1-3 words padded 1.24x (MiniLM) and empty texts 4x; at 4, 1.03x and 2x. A smaller bound would
 # grow every batch's pooled output ([rows x L // bound, hidden]) for the few corpora of near-empty texts.
-
-
-@dataclasses.dataclass(frozen=True)
-class PackedBatchPlan:
-    rows: list[list[int]]  # input indices of the texts in each real row, in segment order
-    n_rows: int  # rows of the batch shape (real rows, then empty ones)
-    length: int
-    segments: int  # segments per row of the batch shape
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,15 +43,15 @@ class PackingPlanner(BatchPlanner):
     def rows_per_batch(self, length: int) -> int:
         return self.device_rows(self.max_batch_tokens // length)
 
-    def plan(self, lengths: np.ndarray) -> list[PackedBatchPlan]:
+    def plan(self, lengths: np.ndarray) -> list[BatchPlan]:
         """Batches covering every text once, longest row lengths first."""
         rows = pack(np.asarray(lengths), self.row_lengths(), self.segments)
-        plan: list[PackedBatchPlan] = []
+        plan: list[BatchPlan] = []
         for length in sorted({length for length, _ in rows}, reverse=True):
             plan += self._batches([texts for row_length, texts in rows if row_length == length], length)
         return plan
 
-    def _batches(self, rows: list[list[int]], length: int) -> list[PackedBatchPlan]:
+    def _batches(self, rows: list[list[int]], length: int) -> list[BatchPlan]:
         per_batch, cap = self.rows_per_batch(length), self.batch_size or 1 << 62
         groups: list[list[list[int]]] = [[]]
         for row in rows:
@@ -70,10 +60,10 @@ class PackingPlanner(BatchPlanner):
                 groups.append(group := [])
             group.append(row)
         if len(groups) == 1:  # a small call: the smallest power-of-two shape that holds it
-            return [PackedBatchPlan(groups[0], min(per_batch, self.tail_rows(len(groups[0]))), length,
+            return [BatchPlan(groups[0], min(per_batch, self.tail_rows(len(groups[0]))), length,
                                     self.segments(length))]
         half = self.half_rows(length)
-        return [PackedBatchPlan(g, half if g is groups[-1] and len(g) <= half else per_batch, length,
+        return [BatchPlan(g, half if g is groups[-1] and len(g) <= half else per_batch, length,
                                 self.segments(length)) for g in groups]
 
     def half_rows(self, length: int) -> int:
@@ -101,30 +91,6 @@ def pack(lengths: np.ndarray, row_lengths: tuple[int, ...], segments) -> list[tu
         if space - n > 0 and len(rows[r][1]) < segments(rows[r][0]):
             bisect.insort(free, (space - n, r))
     return rows
-
-
-def make_packed_batches(tokens: TokenizedTexts, planner: PackingPlanner, *, pad_token_id: int,
-                        exclude_prompt: bool = False) -> Iterator[Batch]:
-    """Packed batches in the planner's order; `exclude_prompt` drops each text's [CLS] + prompt from pooling."""
-    skip = tokens.prompt_length if exclude_prompt else 0
-    for step in planner.plan(tokens.lengths):
-        shape = (step.n_rows, step.length)
-        ids, types = np.full(shape, pad_token_id, np.int32), np.zeros(shape, np.int32)
-        segments, positions, pool = np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.zeros(shape, bool)
-        texts, slots = [], []
-        for r, row in enumerate(step.rows):
-            start = 0
-            for s, i in enumerate(row):
-                n = len(tokens.input_ids[i])
-                span = slice(start, start + n)
-                ids[r, span], types[r, span] = tokens.input_ids[i], tokens.token_type_ids[i]
-                segments[r, span], positions[r, span] = s + 1, np.arange(n)
-                pool[r, start + skip:start + n] = True
-                texts.append(i)
-                slots.append(r * step.segments + s)
-                start += n
-        yield Batch(np.asarray(texts, np.int64), np.asarray(slots, np.int64), ids, types, segments, positions, pool,
-                    num_segments=step.segments)
 
 
 def unpack_batch(batch: Batch) -> Batch:
