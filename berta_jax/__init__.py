@@ -60,8 +60,15 @@ if TYPE_CHECKING:  # static analysers see the real names
     from berta_jax.models.bert.config import BertConfig  # noqa: F401
     from berta_jax.runtime.encoder import EncodeResult, Encoder  # noqa: F401
     from berta_jax.errors import (  # noqa: F401
-        BertaJaxError, CheckpointError, ConfigError, InputError, JobError, ModelNotFoundError, NonFiniteError,
-        StorageError, TruncationWarning,
+        BertaJaxError,
+        CheckpointError,
+        ConfigError,
+        InputError,
+        JobError,
+        ModelNotFoundError,
+        NonFiniteError,
+        StorageError,
+        TruncationWarning,
     )
     from berta_jax.loading.folder import ModelFolder  # noqa: F401
     from berta_jax.models.bert.model import BertModel, BertOutput  # noqa: F401

@@ -60,7 +60,9 @@ class EncoderSpec:
             raise ValueError("give prompt_name or prompt, not both")
         for name in ("truncate_dim", "max_batch_tokens", "max_seq_length"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
                 raise ValueError(f"{name}={value!r} must be a positive integer or None")
 
     def load(self) -> Encoder:
@@ -68,8 +70,12 @@ class EncoderSpec:
         from berta_jax.runtime.encoder import Encoder
 
         return Encoder.from_pretrained(
-            self.model, dtype=self.dtype, pooling=self.pooling, max_seq_length=self.max_seq_length,
-            max_batch_tokens=self.max_batch_tokens, attention=self.attention,
+            self.model,
+            dtype=self.dtype,
+            pooling=self.pooling,
+            max_seq_length=self.max_seq_length,
+            max_batch_tokens=self.max_batch_tokens,
+            attention=self.attention,
             compilation_cache=self.compilation_cache,
         )
 
@@ -87,15 +93,24 @@ class EncoderSpec:
         bad = [i for i, problem in enumerate(problems) if problem]
         if bad and self.on_error == "raise":
             i = bad[0]
-            raise InputError(f"element {i} of this batch ({_shown(values[i])}) {problems[i]}; pass "
-                             "on_error='skip' to embed bad elements as zero vectors")
+            raise InputError(
+                f"element {i} of this batch ({_shown(values[i])}) {problems[i]}; pass "
+                "on_error='skip' to embed bad elements as zero vectors"
+            )
         good = [i for i, problem in enumerate(problems) if problem is None]
         out = np.zeros((len(values), self.dim(encoder)), np.float32)
         if good:
-            out[good] = encoder.encode([values[i] for i in good], prompt_name=self.prompt_name, prompt=self.prompt,
-                                       normalize=self.normalize, truncate_dim=self.truncate_dim)
+            out[good] = encoder.encode(
+                [values[i] for i in good],
+                prompt_name=self.prompt_name,
+                prompt=self.prompt,
+                normalize=self.normalize,
+                truncate_dim=self.truncate_dim,
+            )
         for i in bad:
-            _log.warning("skipped element %d of a batch (%s): %s", i, _shown(values[i]), problems[i])
+            _log.warning(
+                "skipped element %d of a batch (%s): %s", i, _shown(values[i]), problems[i]
+            )
         return out, [f"element {problem}" if problem else None for problem in problems]
 
 

@@ -32,27 +32,40 @@ DEFAULT_TEXTS = (
 )
 HIDDEN_TOLERANCE = 1e-4  # hidden states vs transformers
 EMBEDDING_TOLERANCE = 1e-5  # pooled and sentence embeddings vs sentence-transformers
-REFERENCE_BATCH = 4  # sentence-transformers pads each batch to its longest text: small batches pad less
+REFERENCE_BATCH = (
+    4  # sentence-transformers pads each batch to its longest text: small batches pad less
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class ParityReport:
     layer_max_abs: list[float]  # embeddings output, then each layer
-    pooled_max_abs: float | None  # vs sentence-transformers' Transformer -> Pooling; None without it
+    pooled_max_abs: (
+        float | None
+    )  # vs sentence-transformers' Transformer -> Pooling; None without it
     embedding_max_abs: float | None  # vs SentenceTransformer.encode; None without it
     cosine_min: float | None
     cosine_mean: float | None
-    reference_embeddings: np.ndarray | None = None  # SentenceTransformer.encode's vectors, to compare more runs with
+    reference_embeddings: np.ndarray | None = (
+        None  # SentenceTransformer.encode's vectors, to compare more runs with
+    )
 
     def stages(self) -> list[tuple[str, float, str]]:
         """(stage name, max abs difference, which tolerance applies) in pipeline order."""
-        rows = [("embeddings" if i == 0 else f"layer {i}", d, "hidden") for i, d in enumerate(self.layer_max_abs)]
+        rows = [
+            ("embeddings" if i == 0 else f"layer {i}", d, "hidden")
+            for i, d in enumerate(self.layer_max_abs)
+        ]
         if self.pooled_max_abs is not None:
-            rows += [("pooled", self.pooled_max_abs, "embedding"), ("sentence embedding", self.embedding_max_abs,
-                                                                  "embedding")]
+            rows += [
+                ("pooled", self.pooled_max_abs, "embedding"),
+                ("sentence embedding", self.embedding_max_abs, "embedding"),
+            ]
         return rows
 
-    def first_failure(self, hidden_tol: float = HIDDEN_TOLERANCE, embed_tol: float = EMBEDDING_TOLERANCE) -> str | None:
+    def first_failure(
+        self, hidden_tol: float = HIDDEN_TOLERANCE, embed_tol: float = EMBEDDING_TOLERANCE
+    ) -> str | None:
         """The first stage above its tolerance, or None."""
         limits = {"hidden": hidden_tol, "embedding": embed_tol}
         return next((name for name, diff, kind in self.stages() if diff > limits[kind]), None)
@@ -72,7 +85,9 @@ class Reference:
             from transformers import BertModel
             from transformers.utils import logging as transformers_logging
         except ImportError:
-            raise RuntimeError("the parity report needs PyTorch: pip install torch transformers") from None
+            raise RuntimeError(
+                "the parity report needs PyTorch: pip install torch transformers"
+            ) from None
         transformers_logging.disable_progress_bar()  # its "Loading weights" bars are noise in a report
         bert = BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
         try:
@@ -83,30 +98,65 @@ class Reference:
 
 
 def _max_abs(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)))) if np.size(a) else 0.0
+    return (
+        float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+        if np.size(a)
+        else 0.0
+    )
 
 
-def compare(encoder: Encoder, reference: Reference, texts: Sequence[str], *, prompt: str = "",
-            token_type_ids: np.ndarray | None = None) -> ParityReport:
+def compare(
+    encoder: Encoder,
+    reference: Reference,
+    texts: Sequence[str],
+    *,
+    prompt: str = "",
+    token_type_ids: np.ndarray | None = None,
+) -> ParityReport:
     """Every stage of `encoder` against `reference` on `texts` with `prompt` prepended."""
-    batch = encoder.tokenizer.hf([prompt + t for t in texts], padding=True, truncation=True,
-                                 max_length=encoder.sentence.max_seq_length, return_tensors="np")
+    batch = encoder.tokenizer.hf(
+        [prompt + t for t in texts],
+        padding=True,
+        truncation=True,
+        max_length=encoder.sentence.max_seq_length,
+        return_tensors="np",
+    )
     ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)
-    types = batch["token_type_ids"].astype(np.int32) if token_type_ids is None else token_type_ids.astype(np.int32)
+    types = (
+        batch["token_type_ids"].astype(np.int32)
+        if token_type_ids is None
+        else token_type_ids.astype(np.int32)
+    )
     lengths = mask.sum(axis=1)
-    groups = [_layer_differences(encoder, reference, *(a[rows, :lengths[rows].max()] for a in (ids, mask, types)))
-              for rows in _length_groups(lengths, encoder.sentence.max_seq_length)]
-    layers = [max(stage) for stage in zip(*groups)]  # per stage, the largest difference over the groups
+    groups = [
+        _layer_differences(
+            encoder, reference, *(a[rows, : lengths[rows].max()] for a in (ids, mask, types))
+        )
+        for rows in _length_groups(lengths, encoder.sentence.max_seq_length)
+    ]
+    layers = [
+        max(stage) for stage in zip(*groups)
+    ]  # per stage, the largest difference over the groups
     st = reference.sentence_transformer
     if st is None:
         return ParityReport(layers, None, None, None, None)
     pooled_ref = _pooled(st, list(texts), prompt)
-    pooled = encoder.encode(list(texts), prompt=prompt, normalize=False, truncate_dim=encoder.hidden_size)
+    pooled = encoder.encode(
+        list(texts), prompt=prompt, normalize=False, truncate_dim=encoder.hidden_size
+    )
     mine = encoder.encode(list(texts), prompt=prompt)
     ref = st.encode(list(texts), prompt=prompt, convert_to_numpy=True, batch_size=REFERENCE_BATCH)
-    cos = np.sum(mine * ref, axis=1) / np.maximum(np.linalg.norm(mine, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
-    return ParityReport(layers, _max_abs(pooled, pooled_ref), _max_abs(mine, ref), float(cos.min()),
-                        float(cos.mean()), ref)
+    cos = np.sum(mine * ref, axis=1) / np.maximum(
+        np.linalg.norm(mine, axis=1) * np.linalg.norm(ref, axis=1), 1e-12
+    )
+    return ParityReport(
+        layers,
+        _max_abs(pooled, pooled_ref),
+        _max_abs(mine, ref),
+        float(cos.min()),
+        float(cos.mean()),
+        ref,
+    )
 
 
 def _length_groups(lengths: np.ndarray, context: int) -> list[np.ndarray]:
@@ -116,17 +166,24 @@ def _length_groups(lengths: np.ndarray, context: int) -> list[np.ndarray]:
     return [np.flatnonzero(buckets == b) for b in sorted(set(buckets.tolist()))]
 
 
-def _layer_differences(encoder: Encoder, reference: Reference, ids: np.ndarray, mask: np.ndarray,
-                       types: np.ndarray) -> list[float]:
+def _layer_differences(
+    encoder: Encoder, reference: Reference, ids: np.ndarray, mask: np.ndarray, types: np.ndarray
+) -> list[float]:
     """Max abs difference over real tokens of the embeddings output and each layer's output."""
     import torch
 
     ours = encoder.hidden_states(ids, mask, types)
     with torch.no_grad():
-        theirs = reference.bert(input_ids=torch.from_numpy(ids).long(), attention_mask=torch.from_numpy(mask).long(),
-                                token_type_ids=torch.from_numpy(types).long(), output_hidden_states=True).hidden_states
+        theirs = reference.bert(
+            input_ids=torch.from_numpy(ids).long(),
+            attention_mask=torch.from_numpy(mask).long(),
+            token_type_ids=torch.from_numpy(types).long(),
+            output_hidden_states=True,
+        ).hidden_states
     real = mask.astype(bool)
-    return [_max_abs(np.asarray(a)[real], b.numpy()[real]) for a, b in zip(ours, theirs, strict=True)]
+    return [
+        _max_abs(np.asarray(a)[real], b.numpy()[real]) for a, b in zip(ours, theirs, strict=True)
+    ]
 
 
 def _pooled(st, texts: list[str], prompt: str) -> np.ndarray:
@@ -134,8 +191,13 @@ def _pooled(st, texts: list[str], prompt: str) -> np.ndarray:
     from sentence_transformers import SentenceTransformer
 
     first_two = SentenceTransformer(modules=[st[0], st[1]], device="cpu")
-    return first_two.encode(texts, prompt=prompt, convert_to_numpy=True, normalize_embeddings=False,
-                            batch_size=REFERENCE_BATCH)
+    return first_two.encode(
+        texts,
+        prompt=prompt,
+        convert_to_numpy=True,
+        normalize_embeddings=False,
+        batch_size=REFERENCE_BATCH,
+    )
 
 
 @contextlib.contextmanager
@@ -151,8 +213,9 @@ def hf_folder(folder: Path):
         yield Path(tmp) / "hf"
 
 
-def parity_report(model: str, texts: Sequence[str], *, prompt: str | None = None,
-                  prompt_name: str | None = None) -> ParityReport:
+def parity_report(
+    model: str, texts: Sequence[str], *, prompt: str | None = None, prompt_name: str | None = None
+) -> ParityReport:
     """Load `model` on both sides and compare them (`berta-jax parity`)."""
     encoder = Encoder.from_pretrained(model)
     prefix = encoder.sentence.resolve_prompt(prompt_name, prompt)

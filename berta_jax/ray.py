@@ -34,16 +34,29 @@ class BertaEmbedder:
     `on_error="skip"` a bad text gets a zero vector and `error_column` says why (None for good rows).
     """
 
-    def __init__(self, model: str, *, text_column: str = "text", embedding_column: str = "embedding",
-                 error_column: str = "embedding_error", **encoder_options: Any):
+    def __init__(
+        self,
+        model: str,
+        *,
+        text_column: str = "text",
+        embedding_column: str = "embedding",
+        error_column: str = "embedding_error",
+        **encoder_options: Any,
+    ):
         self.spec = EncoderSpec(model, **encoder_options)
-        self.text_column, self.embedding_column, self.error_column = text_column, embedding_column, error_column
+        self.text_column, self.embedding_column, self.error_column = (
+            text_column,
+            embedding_column,
+            error_column,
+        )
         self.encoder = self.spec.load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.text_column not in batch:
-            raise InputError(f"this batch has no column {self.text_column!r} (columns: {', '.join(batch)}); pass "
-                             "text_column= to BertaEmbedder")
+            raise InputError(
+                f"this batch has no column {self.text_column!r} (columns: {', '.join(batch)}); pass "
+                "text_column= to BertaEmbedder"
+            )
         vectors, problems = self.spec.embed(self.encoder, list(batch[self.text_column]))
         out = dict(batch)
         out[self.embedding_column] = vectors
@@ -52,9 +65,17 @@ class BertaEmbedder:
         return out
 
 
-def embed_dataset(ds, model: str, *, text_column: str = "text", batch_size: int = DEFAULT_BATCH_SIZE,
-                  concurrency: int = 1, num_gpus: float | None = None, resources: dict | None = None,
-                  **options: Any):
+def embed_dataset(
+    ds,
+    model: str,
+    *,
+    text_column: str = "text",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    concurrency: int = 1,
+    num_gpus: float | None = None,
+    resources: dict | None = None,
+    **options: Any,
+):
     """`ds` with an embedding column, through an actor pool of `concurrency` BertaEmbedders (lazy, as Ray is).
 
     `num_gpus` / `resources` (e.g. `{"TPU": 4}`, one actor per TPU host) are each actor's; `options` go to
@@ -63,7 +84,19 @@ def embed_dataset(ds, model: str, *, text_column: str = "text", batch_size: int 
     import ray.data
 
     kwargs = {"model": model, "text_column": text_column, **options}
-    EncoderSpec(model, **{k: v for k, v in options.items() if k not in ("embedding_column", "error_column")})
-    remote = {key: value for key, value in (("num_gpus", num_gpus), ("resources", resources)) if value is not None}
-    return ds.map_batches(BertaEmbedder, fn_constructor_kwargs=kwargs, batch_size=batch_size, batch_format="numpy",
-                          compute=ray.data.ActorPoolStrategy(size=concurrency), **remote)
+    EncoderSpec(
+        model, **{k: v for k, v in options.items() if k not in ("embedding_column", "error_column")}
+    )
+    remote = {
+        key: value
+        for key, value in (("num_gpus", num_gpus), ("resources", resources))
+        if value is not None
+    }
+    return ds.map_batches(
+        BertaEmbedder,
+        fn_constructor_kwargs=kwargs,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=concurrency),
+        **remote,
+    )

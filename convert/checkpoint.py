@@ -27,7 +27,12 @@ FLAX_FORMAT = "berta_jax"
 # Tensors the encoder does not use, carried through the Flax file under this
 # prefix so that HF -> Flax -> HF gives back every tensor.
 EXTRA_PREFIX = "hf_extra."
-PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "model.ckpt.index")
+PICKLE_WEIGHTS = (
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "model.ckpt.index",
+)
 _EXAMPLES = 5
 
 
@@ -41,7 +46,9 @@ def read_hf_tensors(files: ModelFiles) -> tuple[dict[str, np.ndarray], str]:
     if files.exists(HF_INDEX):
         return _read_sharded(files), str(files.folder / HF_INDEX)
     if files.exists(HF_WEIGHTS):
-        return read_safetensors(files.path(HF_WEIGHTS, limit=None))[0], str(files.folder / HF_WEIGHTS)
+        return read_safetensors(files.path(HF_WEIGHTS, limit=None))[0], str(
+            files.folder / HF_WEIGHTS
+        )
     pickled = [name for name in PICKLE_WEIGHTS if files.exists(name)]
     if pickled:
         raise CheckpointError(
@@ -49,7 +56,9 @@ def read_hf_tensors(files: ModelFiles) -> tuple[dict[str, np.ndarray], str]:
             "run arbitrary code). Convert it once with PyTorch in a trusted environment: "
             "`transformers.AutoModel.from_pretrained(path).save_pretrained(path, safe_serialization=True)`."
         )
-    raise CheckpointError(f"{files.folder}: no {HF_WEIGHTS}, {HF_INDEX} or {FLAX_WEIGHTS}; this folder holds no weights")
+    raise CheckpointError(
+        f"{files.folder}: no {HF_WEIGHTS}, {HF_INDEX} or {FLAX_WEIGHTS}; this folder holds no weights"
+    )
 
 
 def _read_sharded(files: ModelFiles) -> dict[str, np.ndarray]:
@@ -61,8 +70,12 @@ def _read_sharded(files: ModelFiles) -> dict[str, np.ndarray]:
     shards = sorted(set(weight_map.values()))
     missing_files = [s for s in shards if not files.exists(s)]
     if missing_files:
-        raise CheckpointError(f"{index_path}: names shard file(s) that do not exist: {_listing(missing_files)}")
-    paths = {shard: files.path(shard, limit=None) for shard in shards}  # inside the folder, regular files
+        raise CheckpointError(
+            f"{index_path}: names shard file(s) that do not exist: {_listing(missing_files)}"
+        )
+    paths = {
+        shard: files.path(shard, limit=None) for shard in shards
+    }  # inside the folder, regular files
     owner: dict[str, str] = {}
     problems = []
     for shard in shards:
@@ -83,7 +96,9 @@ def _read_sharded(files: ModelFiles) -> dict[str, np.ndarray]:
     return tensors
 
 
-def hf_to_flax(tensors: dict[str, np.ndarray], source: str) -> tuple[FlatParams, dict[str, np.ndarray]]:
+def hf_to_flax(
+    tensors: dict[str, np.ndarray], source: str
+) -> tuple[FlatParams, dict[str, np.ndarray]]:
     """Split HF tensors into Flax parameters and the explicitly ignored extras.
 
     Raises CheckpointError naming every key that is neither a parameter nor on the ignore list.
@@ -106,7 +121,9 @@ def hf_to_flax(tensors: dict[str, np.ndarray], source: str) -> tuple[FlatParams,
     if unexpected or clashes:
         parts = []
         if unexpected:
-            parts.append(f"unexpected key(s) that are not BERT encoder weights: {_listing(sorted(unexpected), 40)}")
+            parts.append(
+                f"unexpected key(s) that are not BERT encoder weights: {_listing(sorted(unexpected), 40)}"
+            )
         if clashes:
             parts.append(f"key(s) that repeat another parameter: {_listing(sorted(clashes), 40)}")
         raise CheckpointError(
@@ -122,7 +139,9 @@ def flax_to_hf(params: FlatParams) -> dict[str, np.ndarray]:
     for path, array in params.items():
         hit = mapping.flax_to_hf_name(path)
         if hit is None:
-            raise CheckpointError(f"Flax parameter {path!r} has no Hugging Face name in the mapping table")
+            raise CheckpointError(
+                f"Flax parameter {path!r} has no Hugging Face name in the mapping table"
+            )
         name, transform = hit
         out[name] = mapping.apply_transform(array, transform)
     return out
@@ -131,13 +150,20 @@ def flax_to_hf(params: FlatParams) -> dict[str, np.ndarray]:
 def weights_shape(params: FlatParams) -> dict[str, int]:
     """The config fields the weights themselves imply (read off the embedding and first-layer tensors)."""
     found = {}
-    for path, field, axis in (("embeddings.word.embedding", "vocab_size", 0), ("embeddings.word.embedding", "hidden_size", 1),
-                              ("embeddings.position.embedding", "max_position_embeddings", 0),
-                              ("embeddings.token_type.embedding", "type_vocab_size", 0),
-                              ("layers.0.ffn_in.kernel", "intermediate_size", 1)):
+    for path, field, axis in (
+        ("embeddings.word.embedding", "vocab_size", 0),
+        ("embeddings.word.embedding", "hidden_size", 1),
+        ("embeddings.position.embedding", "max_position_embeddings", 0),
+        ("embeddings.token_type.embedding", "type_vocab_size", 0),
+        ("layers.0.ffn_in.kernel", "intermediate_size", 1),
+    ):
         if path in params and params[path].ndim > axis:
             found[field] = int(params[path].shape[axis])
-    layers = {int(p.split(".")[1]) for p in params if p.startswith("layers.") and p.split(".")[1].isdigit()}
+    layers = {
+        int(p.split(".")[1])
+        for p in params
+        if p.startswith("layers.") and p.split(".")[1].isdigit()
+    }
     if layers:
         found["num_hidden_layers"] = max(layers) + 1
     return found
@@ -155,8 +181,12 @@ def _config_disagreement(params: FlatParams, cfg: BertConfig | None) -> str:
     return f"config.json says {said}; the weights have {have}. Use the config.json that belongs to these weights. "
 
 
-def check_params(params: FlatParams, expected: dict[str, tuple[int, ...]], source: str,
-                 cfg: BertConfig | None = None) -> None:
+def check_params(
+    params: FlatParams,
+    expected: dict[str, tuple[int, ...]],
+    source: str,
+    cfg: BertConfig | None = None,
+) -> None:
     """Raise once, naming the missing, unexpected, misshapen, non-float and non-finite parameters (the reason
     first when config.json does not describe the weights, then a few examples of each kind)."""
     problems = []
@@ -170,19 +200,25 @@ def check_params(params: FlatParams, expected: dict[str, tuple[int, ...]], sourc
     for path in sorted(set(expected) & set(params)):
         array = params[path]
         if tuple(array.shape) != tuple(expected[path]):
-            bad_shapes.append(f"{_hf_name(path)}: checkpoint {tuple(array.shape)} vs expected {tuple(expected[path])}")
+            bad_shapes.append(
+                f"{_hf_name(path)}: checkpoint {tuple(array.shape)} vs expected {tuple(expected[path])}"
+            )
         elif not _is_float(array.dtype):
             bad_dtypes.append(f"{_hf_name(path)} ({array.dtype})")
         elif not np.isfinite(array).all():
             non_finite.append(_hf_name(path))
     if bad_shapes:
-        problems.append(f"shape mismatch (config.json does not match the weights): {_listing(bad_shapes)}")
+        problems.append(
+            f"shape mismatch (config.json does not match the weights): {_listing(bad_shapes)}"
+        )
     if bad_dtypes:
         problems.append(f"non-floating weights: {_listing(bad_dtypes)}")
     if non_finite:
         problems.append(f"NaN or Inf in: {_listing(non_finite)}")
     if problems:
-        raise CheckpointError(f"{source}: {_config_disagreement(params, cfg)}" + "; ".join(problems))
+        raise CheckpointError(
+            f"{source}: {_config_disagreement(params, cfg)}" + "; ".join(problems)
+        )
 
 
 def _is_float(dtype: np.dtype) -> bool:

@@ -27,13 +27,32 @@ from berta_jax.storage.model_files import ModelFiles
 from berta_jax.models.bert.params import FlatParams, param_shapes
 from berta_jax.storage.stores import copy_file
 from berta_jax.convert.checkpoint import (
-    EXTRA_PREFIX, FLAX_FORMAT, FLAX_WEIGHTS, HF_INDEX, HF_WEIGHTS, check_params, flax_to_hf, hf_to_flax,
-    read_checkpoint, read_flax_file, read_hf_tensors,
+    EXTRA_PREFIX,
+    FLAX_FORMAT,
+    FLAX_WEIGHTS,
+    HF_INDEX,
+    HF_WEIGHTS,
+    check_params,
+    flax_to_hf,
+    hf_to_flax,
+    read_checkpoint,
+    read_flax_file,
+    read_hf_tensors,
 )
 from berta_jax.convert.safetensors_io import read_safetensors, write_safetensors
 
 # Weight files never copied between layouts: each conversion writes its own.
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".msgpack", ".onnx", ".ckpt", ".pt", ".pth", ".ot")
+_WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".h5",
+    ".msgpack",
+    ".onnx",
+    ".ckpt",
+    ".pt",
+    ".pth",
+    ".ot",
+)
 _WEIGHT_NAMES = {HF_INDEX, "pytorch_model.bin.index.json"}
 
 
@@ -46,11 +65,19 @@ def _side_files(files: ModelFiles) -> list[str]:
         name = rel.as_posix()
         if any(part.startswith(".") for part in rel.parts) or path.is_dir():
             continue
-        if path.name in _WEIGHT_NAMES or path.name.endswith(_WEIGHT_SUFFIXES) or ".index." in path.name:
+        if (
+            path.name in _WEIGHT_NAMES
+            or path.name.endswith(_WEIGHT_SUFFIXES)
+            or ".index." in path.name
+        ):
             continue
         if not path.resolve().is_relative_to(files.root) or not path.is_file():
-            warnings.warn(f"{path}: not copied: it is a link to {path.resolve()}, outside the model folder, "
-                          "or not a regular file", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"{path}: not copied: it is a link to {path.resolve()}, outside the model folder, "
+                "or not a regular file",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             continue
         names.append(name)
     return names
@@ -58,13 +85,19 @@ def _side_files(files: ModelFiles) -> list[str]:
 
 def _prepare_destination(src: Path, dst: Path, overwrite: bool) -> None:
     if dst.resolve() == src.resolve():
-        raise CheckpointError(f"{dst}: the destination is the source folder; convert into another folder")
+        raise CheckpointError(
+            f"{dst}: the destination is the source folder; convert into another folder"
+        )
     if dst.resolve().is_relative_to(src.resolve()):
-        raise CheckpointError(f"{dst}: the destination is inside the source folder {src}; choose a folder outside it")
+        raise CheckpointError(
+            f"{dst}: the destination is inside the source folder {src}; choose a folder outside it"
+        )
     if dst.exists() and not dst.is_dir():
         raise CheckpointError(f"{dst} exists and is not a folder")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
-        raise CheckpointError(f"{dst} exists and is not empty; pass --overwrite (overwrite=True) to write into it")
+        raise CheckpointError(
+            f"{dst} exists and is not empty; pass --overwrite (overwrite=True) to write into it"
+        )
     dst.mkdir(parents=True, exist_ok=True)
 
 
@@ -77,20 +110,31 @@ def _write_and_verify(path: Path, tensors: dict[str, np.ndarray], metadata: dict
     write_safetensors(path, tensors, metadata)
     written, _ = read_safetensors(path)
     differing = sorted(
-        k for k in tensors if k not in written or written[k].dtype != tensors[k].dtype
-        or not np.array_equal(written[k].view(np.uint8), np.ascontiguousarray(tensors[k]).view(np.uint8))
+        k
+        for k in tensors
+        if k not in written
+        or written[k].dtype != tensors[k].dtype
+        or not np.array_equal(
+            written[k].view(np.uint8), np.ascontiguousarray(tensors[k]).view(np.uint8)
+        )
     )
     if differing or set(written) != set(tensors):
-        raise CheckpointError(f"{path}: read-back after writing differs for {', '.join(differing) or 'the key set'}")
+        raise CheckpointError(
+            f"{path}: read-back after writing differs for {', '.join(differing) or 'the key set'}"
+        )
 
 
-def hf_folder_to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def hf_folder_to_flax(
+    src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Convert an HF / sentence-transformers folder into a berta-jax folder."""
     files, dst = ModelFiles(src), Path(dst)
     cfg = read_config(files)
     if files.exists(FLAX_WEIGHTS) and not (files.exists(HF_WEIGHTS) or files.exists(HF_INDEX)):
-        raise CheckpointError(f"{files.folder} is already a berta-jax folder ({FLAX_WEIGHTS}); to get an HF folder "
-                              f"use `berta-jax convert --to hf {src} {dst}`")
+        raise CheckpointError(
+            f"{files.folder} is already a berta-jax folder ({FLAX_WEIGHTS}); to get an HF folder "
+            f"use `berta-jax convert --to hf {src} {dst}`"
+        )
     tensors, source = read_hf_tensors(files)
     params, extras = hf_to_flax(tensors, source)
     check_params(params, param_shapes(cfg), source, cfg)
@@ -101,14 +145,22 @@ def hf_folder_to_flax(src: str | os.PathLike, dst: str | os.PathLike, *, overwri
     return dst / FLAX_WEIGHTS
 
 
-def flax_folder_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def flax_folder_to_hf(
+    src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Convert a berta-jax folder back into an HF folder that transformers and sentence-transformers load."""
     files, dst = ModelFiles(src), Path(dst)
     cfg = read_config(files)
     if not files.exists(FLAX_WEIGHTS):
-        kind = "an HF folder" if files.exists(HF_WEIGHTS) or files.exists(HF_INDEX) else "a folder with no weights"
-        raise CheckpointError(f"{files.folder} is {kind}, not a berta-jax folder (no {FLAX_WEIGHTS}); to get a "
-                              f"berta-jax folder use `berta-jax convert {src} {dst}`")
+        kind = (
+            "an HF folder"
+            if files.exists(HF_WEIGHTS) or files.exists(HF_INDEX)
+            else "a folder with no weights"
+        )
+        raise CheckpointError(
+            f"{files.folder} is {kind}, not a berta-jax folder (no {FLAX_WEIGHTS}); to get a "
+            f"berta-jax folder use `berta-jax convert {src} {dst}`"
+        )
     params, extras = read_flax_file(files)
     check_params(params, param_shapes(cfg), str(files.folder / FLAX_WEIGHTS), cfg)
     _prepare_destination(files.folder, dst, overwrite)
@@ -122,8 +174,9 @@ def flax_folder_to_hf(src: str | os.PathLike, dst: str | os.PathLike, *, overwri
     return dst / HF_WEIGHTS
 
 
-def write_hf_folder(params: FlatParams, cfg: BertConfig, dst: str | os.PathLike,
-                    side_files_from: str | os.PathLike) -> Path:
+def write_hf_folder(
+    params: FlatParams, cfg: BertConfig, dst: str | os.PathLike, side_files_from: str | os.PathLike
+) -> Path:
     """Save Flax parameters (e.g. after fine-tuning in JAX) as an HF folder, with the source's tokenizer and
     sentence-transformers files, so transformers and sentence-transformers load it. Replaces an earlier
     save in `dst` (each file atomically)."""
@@ -135,8 +188,12 @@ def write_hf_folder(params: FlatParams, cfg: BertConfig, dst: str | os.PathLike,
             "written now; choose another destination folder"
         )
     if dst.resolve() == files.folder.resolve():
-        raise CheckpointError(f"{dst}: the destination is the source folder; save into another folder")
-    _, extras, _ = read_checkpoint(files)  # the source's pooler / heads, unchanged, so transformers finds every tensor
+        raise CheckpointError(
+            f"{dst}: the destination is the source folder; save into another folder"
+        )
+    _, extras, _ = read_checkpoint(
+        files
+    )  # the source's pooler / heads, unchanged, so transformers finds every tensor
     dst.mkdir(parents=True, exist_ok=True)
     _copy_side_files(files, dst)
     _write_and_verify(dst / HF_WEIGHTS, {**flax_to_hf(params), **extras}, {"format": "pt"})

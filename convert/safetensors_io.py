@@ -59,16 +59,23 @@ def read_header(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
         size = path.stat().st_size
         with path.open("rb") as f:
             prefix = f.read(8)
-            if prefix.startswith(_LFS_MAGIC[:8]) and (prefix + f.read(len(_LFS_MAGIC) - 8)) == _LFS_MAGIC:
+            if (
+                prefix.startswith(_LFS_MAGIC[:8])
+                and (prefix + f.read(len(_LFS_MAGIC) - 8)) == _LFS_MAGIC
+            ):
                 raise CheckpointError(
                     f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in that repository "
                     "or download the file from the hub"
                 )
             if len(prefix) < 8:
-                raise CheckpointError(f"{path}: truncated: {size} bytes, too short for a safetensors header")
+                raise CheckpointError(
+                    f"{path}: truncated: {size} bytes, too short for a safetensors header"
+                )
             n = int.from_bytes(prefix, "little")
             if n > MAX_HEADER_BYTES:
-                raise CheckpointError(f"{path}: header claims {n} bytes, over the {MAX_HEADER_BYTES}-byte limit")
+                raise CheckpointError(
+                    f"{path}: header claims {n} bytes, over the {MAX_HEADER_BYTES}-byte limit"
+                )
             if 8 + n > size:
                 raise CheckpointError(
                     f"{path}: truncated: the header needs {8 + n} bytes but the file has {size}"
@@ -83,7 +90,9 @@ def read_header(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: header is not valid UTF-8 JSON ({e}); the file is corrupt") from None
+        raise CheckpointError(
+            f"{path}: header is not valid UTF-8 JSON ({e}); the file is corrupt"
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header is not a JSON object; the file is corrupt")
     metadata = header.pop("__metadata__", None) or {}
@@ -103,11 +112,16 @@ def _check_layout(path: Path, header: dict, data_bytes: int) -> None:
                 f"{path}: tensor {name!r} has dtype {dtype}, which berta-jax does not read "
                 f"(supported: {', '.join(DTYPES)})"
             )
-        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        if not (
+            isinstance(shape, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
             raise CheckpointError(f"{path}: tensor {name!r}: invalid shape {shape!r}")
         if len(shape) > 32 or math.prod(d for d in shape if d) * DTYPES[dtype].itemsize >= 2**63:
             # an empty tensor may still carry absurd dimensions that no array library can represent
-            raise CheckpointError(f"{path}: tensor {name!r}: shape {shape} is too large to represent; the file is corrupt")
+            raise CheckpointError(
+                f"{path}: tensor {name!r}: shape {shape} is too large to represent; the file is corrupt"
+            )
         if not (
             isinstance(offsets, list)
             and len(offsets) == 2
@@ -125,7 +139,11 @@ def _check_layout(path: Path, header: dict, data_bytes: int) -> None:
     end = 0
     for begin, stop, name in sorted(spans):
         if begin != end:
-            what = "overlaps the previous tensor" if begin < end else f"leaves a gap of {begin - end} bytes"
+            what = (
+                "overlaps the previous tensor"
+                if begin < end
+                else f"leaves a gap of {begin - end} bytes"
+            )
             raise CheckpointError(f"{path}: tensor {name!r} {what}; the file is corrupt")
         end = stop
     if end > data_bytes:
@@ -134,7 +152,9 @@ def _check_layout(path: Path, header: dict, data_bytes: int) -> None:
             "download the file again"
         )
     if end < data_bytes:
-        raise CheckpointError(f"{path}: {data_bytes - end} unexpected trailing bytes after the last tensor")
+        raise CheckpointError(
+            f"{path}: {data_bytes - end} unexpected trailing bytes after the last tensor"
+        )
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -156,11 +176,15 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     return tensors, metadata
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(
+    path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
+) -> None:
     """Write tensors atomically: temporary file in the same folder, fsync, rename."""
     path = Path(path)
     for name, array in tensors.items():
         if np.dtype(array.dtype) not in _DTYPE_NAMES:
-            raise CheckpointError(f"{path}: tensor {name!r} has dtype {array.dtype}, which safetensors cannot store")
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has dtype {array.dtype}, which safetensors cannot store"
+            )
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     LocalStore().write(str(path), _serialize(arrays, metadata=metadata))

@@ -49,6 +49,8 @@ LAYERS: list[list[str]] = [
 ]
 LAYER = {module: i for i, names in enumerate(LAYERS) for module in names}
 MAX_FUNCTION_LINES = 50
+MAX_MODULE_LINES = 300
+MAX_LINE = 100  # pyproject's ruff line-length: the two size rules above are counted at this width
 
 
 def _modules() -> dict[str, Path]:
@@ -100,6 +102,18 @@ def _packages() -> list[str]:
     text = (REPO / "pyproject.toml").read_text()
     listed = re.search(r"^packages = \[(.*?)\]", text, re.M | re.S).group(1)
     return [p.strip().strip('"') for p in listed.split(",") if p.strip()]
+
+
+def test_no_line_of_the_library_is_wider_than_a_hundred_columns():
+    wide = [f"{module}:{i}" for module, path in _modules().items()
+            for i, line in enumerate(path.read_text().splitlines(), 1) if len(line) > MAX_LINE]
+    assert not wide, wide
+
+
+def test_no_module_of_the_library_is_longer_than_three_hundred_lines():
+    long = {module: n for module, path in _modules().items()
+            if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, long
 
 
 def test_the_distribution_claims_no_bare_top_level_name():

@@ -32,8 +32,16 @@ TABLE_ROWS = 4096  # rows per Parquet write (a row group of the shard)
 class EmbedFiles(beam.PTransform):
     """PBegin -> {"embeddings": (row, id, float32 [dim]), "skipped": skipped-row records}, one per input row."""
 
-    def __init__(self, splits: list[Split], handler: BertaModelHandler, *, dim: int, text_field: str = "text",
-                 id_field: str | None = None, on_error: str = "raise"):
+    def __init__(
+        self,
+        splits: list[Split],
+        handler: BertaModelHandler,
+        *,
+        dim: int,
+        text_field: str = "text",
+        id_field: str | None = None,
+        on_error: str = "raise",
+    ):
         super().__init__()
         self.splits, self.handler, self.dim = splits, handler, dim
         self.fields = {"text_field": text_field, "id_field": id_field}
@@ -41,17 +49,30 @@ class EmbedFiles(beam.PTransform):
 
     def expand(self, pbegin):
         splits = pbegin | "Splits" >> beam.Create(self.splits) | "SpreadSplits" >> beam.Reshuffle()
-        counts = splits | "CountRows" >> beam.Map(lambda s, f: (s.index, count_rows(s, **f)), self.fields)
-        starts = (counts | "AllCounts" >> beam.combiners.ToList()
-                  | "RowStarts" >> beam.Map(row_starts, self.splits))
-        rows = splits | "ReadRows" >> beam.FlatMap(_numbered_rows, beam.pvalue.AsSingleton(starts), self.fields,
-                                                   self.on_error)
+        counts = splits | "CountRows" >> beam.Map(
+            lambda s, f: (s.index, count_rows(s, **f)), self.fields
+        )
+        starts = (
+            counts
+            | "AllCounts" >> beam.combiners.ToList()
+            | "RowStarts" >> beam.Map(row_starts, self.splits)
+        )
+        rows = splits | "ReadRows" >> beam.FlatMap(
+            _numbered_rows, beam.pvalue.AsSingleton(starts), self.fields, self.on_error
+        )
         routed = rows | "Route" >> beam.Partition(lambda row, _: int(row[3] is not None), 2)
-        embedded = (routed[0] | "KeyTexts" >> beam.Map(lambda r: ((r[0], r[1]), r[2]))
-                    | "Embed" >> RunInference(KeyedModelHandler(self.handler))
-                    | "Unkey" >> beam.MapTuple(lambda key, result: (key[0], key[1], result.inference)))
-        zeros = routed[1] | "ZeroRows" >> beam.Map(lambda r, dim: (r[0], r[1], np.zeros(dim, np.float32)), self.dim)
-        skipped = routed[1] | "SkipRecords" >> beam.Map(lambda r: {"row": r[0], "id": r[1], "error": r[3]})
+        embedded = (
+            routed[0]
+            | "KeyTexts" >> beam.Map(lambda r: ((r[0], r[1]), r[2]))
+            | "Embed" >> RunInference(KeyedModelHandler(self.handler))
+            | "Unkey" >> beam.MapTuple(lambda key, result: (key[0], key[1], result.inference))
+        )
+        zeros = routed[1] | "ZeroRows" >> beam.Map(
+            lambda r, dim: (r[0], r[1], np.zeros(dim, np.float32)), self.dim
+        )
+        skipped = routed[1] | "SkipRecords" >> beam.Map(
+            lambda r: {"row": r[0], "id": r[1], "error": r[3]}
+        )
         return {"embeddings": (embedded, zeros) | "AllRows" >> beam.Flatten(), "skipped": skipped}
 
 
@@ -63,14 +84,22 @@ def row_starts(counts: list[tuple[int, int]], plan: list[Split]) -> dict[int, tu
     for split in plan:
         line = 1 if split.file != file else line
         starts[split.index] = (before, split.first_line or line)
-        before, line, file = before + rows[split.index], (split.first_line or line) + rows[split.index], split.file
+        before, line, file = (
+            before + rows[split.index],
+            (split.first_line or line) + rows[split.index],
+            split.file,
+        )
     return starts
 
 
-def _numbered_rows(split: Split, starts: dict[int, tuple[int, int]], fields: dict, on_error: str) -> Iterator[tuple]:
+def _numbered_rows(
+    split: Split, starts: dict[int, tuple[int, int]], fields: dict, on_error: str
+) -> Iterator[tuple]:
     """(global row, id, text or None, error or None) for every row of `split`."""
     before, first_line = starts[split.index]
-    for offset, row in enumerate(read_split(split, first_line=first_line, on_error=on_error, **fields)):
+    for offset, row in enumerate(
+        read_split(split, first_line=first_line, on_error=on_error, **fields)
+    ):
         error = None if row.error is None else f"{row.source}:{row.line}: {row.error}"
         yield before + offset, row.id, row.text, error
 
@@ -78,13 +107,29 @@ def _numbered_rows(split: Split, starts: dict[int, tuple[int, int]], fields: dic
 def _tables(rows: list[tuple], schema):
     rows = sorted(rows, key=lambda r: r[0])
     dim = schema.field("embedding").type.list_size
-    vectors = np.stack([r[2] for r in rows]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
-    return parquet_table(np.array([r[0] for r in rows], np.int64), [r[1] for r in rows], vectors, schema)
+    vectors = (
+        np.stack([r[2] for r in rows]).astype(np.float32)
+        if rows
+        else np.zeros((0, dim), np.float32)
+    )
+    return parquet_table(
+        np.array([r[0] for r in rows], np.int64), [r[1] for r in rows], vectors, schema
+    )
 
 
-def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], output: str, handler: BertaModelHandler, *, dim: int,
-                   text_field: str = "text", id_field: str | None = None, on_error: str = "raise",
-                   split_bytes: int = DEFAULT_SPLIT_BYTES, model_folder: Path | None = None) -> None:
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    inputs: list[str],
+    output: str,
+    handler: BertaModelHandler,
+    *,
+    dim: int,
+    text_field: str = "text",
+    id_field: str | None = None,
+    on_error: str = "raise",
+    split_bytes: int = DEFAULT_SPLIT_BYTES,
+    model_folder: Path | None = None,
+) -> None:
     """Add the read -> embed -> write steps for `inputs` to `pipeline`, writing the dataset folder `output`;
     refused before any work when `output` would hold, sit among or overwrite the inputs or `model_folder`
     (the same rule as `berta-jax encode`)."""
@@ -95,17 +140,30 @@ def build_pipeline(pipeline: beam.Pipeline, inputs: list[str], output: str, hand
         check_collisions(layout_for(output, dataset=True), files, inputs, [str(model_folder)])
     check_output(output)
     splits = plan_splits(files, split_bytes=split_bytes)
-    result = pipeline | "EmbedFiles" >> EmbedFiles(splits, handler, dim=dim, text_field=text_field,
-                                                   id_field=id_field, on_error=on_error)
+    result = pipeline | "EmbedFiles" >> EmbedFiles(
+        splits, handler, dim=dim, text_field=text_field, id_field=id_field, on_error=on_error
+    )
     store = store_for(output)
     schema = parquet_schema(np.dtype(np.float32), dim)
-    (result["embeddings"] | "Batch" >> beam.BatchElements(min_batch_size=TABLE_ROWS, max_batch_size=TABLE_ROWS)
-     | "ToTables" >> beam.Map(_tables, schema)
-     | "WriteParquet" >> beam.io.WriteToParquetBatched(store.join(output, "part"), schema, file_name_suffix=".parquet",
-                                                       use_compliant_nested_type=True))
+    (
+        result["embeddings"]
+        | "Batch" >> beam.BatchElements(min_batch_size=TABLE_ROWS, max_batch_size=TABLE_ROWS)
+        | "ToTables" >> beam.Map(_tables, schema)
+        | "WriteParquet"
+        >> beam.io.WriteToParquetBatched(
+            store.join(output, "part"),
+            schema,
+            file_name_suffix=".parquet",
+            use_compliant_nested_type=True,
+        )
+    )
     if on_error == "skip":
-        (result["skipped"] | "SkippedJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=True))
-         | "WriteSkipped" >> beam.io.WriteToText(store.join(output, "_skipped"), file_name_suffix=".jsonl"))
+        (
+            result["skipped"]
+            | "SkippedJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=True))
+            | "WriteSkipped"
+            >> beam.io.WriteToText(store.join(output, "_skipped"), file_name_suffix=".jsonl")
+        )
 
 
 def check_output(output: str) -> None:
@@ -113,8 +171,11 @@ def check_output(output: str) -> None:
     store = store_for(output)
     if store.exists(output):
         if store.info(output).kind != "directory":
-            raise JobError(f"{output}: exists and is not a folder; the Beam pipeline writes a dataset folder")
+            raise JobError(
+                f"{output}: exists and is not a folder; the Beam pipeline writes a dataset folder"
+            )
         if store.list(output):
-            raise JobError(f"{output}: the folder is not empty; write to a new folder (Beam's sink would mix this "
-                           "run's shards with the files already there)")
-
+            raise JobError(
+                f"{output}: the folder is not empty; write to a new folder (Beam's sink would mix this "
+                "run's shards with the files already there)"
+            )

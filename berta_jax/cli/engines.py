@@ -20,29 +20,73 @@ DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
 
 def add_beam(sub) -> None:
-    beam = command(sub, "beam", "embed corpus files into a Parquet dataset with an Apache Beam pipeline",
-                   DESCRIPTION)
-    beam.add_argument("inputs", nargs="+", help="input files, globs, directories of shards or URLs (.txt, .jsonl, "
-                                                ".csv, .parquet, .txt.gz, .jsonl.gz)")
-    beam.add_argument("-o", "--output", required=True, help="the dataset folder to write (new or empty)")
-    beam.add_argument("--model", required=True, help="model folder, storage URL or hub id (as every worker sees it)")
+    beam = command(
+        sub,
+        "beam",
+        "embed corpus files into a Parquet dataset with an Apache Beam pipeline",
+        DESCRIPTION,
+    )
+    beam.add_argument(
+        "inputs",
+        nargs="+",
+        help="input files, globs, directories of shards or URLs (.txt, .jsonl, "
+        ".csv, .parquet, .txt.gz, .jsonl.gz)",
+    )
+    beam.add_argument(
+        "-o", "--output", required=True, help="the dataset folder to write (new or empty)"
+    )
+    beam.add_argument(
+        "--model",
+        required=True,
+        help="model folder, storage URL or hub id (as every worker sees it)",
+    )
     add_prompt_options(beam)
-    beam.add_argument("--text-field", "--text-column", dest="text_field", default="text",
-                      help="jsonl field / csv or parquet column with the text (default: text)")
-    beam.add_argument("--id-field", "--id-column", dest="id_field", help="field / column with an id to keep")
-    beam.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                      help="skip: a bad row becomes a zero row, listed with its reason in _skipped-*.jsonl")
-    beam.add_argument("--dtype", choices=("float32", "bfloat16", "auto"), default="float32",
-                      help="compute dtype (float32: PyTorch parity; bfloat16: the fast mode on accelerators and on "
-                           "CPUs with AMX / AVX512-BF16; auto: chosen on each worker from its hardware)")
+    beam.add_argument(
+        "--text-field",
+        "--text-column",
+        dest="text_field",
+        default="text",
+        help="jsonl field / csv or parquet column with the text (default: text)",
+    )
+    beam.add_argument(
+        "--id-field", "--id-column", dest="id_field", help="field / column with an id to keep"
+    )
+    beam.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="skip: a bad row becomes a zero row, listed with its reason in _skipped-*.jsonl",
+    )
+    beam.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16", "auto"),
+        default="float32",
+        help="compute dtype (float32: PyTorch parity; bfloat16: the fast mode on accelerators and on "
+        "CPUs with AMX / AVX512-BF16; auto: chosen on each worker from its hardware)",
+    )
     beam.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (Matryoshka)")
-    beam.add_argument("--max-batch-tokens", type=int, help="padded tokens per device batch (default: the Encoder's)")
-    beam.add_argument("--split-mb", type=float, default=64.0,
-                      help="byte size of the splits of .txt / .jsonl files (default 64)")
-    beam.add_argument("--min-batch-size", type=int, default=256, help="fewest texts per RunInference batch")
-    beam.add_argument("--max-batch-size", type=int, default=4096, help="most texts per RunInference batch")
-    beam.add_argument("--large-model", action="store_true",
-                      help="one model per VM shared by the SDK processes (Beam's large_model)")
+    beam.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        help="padded tokens per device batch (default: the Encoder's)",
+    )
+    beam.add_argument(
+        "--split-mb",
+        type=float,
+        default=64.0,
+        help="byte size of the splits of .txt / .jsonl files (default 64)",
+    )
+    beam.add_argument(
+        "--min-batch-size", type=int, default=256, help="fewest texts per RunInference batch"
+    )
+    beam.add_argument(
+        "--max-batch-size", type=int, default=4096, help="most texts per RunInference batch"
+    )
+    beam.add_argument(
+        "--large-model",
+        action="store_true",
+        help="one model per VM shared by the SDK processes (Beam's large_model)",
+    )
     beam.set_defaults(func=run_beam, pipeline_args=[])
 
 
@@ -59,10 +103,18 @@ def run_beam(args: argparse.Namespace) -> int:
     options = PipelineOptions(args.pipeline_args)
     runner = None if _names_runner(args.pipeline_args) else _in_process_runner()
     with beam.Pipeline(runner=runner, options=options) as pipeline:
-        build_pipeline(pipeline, args.inputs, args.output, handler,
-                       dim=folder.embedding_dim, text_field=args.text_field,
-                       id_field=args.id_field, on_error=args.on_error, split_bytes=max(1, int(args.split_mb * 2**20)),
-                       model_folder=folder.folder)
+        build_pipeline(
+            pipeline,
+            args.inputs,
+            args.output,
+            handler,
+            dim=folder.embedding_dim,
+            text_field=args.text_field,
+            id_field=args.id_field,
+            on_error=args.on_error,
+            split_bytes=max(1, int(args.split_mb * 2**20)),
+            model_folder=folder.folder,
+        )
     print(f"berta-jax beam: wrote {args.output}")
     return 0
 
@@ -71,10 +123,18 @@ def _handler(args: argparse.Namespace):
     from berta_jax.beam import BertaModelHandler
 
     try:
-        return BertaModelHandler(args.model, prompt_name=args.prompt_name, prompt=args.prompt, dtype=args.dtype,
-                                 truncate_dim=args.truncate_dim, max_batch_tokens=args.max_batch_tokens,
-                                 on_error=args.on_error, min_batch_size=args.min_batch_size,
-                                 max_batch_size=args.max_batch_size, large_model=args.large_model)
+        return BertaModelHandler(
+            args.model,
+            prompt_name=args.prompt_name,
+            prompt=args.prompt,
+            dtype=args.dtype,
+            truncate_dim=args.truncate_dim,
+            max_batch_tokens=args.max_batch_tokens,
+            on_error=args.on_error,
+            min_batch_size=args.min_batch_size,
+            max_batch_size=args.max_batch_size,
+            large_model=args.large_model,
+        )
     except ValueError as e:
         raise JobError(f"--model {args.model}: {e}") from None
 
@@ -106,5 +166,5 @@ def split_pipeline_args(argv: list[str]) -> tuple[list[str], list[str]]:
     """(this command's arguments, the Beam pipeline options after `--`)."""
     if "--" in argv:
         i = argv.index("--")
-        return argv[:i], argv[i + 1:]
+        return argv[:i], argv[i + 1 :]
     return argv, []

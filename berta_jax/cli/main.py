@@ -15,7 +15,9 @@ from berta_jax.cli import commands, encode, engines
 from berta_jax.errors import BertaJaxError
 from berta_jax.version import __version__
 
-RENAMED = {"--chunk-rows": "--split-size (bytes of text per split: the unit of work is now a split of the input)"}
+RENAMED = {
+    "--chunk-rows": "--split-size (bytes of text per split: the unit of work is now a split of the input)"
+}
 
 
 def _interrupt(signum, frame) -> None:
@@ -34,8 +36,9 @@ USAGE = """berta-jax: BERT sentence encoders (sergeyzh/BERTA first of all) in JA
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="berta-jax", description=USAGE,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="berta-jax", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"berta-jax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     parser.commands = sub.choices
@@ -70,7 +73,9 @@ def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) ->
     known = [o for action in sub._actions for o in action.option_strings]
     for token in argv:
         name = token.split("=", 1)[0]
-        if name.startswith("--") and not any(k.startswith(name) for k in known):  # argparse takes prefixes
+        if name.startswith("--") and not any(
+            k.startswith(name) for k in known
+        ):  # argparse takes prefixes
             like = RENAMED.get(name) or next(iter(difflib.get_close_matches(name, known, 1)), None)
             sub.error(f"unknown option {name}" + (f"; did you mean {like}?" if like else ""))
 

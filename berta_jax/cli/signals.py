@@ -49,7 +49,10 @@ class StopSignals:
             raise KeyboardInterrupt
 
     def restore(self) -> None:
-        for sig, handler in self._previous.items():  # None: a handler installed outside Python (JAX's, say)
+        for (
+            sig,
+            handler,
+        ) in self._previous.items():  # None: a handler installed outside Python (JAX's, say)
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     def _handle(self, signum: int, frame) -> None:
@@ -59,11 +62,19 @@ class StopSignals:
         if not self.armed:
             raise KeyboardInterrupt  # start-up: nothing is being written yet
         if self.count > 1:
-            print("berta-jax: aborted; committed chunks are kept, rerun with --resume", file=self.stream, flush=True)
+            print(
+                "berta-jax: aborted; committed chunks are kept, rerun with --resume",
+                file=self.stream,
+                flush=True,
+            )
             os._exit(130)
         name = signal.Signals(signum).name
-        print(f"berta-jax: {name}: stopping after the current batch and committing what is done; "
-              "press Ctrl-C again to abort", file=self.stream, flush=True)
+        print(
+            f"berta-jax: {name}: stopping after the current batch and committing what is done; "
+            "press Ctrl-C again to abort",
+            file=self.stream,
+            flush=True,
+        )
 
     def __call__(self) -> bool:
         return self.count > 0

@@ -96,8 +96,10 @@ def _directory_shards(store, folder: str) -> list[InputFile]:
         try:
             input_format(name)
         except InputError:
-            raise InputError(f"{folder}: a directory input is read as a dataset of shards, but {name} is not an "
-                             f"input format ({', '.join(FORMATS)})") from None
+            raise InputError(
+                f"{folder}: a directory input is read as a dataset of shards, but {name} is not an "
+                f"input format ({', '.join(FORMATS)})"
+            ) from None
         path = store.join(folder, name)
         shards.append(InputFile(path, input_format(name) if store.remote else check_input(path)))
     if not shards:
@@ -119,8 +121,10 @@ def check_input(path: str) -> str:
     except OSError as e:
         raise InputError(f"{path}: cannot be read ({e.strerror or e})") from None
     if stat.S_ISFIFO(info.st_mode) or stat.S_ISCHR(info.st_mode) or stat.S_ISSOCK(info.st_mode):
-        raise InputError(f"{path}: is a pipe or device, not a regular file; berta-jax reads each input again to "
-                         "resume and to verify, so save the stream to a file first")
+        raise InputError(
+            f"{path}: is a pipe or device, not a regular file; berta-jax reads each input again to "
+            "resume and to verify, so save the stream to a file first"
+        )
     if stat.S_ISDIR(info.st_mode):
         raise InputError(f"{path}: is a directory")
     return input_format(path)
@@ -130,7 +134,9 @@ class IdPolicy:
     """Ids are strings or integers (written in decimal), one kind per run."""
 
     def __init__(self, kind: str | None = None):
-        self.kind: str | None = kind  # "string" or "integer", once known (the run's first id decides)
+        self.kind: str | None = (
+            kind  # "string" or "integer", once known (the run's first id decides)
+        )
 
     def __call__(self, value) -> tuple[str | None, str | None]:
         """(id as text, error) for a raw id value."""
@@ -144,8 +150,10 @@ class IdPolicy:
         if self.kind is None:
             self.kind = kind
         elif kind != self.kind:
-            return None, (f"id is a {kind} but earlier ids are {self.kind}s; ids of one run must be of one kind "
-                          "(1 and \"1\" would collide)")
+            return None, (
+                f"id is a {kind} but earlier ids are {self.kind}s; ids of one run must be of one kind "
+                '(1 and "1" would collide)'
+            )
         return str(value), None
 
 
@@ -168,7 +176,11 @@ def open_input(file: InputFile, block_size: int | None = None) -> BinaryIO:
 def _raw_lines(file: InputFile, raw: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
     """(line number, the line with its newline), or (number, None) for a line over MAX_LINE_BYTES (skipped over)."""
     compressed = file.format.endswith(".gz")
-    stream = io.BufferedReader(gzip.GzipFile(fileobj=raw)) if compressed else io.BufferedReader(raw, 1 << 20)
+    stream = (
+        io.BufferedReader(gzip.GzipFile(fileobj=raw))
+        if compressed
+        else io.BufferedReader(raw, 1 << 20)
+    )
     number = 0
     try:
         while line := stream.readline(MAX_LINE_BYTES + 1):
@@ -181,8 +193,10 @@ def _raw_lines(file: InputFile, raw: BinaryIO) -> Iterator[tuple[int, bytes | No
             yield number, line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
         where = f" (compressed byte {raw.tell()})" if compressed and hasattr(raw, "tell") else ""
-        raise InputError(f"{file.url}: the {'compressed ' if compressed else ''}stream is damaged after line "
-                         f"{number}{where}: {e}") from None
+        raise InputError(
+            f"{file.url}: the {'compressed ' if compressed else ''}stream is damaged after line "
+            f"{number}{where}: {e}"
+        ) from None
 
 
 def _lines(file: InputFile, raw: BinaryIO) -> Iterator[tuple[int, bytes | None]]:
@@ -200,8 +214,14 @@ def decode_line(source: str, number: int, raw: bytes | None, on_error: str) -> s
         return _problem(source, number, f"not valid UTF-8 at byte {e.start} of the line", on_error)
 
 
-def read_rows(file: InputFile, *, text_field: str = "text", id_field: str | None = None, on_error: str = "raise",
-              ids: IdPolicy | None = None) -> Iterator[Row]:
+def read_rows(
+    file: InputFile,
+    *,
+    text_field: str = "text",
+    id_field: str | None = None,
+    on_error: str = "raise",
+    ids: IdPolicy | None = None,
+) -> Iterator[Row]:
     """Every row of one input file, in order, streamed."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -221,13 +241,25 @@ def read_rows(file: InputFile, *, text_field: str = "text", id_field: str | None
                 yield json_row(file.url, number, text, text_field, id_field, on_error, ids)
 
 
-def checked_row(source: str, number: int, text, id_, field: str, on_error: str, ids: IdPolicy,
-                id_field: str | None = None) -> Row:
+def checked_row(
+    source: str,
+    number: int,
+    text,
+    id_,
+    field: str,
+    on_error: str,
+    ids: IdPolicy,
+    id_field: str | None = None,
+) -> Row:
     """The row, or its problem: a text that is not one, an id of the wrong kind, or no id where `id_field` asks for
     one on every row."""
     if id_field is not None and id_ is None:
-        return _problem(source, number, f"the id {id_field!r} is missing or null; with an id field every row needs "
-                        "one", on_error)
+        return _problem(
+            source,
+            number,
+            f"the id {id_field!r} is missing or null; with an id field every row needs one",
+            on_error,
+        )
     id_text, id_error = ids(id_)
     if id_error:
         return _problem(source, number, id_error, on_error)
@@ -252,23 +284,41 @@ def _json_record(source: str, number: int, line: str, on_error: str) -> dict | R
     return record
 
 
-def json_row(source: str, number: int, line: str, field: str, id_field: str | None, on_error: str,
-              ids: IdPolicy) -> Row:
+def json_row(
+    source: str,
+    number: int,
+    line: str,
+    field: str,
+    id_field: str | None,
+    on_error: str,
+    ids: IdPolicy,
+) -> Row:
     record = _json_record(source, number, line, on_error)
     if isinstance(record, Row):
         return record
-    return checked_row(source, number, record.get(field), record.get(id_field) if id_field else None, field, on_error,
-                       ids, id_field)
+    return checked_row(
+        source,
+        number,
+        record.get(field),
+        record.get(id_field) if id_field else None,
+        field,
+        on_error,
+        ids,
+        id_field,
+    )
 
 
 _CSV_FIELD_LIMIT = 2**31 - 1
 
 
-def _csv_rows(file: InputFile, raw: BinaryIO, column: str, id_column: str | None, on_error: str,
-              ids: IdPolicy) -> Iterator[Row]:
+def _csv_rows(
+    file: InputFile, raw: BinaryIO, column: str, id_column: str | None, on_error: str, ids: IdPolicy
+) -> Iterator[Row]:
     """The records of a CSV file; its ids are strings, under the run's one-kind rule (a jsonl id 1 beside a csv id
     "1" is refused, as two jsonl ids would be)."""
-    if csv.field_size_limit() < _CSV_FIELD_LIMIT:  # the default 131072 characters would reject long texts
+    if (
+        csv.field_size_limit() < _CSV_FIELD_LIMIT
+    ):  # the default 131072 characters would reject long texts
         csv.field_size_limit(_CSV_FIELD_LIMIT)
     # Bytes are decoded line by line with surrogateescape, so a bad byte is found at its record (with its
     # line) instead of failing a whole read buffer; quoted fields may still span lines.
@@ -276,22 +326,35 @@ def _csv_rows(file: InputFile, raw: BinaryIO, column: str, id_column: str | None
     # strict: a quote left open at the end of the file is an error, not a field that swallows the rest of it
     reader = csv.DictReader(lines, strict=True)
     _csv_header(file.url, reader.fieldnames or [], column, id_column)
-    start = reader.line_num + 1  # the first physical line of the next record, for errors that name it
+    start = (
+        reader.line_num + 1
+    )  # the first physical line of the next record, for errors that name it
     try:
         for record in reader:
             number = start  # a record spanning lines is named by its first
             text, id_ = record.get(column), record.get(id_column) if id_column else None
-            bad = [name for name, value in ((column, text), (id_column, id_)) if _undecodable(value)]
+            bad = [
+                name for name, value in ((column, text), (id_column, id_)) if _undecodable(value)
+            ]
             if bad:
-                yield _problem(file.url, number, f"not valid UTF-8 in column {bad[0]!r}", on_error,
-                               None if id_column in bad else id_)
+                yield _problem(
+                    file.url,
+                    number,
+                    f"not valid UTF-8 in column {bad[0]!r}",
+                    on_error,
+                    None if id_column in bad else id_,
+                )
             else:
                 yield checked_row(file.url, number, text, id_, column, on_error, ids, id_column)
             start = reader.line_num + 1
-    except csv.Error as e:  # a stray carriage return in an unquoted field, a quote never closed, ...
+    except (
+        csv.Error
+    ) as e:  # a stray carriage return in an unquoted field, a quote never closed, ...
         if "unexpected end of data" in str(e):
-            raise InputError(f"{file.url}:{start}: a quoted field opened in the record starting on this line is never "
-                             "closed: the file ends inside it") from None
+            raise InputError(
+                f"{file.url}:{start}: a quoted field opened in the record starting on this line is never "
+                "closed: the file ends inside it"
+            ) from None
         raise InputError(f"{file.url}:{reader.line_num}: not valid CSV ({e})") from None
 
 
@@ -331,7 +394,9 @@ def parquet_file(file: InputFile):
         raise InputError(f"{file.url}: not a readable parquet file ({e})") from None
 
 
-def _parquet_rows(file: InputFile, column: str, id_column: str | None, on_error: str, ids: IdPolicy) -> Iterator[Row]:
+def _parquet_rows(
+    file: InputFile, column: str, id_column: str | None, on_error: str, ids: IdPolicy
+) -> Iterator[Row]:
     parquet = parquet_file(file)
     parquet_columns(file.url, parquet.schema_arrow.names, column, id_column)
     columns = [column] + ([id_column] if id_column else [])
@@ -360,7 +425,9 @@ def check_fields(file: InputFile, text_field: str, id_field: str | None) -> None
         return
     if file.format.startswith(".txt"):
         if id_field is not None:
-            raise InputError(f"{file.url}: text files have no fields; --id-field needs jsonl, csv or parquet inputs")
+            raise InputError(
+                f"{file.url}: text files have no fields; --id-field needs jsonl, csv or parquet inputs"
+            )
         return
     with open_input(file) as raw:
         if file.format == ".csv":
@@ -374,8 +441,10 @@ def check_fields(file: InputFile, text_field: str, id_field: str | None) -> None
             if isinstance(record, dict):
                 for name in (text_field, id_field):
                     if name is not None and name not in record:
-                        raise InputError(f"{file.url}:{number}: the first record has no field {name!r} (fields: "
-                                         f"{', '.join(map(str, record)) or 'none'}); check --text-field / --id-field")
+                        raise InputError(
+                            f"{file.url}:{number}: the first record has no field {name!r} (fields: "
+                            f"{', '.join(map(str, record)) or 'none'}); check --text-field / --id-field"
+                        )
                 return
 
 
@@ -399,7 +468,10 @@ def count_rows(file: InputFile) -> int | None:
             return parquet_file(file).metadata.num_rows
         if file.format in (".txt", ".jsonl") and not is_url(file.url):
             return _count_lines(file.url)
-    except (InputError, OSError):  # a missing or damaged file: no total; reading it reports the real error
+    except (
+        InputError,
+        OSError,
+    ):  # a missing or damaged file: no total; reading it reports the real error
         return None
     return None
 

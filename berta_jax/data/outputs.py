@@ -17,8 +17,14 @@ import numpy as np
 
 from berta_jax.errors import JobError
 
-STORED = {"float32": np.float32, "float16": np.float16, "int8": np.int8, "uint8": np.uint8, "binary": np.int8,
-          "ubinary": np.uint8}
+STORED = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "int8": np.int8,
+    "uint8": np.uint8,
+    "binary": np.int8,
+    "ubinary": np.uint8,
+}
 PRECISIONS = tuple(STORED)
 WHOLE_OUTPUT_PRECISIONS = ("int8", "uint8")
 
@@ -45,12 +51,16 @@ def _check_float16_range(vectors: np.ndarray, rows: np.ndarray) -> None:
     over = np.flatnonzero(largest > np.finfo(np.float16).max)
     if len(over):
         named = [int(rows[i]) for i in over[:10]]
-        raise JobError(f"rows {named}{' ...' if len(over) > 10 else ''} have embedding values beyond float16's range "
-                       f"(largest |value| {float(largest[over].max()):.4g} > 65504), which would be stored as inf; "
-                       "use --precision float32, or normalised embeddings")
+        raise JobError(
+            f"rows {named}{' ...' if len(over) > 10 else ''} have embedding values beyond float16's range "
+            f"(largest |value| {float(largest[over].max()):.4g} > 65504), which would be stored as inf; "
+            "use --precision float32, or normalised embeddings"
+        )
 
 
-def int8_quantiser(parts: Iterable[np.ndarray], precision: str, output: str) -> Callable[[np.ndarray], np.ndarray]:
+def int8_quantiser(
+    parts: Iterable[np.ndarray], precision: str, output: str
+) -> Callable[[np.ndarray], np.ndarray]:
     """sentence-transformers' int8/uint8 rule, with per-dimension ranges over every row of `parts`."""
     low = high = None
     rows = 0
@@ -60,7 +70,9 @@ def int8_quantiser(parts: Iterable[np.ndarray], precision: str, output: str) -> 
             low = part.min(axis=0) if low is None else np.minimum(low, part.min(axis=0))
             high = part.max(axis=0) if high is None else np.maximum(high, part.max(axis=0))
     if rows == 1:
-        raise JobError(f"{output}: {precision} quantisation needs ranges from more than one embedding")
+        raise JobError(
+            f"{output}: {precision} quantisation needs ranges from more than one embedding"
+        )
     if rows == 0:
         return lambda part: part.astype(STORED[precision])
     low, high = low.astype(np.float32), high.astype(np.float32)
@@ -90,16 +102,30 @@ def read_npy(data: bytes, source: str) -> np.ndarray:
 def parquet_schema(dtype: np.dtype, width: int):
     import pyarrow as pa
 
-    return pa.schema([("row", pa.int64()), ("id", pa.string()), ("embedding", pa.list_(pa.from_numpy_dtype(dtype), width))])
+    return pa.schema(
+        [
+            ("row", pa.int64()),
+            ("id", pa.string()),
+            ("embedding", pa.list_(pa.from_numpy_dtype(dtype), width)),
+        ]
+    )
 
 
 def parquet_table(rows: np.ndarray, ids: list, vectors: np.ndarray, schema):
     import pyarrow as pa
 
     width = schema.field("embedding").type.list_size
-    flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), type=schema.field("embedding").type.value_type)
-    return pa.table({"row": pa.array(rows, pa.int64()), "id": pa.array(ids, pa.string()),
-                     "embedding": pa.FixedSizeListArray.from_arrays(flat, width)}, schema=schema)
+    flat = pa.array(
+        np.ascontiguousarray(vectors).reshape(-1), type=schema.field("embedding").type.value_type
+    )
+    return pa.table(
+        {
+            "row": pa.array(rows, pa.int64()),
+            "id": pa.array(ids, pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, width),
+        },
+        schema=schema,
+    )
 
 
 def shard_bytes(rows: np.ndarray, ids: list, vectors: np.ndarray) -> bytes:
@@ -107,7 +133,9 @@ def shard_bytes(rows: np.ndarray, ids: list, vectors: np.ndarray) -> bytes:
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
-    pq.write_table(parquet_table(rows, ids, vectors, parquet_schema(vectors.dtype, vectors.shape[1])), buffer)
+    pq.write_table(
+        parquet_table(rows, ids, vectors, parquet_schema(vectors.dtype, vectors.shape[1])), buffer
+    )
     return buffer.getvalue()
 
 
@@ -145,18 +173,35 @@ class ChunkRows:
     skipped: tuple = ()  # offsets of skipped rows
 
 
-def write_single_file(f, kind: str, chunks: Callable[[], Iterator[ChunkRows]], rows: int, width: int,
-                      precision: str, output: str) -> None:
+def write_single_file(
+    f,
+    kind: str,
+    chunks: Callable[[], Iterator[ChunkRows]],
+    rows: int,
+    width: int,
+    precision: str,
+    output: str,
+) -> None:
     """Stream every chunk (a fresh iterator per pass) into one .npy or .parquet file, in row order."""
     if precision in WHOLE_OUTPUT_PRECISIONS:
-        quantise = int8_quantiser((np.delete(c.vectors, list(c.skipped), axis=0) for c in chunks()), precision, output)
+        quantise = int8_quantiser(
+            (np.delete(c.vectors, list(c.skipped), axis=0) for c in chunks()), precision, output
+        )
         convert = lambda v, first_row: quantise(v)  # noqa: E731
     else:
-        convert = lambda v, first_row: per_row(v, precision, np.arange(first_row, first_row + len(v)))  # noqa: E731
+        convert = lambda v, first_row: per_row(
+            v, precision, np.arange(first_row, first_row + len(v))
+        )  # noqa: E731
     dtype = np.dtype(STORED[precision])
     if kind == "npy":
-        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                                                 "shape": (rows, stored_width(width, precision))})
+        np.lib.format.write_array_header_1_0(
+            f,
+            {
+                "descr": np.lib.format.dtype_to_descr(dtype),
+                "fortran_order": False,
+                "shape": (rows, stored_width(width, precision)),
+            },
+        )
         for chunk in chunks():
             f.write(np.ascontiguousarray(convert(chunk.vectors, chunk.start)).tobytes())
         return
@@ -166,7 +211,9 @@ def write_single_file(f, kind: str, chunks: Callable[[], Iterator[ChunkRows]], r
     with pq.ParquetWriter(f, schema) as writer:
         for chunk in chunks():
             index = np.arange(chunk.start, chunk.start + len(chunk.vectors))
-            writer.write_table(parquet_table(index, chunk.ids, convert(chunk.vectors, chunk.start), schema))
+            writer.write_table(
+                parquet_table(index, chunk.ids, convert(chunk.vectors, chunk.start), schema)
+            )
 
 
 def jsonl_bytes(records: list[dict]) -> bytes:

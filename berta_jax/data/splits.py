@@ -19,15 +19,25 @@ from typing import BinaryIO, Iterator
 
 from berta_jax.errors import InputError
 from berta_jax.data.inputs import (
-    IdPolicy, InputFile, Row, checked_row, decode_line, json_row, open_input, parquet_columns,
-    parquet_file, read_rows,
+    IdPolicy,
+    InputFile,
+    Row,
+    checked_row,
+    decode_line,
+    json_row,
+    open_input,
+    parquet_columns,
+    parquet_file,
+    read_rows,
 )
 from berta_jax.data import inputs
 from berta_jax.storage.stores import store_for
 
 DEFAULT_SPLIT_BYTES = 64 * 2**20
 _BYTE_SPLIT_FORMATS = (".txt", ".jsonl")
-RANGE_BLOCK = 256 * 2**10  # what a byte range's reader fetches at a time: it reads at most this past its end
+RANGE_BLOCK = (
+    256 * 2**10
+)  # what a byte range's reader fetches at a time: it reads at most this past its end
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +58,10 @@ class Split:
     first_line: int | None = 1
 
     def __str__(self) -> str:
-        where = {"bytes": f"bytes {self.start}-{self.end}", "row_group": f"row group {self.start}"}.get(self.kind)
+        where = {
+            "bytes": f"bytes {self.start}-{self.end}",
+            "row_group": f"row group {self.start}",
+        }.get(self.kind)
         return f"{self.file.url}" + (f" ({where})" if where else "")
 
 
@@ -76,7 +89,10 @@ def _file_splits(file: InputFile, split_bytes: int) -> list[Split]:
         return [Split(file, 0, "file")]
     size = store_for(file.url).info(file.url).size
     starts = range(0, max(size, 1), split_bytes)
-    return [Split(file, 0, "bytes", s, min(s + split_bytes, size), first_line=1 if s == 0 else None) for s in starts]
+    return [
+        Split(file, 0, "bytes", s, min(s + split_bytes, size), first_line=1 if s == 0 else None)
+        for s in starts
+    ]
 
 
 def count_rows(split: Split, *, text_field: str = "text", id_field: str | None = None) -> int:
@@ -86,16 +102,27 @@ def count_rows(split: Split, *, text_field: str = "text", id_field: str | None =
         return split.rows
     if split.kind == "bytes":
         return sum(1 for _ in _range_lines(split))
-    return sum(1 for _ in read_rows(split.file, text_field=text_field, id_field=id_field, on_error="skip"))
+    return sum(
+        1 for _ in read_rows(split.file, text_field=text_field, id_field=id_field, on_error="skip")
+    )
 
 
-def read_split(split: Split, *, first_line: int, text_field: str = "text", id_field: str | None = None,
-               on_error: str = "raise", ids: IdPolicy | None = None) -> Iterator[Row]:
+def read_split(
+    split: Split,
+    *,
+    first_line: int,
+    text_field: str = "text",
+    id_field: str | None = None,
+    on_error: str = "raise",
+    ids: IdPolicy | None = None,
+) -> Iterator[Row]:
     """The rows of `split` in order; `first_line` is the 1-based line (row) in its file of the split's first row;
     `ids` holds the kind of id the split's rows have."""
     ids = ids if ids is not None else IdPolicy()
     if split.kind == "file":
-        yield from read_rows(split.file, text_field=text_field, id_field=id_field, on_error=on_error, ids=ids)
+        yield from read_rows(
+            split.file, text_field=text_field, id_field=id_field, on_error=on_error, ids=ids
+        )
     elif split.kind == "row_group":
         yield from _row_group_rows(split, first_line, text_field, id_field, on_error, ids)
     else:
@@ -103,18 +130,24 @@ def read_split(split: Split, *, first_line: int, text_field: str = "text", id_fi
         for number, line in enumerate(_range_lines(split), start=first_line):
             text = decode_line(source, number, line, on_error)
             if isinstance(text, Row) or txt:
-                yield text if isinstance(text, Row) else checked_row(source, number, text, None, "text", on_error,
-                                                                     ids)
+                yield (
+                    text
+                    if isinstance(text, Row)
+                    else checked_row(source, number, text, None, "text", on_error, ids)
+                )
             else:
                 yield json_row(source, number, text, text_field, id_field, on_error, ids)
 
 
-def _row_group_rows(split: Split, first_line: int, column: str, id_column: str | None, on_error: str,
-                    ids: IdPolicy) -> Iterator[Row]:
+def _row_group_rows(
+    split: Split, first_line: int, column: str, id_column: str | None, on_error: str, ids: IdPolicy
+) -> Iterator[Row]:
     parquet = parquet_file(split.file)
     parquet_columns(split.file.url, parquet.schema_arrow.names, column, id_column)
     try:
-        table = parquet.read_row_group(split.start, columns=[column] + ([id_column] if id_column else []))
+        table = parquet.read_row_group(
+            split.start, columns=[column] + ([id_column] if id_column else [])
+        )
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise InputError(f"{split}: cannot be read ({e})") from None
     texts = table.column(column).to_pylist()
@@ -128,7 +161,9 @@ def _range_lines(split: Split) -> Iterator[bytes | None]:
     with open_input(split.file, RANGE_BLOCK) as raw:
         position = max(split.start - 1, 0)
         raw.seek(position)
-        stream = io.BufferedReader(raw, RANGE_BLOCK) if not isinstance(raw, io.BufferedIOBase) else raw
+        stream = (
+            io.BufferedReader(raw, RANGE_BLOCK) if not isinstance(raw, io.BufferedIOBase) else raw
+        )
         if split.start > 0:  # the line holding byte start-1 belongs to an earlier split
             position += _skip_line(stream)
         while position < split.end:

@@ -22,7 +22,9 @@ class Cluster:
 
     index: int = 0
     count: int = 1
-    abandoned: bool = False  # a meeting was left while JAX still waited in it (see JaxCluster._wait)
+    abandoned: bool = (
+        False  # a meeting was left while JAX still waited in it (see JaxCluster._wait)
+    )
 
     def gather(self, data: bytes) -> list[bytes]:
         """Every process's `data`, by process index."""
@@ -31,7 +33,9 @@ class Cluster:
     def leave(self) -> None:
         """Disconnect (process 0: once every other process has)."""
 
-    def meet(self, payload: Any, error: BaseException | None = None, *, tolerate_gone: bool = False) -> list:
+    def meet(
+        self, payload: Any, error: BaseException | None = None, *, tolerate_gone: bool = False
+    ) -> list:
         """Every process's JSON `payload`, by process index. An error a process brings is raised on every process
         (on its own as itself), so all leave from the same meeting. With `tolerate_gone`, a process that is gone
         gives [] instead of an error (what it left is found on disk)."""
@@ -80,13 +84,17 @@ class JaxCluster(Cluster):
                 gone = sorted(set(range(self.count)) - {d.process_index for d in devices})
                 if gone:
                     raise JobError(_gone(gone))
-                sizes = np.asarray(hosts.process_allgather(np.array([len(data)], np.int64))).reshape(-1)
+                sizes = np.asarray(
+                    hosts.process_allgather(np.array([len(data)], np.int64))
+                ).reshape(-1)
                 buffer = np.zeros(max(int(sizes.max()), 1), np.uint8)
-                buffer[:len(data)] = np.frombuffer(data, np.uint8)
+                buffer[: len(data)] = np.frombuffer(data, np.uint8)
                 every = np.asarray(hosts.process_allgather(buffer))
-        except hosts.ProcessFailureError:  # a process failed inside the meeting (JAX names its devices only)
+        except (
+            hosts.ProcessFailureError
+        ):  # a process failed inside the meeting (JAX names its devices only)
             raise JobError(_gone([])) from None
-        return [every[p, :sizes[p]].tobytes() for p in range(self.count)]
+        return [every[p, : sizes[p]].tobytes() for p in range(self.count)]
 
     def leave(self) -> None:
         import jax
@@ -120,7 +128,9 @@ class JaxCluster(Cluster):
         while thread.is_alive():
             thread.join(0.1)
             if self.stop is not None and self.stop() and thread.is_alive():
-                self.abandoned = True  # JAX cannot be woken: this process must end without waiting for it
+                self.abandoned = (
+                    True  # JAX cannot be woken: this process must end without waiting for it
+                )
                 raise KeyboardInterrupt  # the meeting is abandoned; committed parts stay for a resume
         if "error" in result:
             raise result["error"]
@@ -129,21 +139,34 @@ class JaxCluster(Cluster):
 
 def _gone(processes: list[int]) -> str:
     which = ", ".join(map(str, processes)) or "another process"
-    return (f"process {which} of this run stopped or cannot be reached (JAX's heartbeat timed out); the parts "
-            "committed so far are kept: rerun the same command with --resume, on any number of hosts")
+    return (
+        f"process {which} of this run stopped or cannot be reached (JAX's heartbeat timed out); the parts "
+        "committed so far are kept: rerun the same command with --resume, on any number of hosts"
+    )
 
 
-def join(coordinator: str | None, num_processes: int | None, process_id: int | None, *, detect: bool,
-         heartbeat_timeout: int, stop: Callable[[], bool] | None = None) -> Cluster:
+def join(
+    coordinator: str | None,
+    num_processes: int | None,
+    process_id: int | None,
+    *,
+    detect: bool,
+    heartbeat_timeout: int,
+    stop: Callable[[], bool] | None = None,
+) -> Cluster:
     """Join JAX's multi-host runtime when asked (before any JAX array exists); else the one-process cluster."""
     if not (coordinator or detect):
         return Cluster()
     import jax
 
-    jax.config.update("jax_enable_recoverability", True)  # a process that dies does not take the others with it
+    jax.config.update(
+        "jax_enable_recoverability", True
+    )  # a process that dies does not take the others with it
     kwargs = {"heartbeat_timeout_seconds": heartbeat_timeout}
     if coordinator:
-        jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id, **kwargs)
+        jax.distributed.initialize(
+            coordinator, num_processes=num_processes, process_id=process_id, **kwargs
+        )
     else:  # TPU pods, SLURM and similar: JAX finds the cluster itself
         jax.distributed.initialize(**kwargs)
     return JaxCluster(stop)

@@ -29,8 +29,12 @@ def _part_rows(plan: Plan, parts, part: Part) -> ChunkRows:
     import pyarrow.parquet as pq
 
     table = pq.read_table(io.BytesIO(plan.store.read(parts.data_path(part.split))))
-    vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), np.float32).reshape(part.rows, plan.dim)
-    return ChunkRows(part.first_row, vectors, table.column("id").to_pylist(), tuple(r[0] for r in part.skipped))
+    vectors = np.asarray(table.column("embedding").combine_chunks().flatten(), np.float32).reshape(
+        part.rows, plan.dim
+    )
+    return ChunkRows(
+        part.first_row, vectors, table.column("id").to_pylist(), tuple(r[0] for r in part.skipped)
+    )
 
 
 def assemble(plan: Plan, parts, committed: list[Part]) -> dict:
@@ -42,16 +46,34 @@ def assemble(plan: Plan, parts, committed: list[Part]) -> dict:
 
     with store.open_write(layout.output) as f:
         out = HashingWriter(f)
-        write_single_file(out, layout.kind, chunks, rows, plan.dim, plan.options.precision, layout.output)
-    output = {"name": store.name(layout.output), "size": out.size, "sha256": out.hash.hexdigest(),
-              "version": store.info(layout.output).version}
+        write_single_file(
+            out, layout.kind, chunks, rows, plan.dim, plan.options.precision, layout.output
+        )
+    output = {
+        "name": store.name(layout.output),
+        "size": out.size,
+        "sha256": out.hash.hexdigest(),
+        "version": store.info(layout.output).version,
+    }
     return _complete(plan, committed, {"output": output})
 
 
 def publish(plan: Plan, committed: list[Part]) -> dict:
-    shards = [{"name": p.name, "split": p.split, "rows": p.rows, "size": p.size, "version": p.version,
-               "sha256": p.sha256} for p in committed if p.rows]
-    return _complete(plan, committed, {"shards": shards, "empty": [p.split for p in committed if not p.rows]})
+    shards = [
+        {
+            "name": p.name,
+            "split": p.split,
+            "rows": p.rows,
+            "size": p.size,
+            "version": p.version,
+            "sha256": p.sha256,
+        }
+        for p in committed
+        if p.rows
+    ]
+    return _complete(
+        plan, committed, {"shards": shards, "empty": [p.split for p in committed if not p.rows]}
+    )
 
 
 def _sidecar_rows(plan: Plan, committed: list[Part], key: str) -> list[dict]:
@@ -59,7 +81,12 @@ def _sidecar_rows(plan: Plan, committed: list[Part], key: str) -> list[dict]:
     entries = []
     for part in committed:
         for offset, line, id_, *reason in getattr(part, key):
-            entry = {"file": urls[part.split], "line": line, "row": part.first_row + offset, "id": id_}
+            entry = {
+                "file": urls[part.split],
+                "line": line,
+                "row": part.first_row + offset,
+                "id": id_,
+            }
             entries.append({**entry, "reason": reason[0]} if reason else entry)
     return entries
 
@@ -73,11 +100,22 @@ def _complete(plan: Plan, committed: list[Part], record: dict) -> dict:
         else:
             store.write(path, jsonl_bytes(entries))
             info = store.info(path)
-            sidecars[key] = {"name": store.name(path), "rows": len(entries), "size": info.size,
-                             "version": info.version}
-    manifest = {"format": "berta-jax-output", "version": FORMAT_VERSION, "kind": layout.kind,
-                "rows": sum(p.rows for p in committed), "splits": len(plan.splits), "fingerprint": plan.fingerprint,
-                "sidecars": sidecars, **record}
+            sidecars[key] = {
+                "name": store.name(path),
+                "rows": len(entries),
+                "size": info.size,
+                "version": info.version,
+            }
+    manifest = {
+        "format": "berta-jax-output",
+        "version": FORMAT_VERSION,
+        "kind": layout.kind,
+        "rows": sum(p.rows for p in committed),
+        "splits": len(plan.splits),
+        "fingerprint": plan.fingerprint,
+        "sidecars": sidecars,
+        **record,
+    }
     store.write(layout.manifest, json.dumps(manifest, sort_keys=True).encode())
     return manifest
 
@@ -99,10 +137,15 @@ def read_manifest(layout: Layout, store) -> dict | None:
         return None
     except (UnicodeDecodeError, ValueError, RecursionError):
         record = None
-    if not (isinstance(record, dict) and record.get("format") == "berta-jax-output"
-            and isinstance(record.get("fingerprint"), dict)):
-        raise JobError(f"{layout.manifest}: not a berta-jax completion record (or a damaged one); pass --overwrite "
-                       "to embed this output again")
+    if not (
+        isinstance(record, dict)
+        and record.get("format") == "berta-jax-output"
+        and isinstance(record.get("fingerprint"), dict)
+    ):
+        raise JobError(
+            f"{layout.manifest}: not a berta-jax completion record (or a damaged one); pass --overwrite "
+            "to embed this output again"
+        )
     return record
 
 
@@ -115,7 +158,9 @@ def recorded_files(layout: Layout, store, manifest: dict) -> list[tuple[str, dic
         if files and manifest["output"]["name"] != store.name(layout.output):
             raise ValueError(f"output {manifest['output']['name']!r}")
         splits, shards = manifest["splits"], manifest.get("shards", []) if layout.dataset else []
-        if layout.dataset and sorted([s["split"] for s in shards] + manifest["empty"]) != list(range(splits)):
+        if layout.dataset and sorted([s["split"] for s in shards] + manifest["empty"]) != list(
+            range(splits)
+        ):
             raise ValueError("shards that do not cover every split once")
         for shard in shards:
             if shard["name"] != part_name(shard["split"], splits):
@@ -129,9 +174,11 @@ def recorded_files(layout: Layout, store, manifest: dict) -> list[tuple[str, dic
                 raise ValueError(f"sidecar {entry['name']!r}")
             files.append((own[key], entry))
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise JobError(f"{layout.manifest}: the completion record lists {e}, which is not this job's; pass "
-                       "--overwrite to embed the output again (only files named as berta-jax names them are "
-                       "removed)") from None
+        raise JobError(
+            f"{layout.manifest}: the completion record lists {e}, which is not this job's; pass "
+            "--overwrite to embed the output again (only files named as berta-jax names them are "
+            "removed)"
+        ) from None
     return files
 
 

@@ -45,9 +45,14 @@ class Layout:
 
     def written(self) -> list[tuple[str, str]]:
         """(what, path) of everything the job may create, replace or delete."""
-        rows = [("the output", self.output), ("the work folder", self.state), ("the lock", self.lock),
-                ("the completion record", self.manifest), ("the skipped-rows list", self.skipped),
-                ("the truncated-rows list", self.truncated)]
+        rows = [
+            ("the output", self.output),
+            ("the work folder", self.state),
+            ("the lock", self.lock),
+            ("the completion record", self.manifest),
+            ("the skipped-rows list", self.skipped),
+            ("the truncated-rows list", self.truncated),
+        ]
         return rows + ([("the truncation report", self.report)] if self.report else [])
 
 
@@ -57,15 +62,32 @@ def layout_for(output: str, *, dataset: bool = False, report: str | None = None)
     if dataset or output.endswith("/"):
         base = output.rstrip("/") or output
         store = store_for(base)
-        return Layout("dataset", base, store.join(base, "_state"), store.join(base, "_lock.json"),
-                      store.join(base, "_manifest.json"), store.join(base, "_skipped.jsonl"),
-                      store.join(base, "_truncated.jsonl"), report)
+        return Layout(
+            "dataset",
+            base,
+            store.join(base, "_state"),
+            store.join(base, "_lock.json"),
+            store.join(base, "_manifest.json"),
+            store.join(base, "_skipped.jsonl"),
+            store.join(base, "_truncated.jsonl"),
+            report,
+        )
     suffix = next((s for s in SINGLE_FILE_FORMATS if output.endswith(s)), None)
     if suffix is None:
-        raise JobError(f"{output}: the output must end in .npy or .parquet (one file), or in / for a dataset "
-                       "directory of Parquet shards")
-    return Layout(suffix[1:], output, output + ".parts", output + ".lock", output + ".manifest.json",
-                  output + ".skipped.jsonl", output + ".truncated.jsonl", report)
+        raise JobError(
+            f"{output}: the output must end in .npy or .parquet (one file), or in / for a dataset "
+            "directory of Parquet shards"
+        )
+    return Layout(
+        suffix[1:],
+        output,
+        output + ".parts",
+        output + ".lock",
+        output + ".manifest.json",
+        output + ".skipped.jsonl",
+        output + ".truncated.jsonl",
+        report,
+    )
 
 
 def _key(path: str) -> str:
@@ -83,7 +105,9 @@ def _same_or_inside(a: str, b: str) -> bool:
     return False
 
 
-def check_collisions(layout: Layout, inputs: list[InputFile], input_specs: list[str], model: list[str]) -> None:
+def check_collisions(
+    layout: Layout, inputs: list[InputFile], input_specs: list[str], model: list[str]
+) -> None:
     """Refuse, naming both paths, any written path that is an input, holds an input, lies in an input directory,
     is or holds or lies in the model folder or a file behind it (`model`: `ModelFolder.protected()`), or is another written
     path."""
@@ -91,24 +115,32 @@ def check_collisions(layout: Layout, inputs: list[InputFile], input_specs: list[
     for what, path in written:
         for i, file in enumerate(inputs, 1):
             if _same_or_inside(file.url, path):
-                raise JobError(f"{what} {path} would overwrite or delete input {i} ({file.url}); choose another "
-                               "output path (this holds even with --overwrite)")
+                raise JobError(
+                    f"{what} {path} would overwrite or delete input {i} ({file.url}); choose another "
+                    "output path (this holds even with --overwrite)"
+                )
         for spec in input_specs:
             if _same_or_inside(path, spec) and store_for(spec).exists(spec) and _is_dir(spec):
-                raise JobError(f"{what} {path} is inside the input directory {spec}; a later run would read it "
-                               "as input. Choose an output outside it")
+                raise JobError(
+                    f"{what} {path} is inside the input directory {spec}; a later run would read it "
+                    "as input. Choose an output outside it"
+                )
         for place in model:
             if _same_or_inside(path, place) or _same_or_inside(place, path):
-                raise JobError(f"{what} {path} is inside the model folder {model[0]} or touches a file behind it "
-                               f"({place}); choose an output outside the model folder")
+                raise JobError(
+                    f"{what} {path} is inside the model folder {model[0]} or touches a file behind it "
+                    f"({place}); choose an output outside the model folder"
+                )
     for i, (what, path) in enumerate(written):
-        for other_what, other in written[i + 1:]:
+        for other_what, other in written[i + 1 :]:
             if _key(path) == _key(other):
                 raise JobError(f"{what} and {other_what} would both be {path}; choose another path")
     folders = [layout.state] + ([layout.output] if layout.dataset else [])
     if layout.report and any(_same_or_inside(layout.report, folder) for folder in folders):
-        raise JobError(f"the truncation report {layout.report} is inside the output's folder, whose files are the "
-                       "job's own; choose a path outside it")
+        raise JobError(
+            f"the truncation report {layout.report} is inside the output's folder, whose files are the "
+            "job's own; choose a path outside it"
+        )
 
 
 def _is_dir(spec: str) -> bool:

@@ -25,7 +25,13 @@ LEASE_TTL = 60.0  # seconds a remote lease stays valid without renewal (renewed 
 
 
 def _record(run: str, ttl: float = 0.0, renewal: int = 0) -> bytes:
-    holder = {"run": run, "host": socket.gethostname(), "pid": os.getpid(), "ttl": ttl, "renewal": renewal}
+    holder = {
+        "run": run,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "ttl": ttl,
+        "renewal": renewal,
+    }
     return json.dumps(holder, sort_keys=True).encode()
 
 
@@ -46,8 +52,10 @@ def _ttl(raw: bytes, default: float) -> float:
 
 
 def _busy(url: str, raw: bytes | None) -> JobError:
-    return JobError(f"{url}: another run is writing this output ({_describe(raw)}); wait for it to finish or "
-                    "stop it")
+    return JobError(
+        f"{url}: another run is writing this output ({_describe(raw)}); wait for it to finish or "
+        "stop it"
+    )
 
 
 def holder_run(path: str) -> str | None:
@@ -80,8 +88,10 @@ class LocalLock:
                 same = False
             if same and os.fstat(fd).st_nlink > 1:
                 os.close(fd)
-                raise JobError(f"{self.path}: the lock file has other hard links; writing it would change them. "
-                               "Remove it (no run holds it)")
+                raise JobError(
+                    f"{self.path}: the lock file has other hard links; writing it would change them. "
+                    "Remove it (no run holds it)"
+                )
             if same:  # else its holder removed it between our open and flock: take the new one
                 break
             os.close(fd)
@@ -122,8 +132,12 @@ class Lease:
             if self._store_now() - seen.modified < _ttl(raw, self.ttl):  # the holder's own term
                 raise _busy(self.path, raw)
             if self.store.replace_if(self.path, _record(self.run, self.ttl), seen.version):
-                return self._held()  # taken over from an expired holder; any other contender's replace fails
-        raise JobError(f"{self.path}: could not take the lock (other runs keep taking it); try again")
+                return (
+                    self._held()
+                )  # taken over from an expired holder; any other contender's replace fails
+        raise JobError(
+            f"{self.path}: could not take the lock (other runs keep taking it); try again"
+        )
 
     def _store_now(self) -> float:
         probe = f"{self.path}.clock-{self.run[:8]}"  # one per contender
@@ -142,7 +156,9 @@ class Lease:
         while not self._stop.wait(self.ttl / 4):
             self._renewals += 1
             try:
-                if not self.store.replace_if(self.path, _record(self.run, self.ttl, self._renewals), self.version):
+                if not self.store.replace_if(
+                    self.path, _record(self.run, self.ttl, self._renewals), self.version
+                ):
                     self.lost = True
                     return
                 self.version = self.store.info(self.path).version
@@ -155,8 +171,10 @@ class Lease:
 
     def check(self) -> None:
         if self.lost or holder_run(self.path) != self.run:
-            raise JobError(f"{self.path}: this run no longer holds the lock (another run took it over after it "
-                           f"was not renewed for {self.ttl:.0f} s); it stops here. Committed parts are kept")
+            raise JobError(
+                f"{self.path}: this run no longer holds the lock (another run took it over after it "
+                f"was not renewed for {self.ttl:.0f} s); it stops here. Committed parts are kept"
+            )
 
     def release(self) -> None:
         self._stop.set()

@@ -58,7 +58,11 @@ class Part:
     truncated: tuple  # ([offset, line, id], ...)
 
     def to_json(self) -> bytes:
-        record = {**dataclasses.asdict(self), "skipped": list(self.skipped), "truncated": list(self.truncated)}
+        record = {
+            **dataclasses.asdict(self),
+            "skipped": list(self.skipped),
+            "truncated": list(self.truncated),
+        }
         return json.dumps(record, sort_keys=True, ensure_ascii=True).encode()
 
     @classmethod
@@ -66,25 +70,40 @@ class Part:
         try:
             f = Fields(json.loads(data.decode("utf-8")), source)
             offsets = lambda v: isinstance(v, list) and len(v) >= 3 and type(v[0]) is int  # noqa: E731
-            return cls(f.int("split", minimum=0), f.str("name"), f.int("first_row", minimum=0),
-                       f.int("rows", minimum=0), f.int("size", minimum=0), f.str("version"), f.str("sha256"),
-                       f.str("input_sha256"), f.str("fingerprint"),
-                       f.str("id_kind", None, choices=("string", "integer")),
-                       f.int("tokens", minimum=0), tuple(map(tuple, f.list("skipped", item=offsets, what="rows"))),
-                       tuple(map(tuple, f.list("truncated", item=offsets, what="rows"))))
+            return cls(
+                f.int("split", minimum=0),
+                f.str("name"),
+                f.int("first_row", minimum=0),
+                f.int("rows", minimum=0),
+                f.int("size", minimum=0),
+                f.str("version"),
+                f.str("sha256"),
+                f.str("input_sha256"),
+                f.str("fingerprint"),
+                f.str("id_kind", None, choices=("string", "integer")),
+                f.int("tokens", minimum=0),
+                tuple(map(tuple, f.list("skipped", item=offsets, what="rows"))),
+                tuple(map(tuple, f.list("truncated", item=offsets, what="rows"))),
+            )
         except (UnicodeDecodeError, ValueError, RecursionError, ConfigError) as e:
             raise JobError(f"{source}: not a berta-jax part record ({e})") from None
 
-    def problem(self, split: int, splits: int, fingerprint: str, first_row: int | None, rows: int | None) -> str | None:
+    def problem(
+        self, split: int, splits: int, fingerprint: str, first_row: int | None, rows: int | None
+    ) -> str | None:
         """Why this record cannot stand for `split` of this job (None when it can)."""
         offsets = [r[0] for r in self.skipped + self.truncated]
         if self.fingerprint != fingerprint:
             return "it was written by a run with other inputs, model, prompt or options"
         if self.split != split or self.name != part_name(split, splits):
             return f"it names split {self.split} / file {self.name!r}, not split {split} / {part_name(split, splits)}"
-        if (rows is not None and self.rows != rows) or (first_row is not None and self.first_row != first_row):
+        if (rows is not None and self.rows != rows) or (
+            first_row is not None and self.first_row != first_row
+        ):
             return f"it holds rows {self.first_row}+{self.rows}, the split rows {first_row}+{rows}"
-        if any(not 0 <= o < self.rows for o in offsets) or len(set(r[0] for r in self.skipped)) < len(self.skipped):
+        if any(not 0 <= o < self.rows for o in offsets) or len(
+            set(r[0] for r in self.skipped)
+        ) < len(self.skipped):
             return "it lists rows outside the split, or one row twice"
         return None
 
@@ -110,7 +129,9 @@ class Parts:
         path = self.data_path(part.split)
         self.store.write(path, data)
         if sha256(self.store.read(path)) != part.sha256:
-            raise JobError(f"{path}: reads back other bytes than were written; check the storage, then --resume")
+            raise JobError(
+                f"{path}: reads back other bytes than were written; check the storage, then --resume"
+            )
         part = dataclasses.replace(part, version=self.store.info(path).version)
         self.store.write(self.record_path(part.split), part.to_json())
         return part
@@ -125,8 +146,13 @@ class Parts:
     def recorded(self) -> list[int]:
         """The splits with a record file (named as this job names them; other names are not its records)."""
         found = (RECORD.match(n) for n in self.store.list(self.records))
-        return sorted(int(m.group(1)) for m in found if m and m.group(0) == record_name(int(m.group(1)), self.splits)
-                      and int(m.group(1)) < self.splits)
+        return sorted(
+            int(m.group(1))
+            for m in found
+            if m
+            and m.group(0) == record_name(int(m.group(1)), self.splits)
+            and int(m.group(1)) < self.splits
+        )
 
     def check(self, part: Part) -> str | None:
         """Why the part's file does not match its record (None when it does), from metadata and the Parquet footer
@@ -146,4 +172,8 @@ class Parts:
             return f"{part.name} is missing"
         except Exception as e:  # pyarrow raises several types for a damaged file
             return f"{part.name} is not a readable part ({type(e).__name__})"
-        return None if rows == part.rows else f"{part.name} holds {rows} rows, its record says {part.rows}"
+        return (
+            None
+            if rows == part.rows
+            else f"{part.name} holds {rows} rows, its record says {part.rows}"
+        )

@@ -22,7 +22,9 @@ from berta_jax.data.splits import Split, plan_splits
 from berta_jax.storage.stores import store_for
 
 FORMAT_VERSION = 2
-DEFAULT_SPLIT_BYTES = 4 * 2**20  # ~1M tokens of text: seconds on an accelerator, what a graceful stop can lose
+DEFAULT_SPLIT_BYTES = (
+    4 * 2**20
+)  # ~1M tokens of text: seconds on an accelerator, what a graceful stop can lose
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,9 @@ class JobOptions:
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r} is not supported; choose one of {', '.join(PRECISIONS)}")
+            raise ValueError(
+                f"precision {self.precision!r} is not supported; choose one of {', '.join(PRECISIONS)}"
+            )
         for name in ("split_bytes", "truncate_dim", "max_batch_tokens", "batch_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -84,12 +88,20 @@ class Starts:
     def __call__(self, index: int) -> tuple[int, int]:
         while self.next <= index:
             split = self.splits[self.next]
-            if split.file != self.file or (split.kind != "row_group" and split.start == 0):  # a file's first split
+            if split.file != self.file or (
+                split.kind != "row_group" and split.start == 0
+            ):  # a file's first split
                 self.file, self.line = split.file, 1
-            self.known[self.next] = (self.row, split.first_line if split.kind == "row_group" else self.line)
+            self.known[self.next] = (
+                self.row,
+                split.first_line if split.kind == "row_group" else self.line,
+            )
             if self.next == index:
                 break  # its own count may not be known yet
-            self.row, self.line = self.row + self.counts[self.next], self.line + self.counts[self.next]
+            self.row, self.line = (
+                self.row + self.counts[self.next],
+                self.line + self.counts[self.next],
+            )
             self.next += 1
         return self.known[index]
 
@@ -103,39 +115,77 @@ def input_identity(file: InputFile) -> dict:
     return {"url": file.url, "size": info.size, "version": info.version}
 
 
-def plan_job(input_specs: list[str], output: str, options: JobOptions, model: ModelFolder, *, dataset: bool = False,
-             report: str | None = None, compute_dtype: str = "float32") -> Plan:
+def plan_job(
+    input_specs: list[str],
+    output: str,
+    options: JobOptions,
+    model: ModelFolder,
+    *,
+    dataset: bool = False,
+    report: str | None = None,
+    compute_dtype: str = "float32",
+) -> Plan:
     """Everything about a job that can be known without writing anything or loading the weights."""
     hidden = model.config.hidden_size
     if options.truncate_dim is not None and options.truncate_dim > hidden:
-        raise JobError(f"--truncate-dim {options.truncate_dim} exceeds the model's {hidden} dimensions")
+        raise JobError(
+            f"--truncate-dim {options.truncate_dim} exceeds the model's {hidden} dimensions"
+        )
     layout = layout_for(output, dataset=dataset, report=report)
     if layout.dataset and options.precision in WHOLE_OUTPUT_PRECISIONS:
-        raise JobError(f"--precision {options.precision} needs ranges over the whole output, which a dataset written "
-                       "shard by shard cannot have; use float32, float16, binary or ubinary, or a .npy/.parquet output")
+        raise JobError(
+            f"--precision {options.precision} needs ranges over the whole output, which a dataset written "
+            "shard by shard cannot have; use float32, float16, binary or ubinary, or a .npy/.parquet output"
+        )
     store = store_for(layout.output)
-    if not layout.dataset and store.exists(layout.output) and store.info(layout.output).kind == "directory":
-        raise JobError(f"{layout.output} is a directory; give a file name ending in .npy or .parquet, or end the "
-                       "output with / for a dataset directory")
+    if (
+        not layout.dataset
+        and store.exists(layout.output)
+        and store.info(layout.output).kind == "directory"
+    ):
+        raise JobError(
+            f"{layout.output} is a directory; give a file name ending in .npy or .parquet, or end the "
+            "output with / for a dataset directory"
+        )
     inputs = expand_inputs(input_specs)
     check_collisions(layout, inputs, input_specs, model.protected())
     for file in inputs:
         check_fields(file, options.text_field, options.id_field)
     splits = plan_splits(inputs, split_bytes=options.split_bytes)
-    sentence = {f.name: getattr(model.sentence, f.name) for f in dataclasses.fields(model.sentence)
-                if f.name != "prompts"}  # the prompt itself is its own field
+    sentence = {
+        f.name: getattr(model.sentence, f.name)
+        for f in dataclasses.fields(model.sentence)
+        if f.name != "prompts"
+    }  # the prompt itself is its own field
     options_record = {**dataclasses.asdict(options), "kind": layout.kind}
     options_record.pop("prompt")
-    fingerprint = {"version": FORMAT_VERSION, "inputs": [input_identity(f) for f in inputs],
-                   "model": {**model.identity(), "sentence": sentence, "dtype": compute_dtype},
-                   "prompt": options.prompt, "options": options_record,
-                   "splits": _digest([[inputs.index(s.file), s.kind, s.start, s.end] for s in splits])}
-    return Plan(inputs, splits, layout, options, fingerprint,
-                embedding_dim(hidden, model.sentence.truncate_dim, options.truncate_dim), first_id_kind(inputs, options.id_field))
+    fingerprint = {
+        "version": FORMAT_VERSION,
+        "inputs": [input_identity(f) for f in inputs],
+        "model": {**model.identity(), "sentence": sentence, "dtype": compute_dtype},
+        "prompt": options.prompt,
+        "options": options_record,
+        "splits": _digest([[inputs.index(s.file), s.kind, s.start, s.end] for s in splits]),
+    }
+    return Plan(
+        inputs,
+        splits,
+        layout,
+        options,
+        fingerprint,
+        embedding_dim(hidden, model.sentence.truncate_dim, options.truncate_dim),
+        first_id_kind(inputs, options.id_field),
+    )
 
 
-FIELDS = {"inputs": "inputs", "model": "model (--model, --dtype)", "prompt": "prompt", "options": "options",
-          "splits": "splits (--split-size)", "version": "berta-jax format version"}
+FIELDS = {
+    "inputs": "inputs",
+    "model": "model (--model, --dtype)",
+    "prompt": "prompt",
+    "options": "options",
+    "splits": "splits (--split-size)",
+    "version": "berta-jax format version",
+}
 
 
 def changed_fields(recorded: dict, expected: dict) -> list[str]:
@@ -157,5 +207,7 @@ def check_same_plan(plans: list[dict]) -> None:
     for process, theirs in enumerate(plans):
         differ = [FIELDS[k] for k in FIELDS if theirs.get(k) != plans[0].get(k)]
         if differ:
-            raise JobError(f"process {process} planned another job than process 0 ({', '.join(differ)} differ); "
-                           "start every process with the same command")
+            raise JobError(
+                f"process {process} planned another job than process 0 ({', '.join(differ)} differ); "
+                "start every process with the same command"
+            )

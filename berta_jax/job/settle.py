@@ -21,8 +21,15 @@ _JOB_FILES = ("_manifest.json", "_skipped.jsonl", "_truncated.jsonl", "_state", 
 
 def work_record(plan: Plan, counts: list) -> bytes:
     """`job.json`: the fingerprint the work folder's parts belong to, and the split row counts known so far."""
-    return json.dumps({"format": "berta-jax-work", "version": FORMAT_VERSION, "fingerprint": plan.fingerprint,
-                       "counts": counts}, sort_keys=True).encode()
+    return json.dumps(
+        {
+            "format": "berta-jax-work",
+            "version": FORMAT_VERSION,
+            "fingerprint": plan.fingerprint,
+            "counts": counts,
+        },
+        sort_keys=True,
+    ).encode()
 
 
 def _read_work(plan: Plan) -> dict | None:
@@ -34,8 +41,10 @@ def _read_work(plan: Plan) -> dict | None:
     except (UnicodeDecodeError, ValueError, RecursionError):
         record = None
     if not (isinstance(record, dict) and isinstance(record.get("fingerprint"), dict)):
-        raise JobError(f"{path}: the work folder's job record is damaged; pass --overwrite to start this output "
-                       "again")
+        raise JobError(
+            f"{path}: the work folder's job record is damaged; pass --overwrite to start this output "
+            "again"
+        )
     return record
 
 
@@ -44,10 +53,15 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
     "run", "done": splits with a verified part, "counts": each split's rows where known}."""
     try:
         lock.acquire()
-    except PermissionError:  # a read-only folder: a finished output there is still verified and reported
+    except (
+        PermissionError
+    ):  # a read-only folder: a finished output there is still verified and reported
         manifest = finish.read_manifest(plan.layout, plan.store)
-        if manifest is None or changed_fields(manifest["fingerprint"], plan.fingerprint) or \
-                finish.verify_complete(plan.layout, plan.store, manifest) is not None:
+        if (
+            manifest is None
+            or changed_fields(manifest["fingerprint"], plan.fingerprint)
+            or finish.verify_complete(plan.layout, plan.store, manifest) is not None
+        ):
             raise
         return {"status": "complete", "rows": manifest["rows"]}
     _refuse_foreign(plan)
@@ -64,32 +78,57 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
         if not overwrite:
             raise
         work = None
-    parts = Parts(plan.store, plan.layout.state, plan.layout.output if plan.layout.dataset else plan.layout.state,
-                  len(plan.splits))
+    parts = Parts(
+        plan.store,
+        plan.layout.state,
+        plan.layout.output if plan.layout.dataset else plan.layout.state,
+        len(plan.splits),
+    )
     recorded = parts.recorded()
-    if work is not None or recorded or plan.store.exists(plan.store.join(plan.layout.state, "job.json")):
-        changed = changed_fields(work["fingerprint"], plan.fingerprint) if work else ["work (its job record is missing)"]
+    if (
+        work is not None
+        or recorded
+        or plan.store.exists(plan.store.join(plan.layout.state, "job.json"))
+    ):
+        changed = (
+            changed_fields(work["fingerprint"], plan.fingerprint)
+            if work
+            else ["work (its job record is missing)"]
+        )
         if changed and not overwrite:
-            raise JobError(f"{plan.layout.output}: an earlier run with different {', '.join(changed)} wrote here; "
-                           "pass --overwrite to start again")
+            raise JobError(
+                f"{plan.layout.output}: an earlier run with different {', '.join(changed)} wrote here; "
+                "pass --overwrite to start again"
+            )
         if not changed and not (resume or overwrite):
-            raise JobError(f"{plan.layout.output}: an unfinished run is there; pass --resume to continue it or "
-                           "--overwrite")
+            raise JobError(
+                f"{plan.layout.output}: an unfinished run is there; pass --resume to continue it or "
+                "--overwrite"
+            )
         if overwrite:
             clear_work(plan, keep_parts=False)
             work, recorded = None, []
     elif _output_present(plan) and not overwrite:
-        raise JobError(f"{plan.layout.output} (or its sidecars) exists; pass --overwrite to replace it")
+        raise JobError(
+            f"{plan.layout.output} (or its sidecars) exists; pass --overwrite to replace it"
+        )
     elif plan.layout.dataset:
         clear_work(plan, keep_parts=False)  # --overwrite of parts no record names
     _check_report(plan, overwrite)
     return _keep_verified(plan, parts, recorded, work, lock.run)
 
 
-def _keep_verified(plan: Plan, parts: Parts, recorded: list[int], work: dict | None, run: str) -> dict:
-    plan.settled = True  # every refusal is behind: the work folder is this run's to tidy if it commits nothing
-    counts = work["counts"] if work and _valid_counts(work.get("counts"), len(plan.splits)) else [None] * len(
-        plan.splits)
+def _keep_verified(
+    plan: Plan, parts: Parts, recorded: list[int], work: dict | None, run: str
+) -> dict:
+    plan.settled = (
+        True  # every refusal is behind: the work folder is this run's to tidy if it commits nothing
+    )
+    counts = (
+        work["counts"]
+        if work and _valid_counts(work.get("counts"), len(plan.splits))
+        else [None] * len(plan.splits)
+    )
     counts = [s.rows if s.rows is not None else c for s, c in zip(plan.splits, counts)]
     done = []
     for split in recorded:
@@ -97,8 +136,11 @@ def _keep_verified(plan: Plan, parts: Parts, recorded: list[int], work: dict | N
             part = parts.read(split)
         except JobError:
             part = None
-        if part and part.problem(split, len(plan.splits), plan.digest, None, counts[split]) is None \
-                and parts.check(part) is None:
+        if (
+            part
+            and part.problem(split, len(plan.splits), plan.digest, None, counts[split]) is None
+            and parts.check(part) is None
+        ):
             done.append(split)
             counts[split] = part.rows
         else:  # embedded again; both names are the job's own
@@ -110,8 +152,11 @@ def _keep_verified(plan: Plan, parts: Parts, recorded: list[int], work: dict | N
 
 
 def _valid_counts(counts, n: int) -> bool:
-    return isinstance(counts, list) and len(counts) == n and all(
-        c is None or (type(c) is int and c >= 0) for c in counts)
+    return (
+        isinstance(counts, list)
+        and len(counts) == n
+        and all(c is None or (type(c) is int and c >= 0) for c in counts)
+    )
 
 
 def _settle_manifest(plan: Plan, overwrite: bool) -> dict | None:
@@ -136,7 +181,9 @@ def _settle_manifest(plan: Plan, overwrite: bool) -> dict | None:
     try:
         finish.remove_recorded(layout, store, manifest)
     except JobError:
-        store.delete(layout.manifest)  # it names files that are not the job's: none of them is deleted
+        store.delete(
+            layout.manifest
+        )  # it names files that are not the job's: none of them is deleted
     return None
 
 
@@ -151,12 +198,21 @@ def _refuse_foreign(plan: Plan) -> None:
     """A dataset folder holds only the job's names; anything else is refused before anything is deleted."""
     if not plan.layout.dataset:
         return
-    foreign = [n for n in plan.store.list(plan.layout.output)
-               if not (PART.match(n) or n in _JOB_FILES or n.startswith("_lock.json.clock-")
-                       or (n.startswith(".") and n.endswith(".tmp")))]
+    foreign = [
+        n
+        for n in plan.store.list(plan.layout.output)
+        if not (
+            PART.match(n)
+            or n in _JOB_FILES
+            or n.startswith("_lock.json.clock-")
+            or (n.startswith(".") and n.endswith(".tmp"))
+        )
+    ]
     if foreign:
-        raise JobError(f"{plan.layout.output} holds files berta-jax did not write ({', '.join(foreign[:3])}); "
-                       "choose an empty or new directory for a dataset output")
+        raise JobError(
+            f"{plan.layout.output} holds files berta-jax did not write ({', '.join(foreign[:3])}); "
+            "choose an empty or new directory for a dataset output"
+        )
 
 
 def _report_holds(plan: Plan, data: bytes) -> bool:
@@ -174,9 +230,13 @@ def _check_report(plan: Plan, overwrite: bool) -> None:
     if not report or "://" in report or not os.path.lexists(report):
         return
     if os.path.islink(report) or not os.path.isfile(report):
-        raise JobError(f"--truncation-report {report} is a link or not a regular file; give a new file's path")
+        raise JobError(
+            f"--truncation-report {report} is a link or not a regular file; give a new file's path"
+        )
     if not overwrite:
-        raise JobError(f"--truncation-report {report} exists; pass --overwrite to replace it, or give a new path")
+        raise JobError(
+            f"--truncation-report {report} exists; pass --overwrite to replace it, or give a new path"
+        )
 
 
 def _remove_temporaries(plan: Plan) -> None:
@@ -199,8 +259,12 @@ def clear_work(plan: Plan, *, keep_parts: bool) -> None:
     `keep_parts`, a dataset's part files; then the folder itself when empty."""
     store, state = plan.store, plan.layout.state
     for name in store.list(state):
-        if RECORD.match(name) or PART.match(name) or name == "job.json" or (name.startswith(".") and
-                                                                             name.endswith(".tmp")):
+        if (
+            RECORD.match(name)
+            or PART.match(name)
+            or name == "job.json"
+            or (name.startswith(".") and name.endswith(".tmp"))
+        ):
             store.delete(store.join(state, name))
     if plan.layout.dataset and not keep_parts:
         for name in store.list(plan.layout.output):

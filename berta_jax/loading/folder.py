@@ -30,9 +30,16 @@ class ModelFolder:
     sentence: SentenceConfig
 
     @classmethod
-    def open(cls, name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None,
-             pooling: str | None = None, max_seq_length: int | None = None,
-             truncate_dim: int | None = None) -> ModelFolder:
+    def open(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        pooling: str | None = None,
+        max_seq_length: int | None = None,
+        truncate_dim: int | None = None,
+    ) -> ModelFolder:
         """Resolve and read a model folder, applying the caller's overrides of the folder's settings."""
         files = ModelFiles(resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir))
         config = read_config(files)
@@ -41,13 +48,20 @@ class ModelFolder:
         if pooling is not None:  # checked by SentenceConfig, as the folder's own value is
             overrides["pooling"] = pooling
         if max_seq_length is not None:
-            if not (isinstance(max_seq_length, int) and 2 <= max_seq_length <= config.max_position_embeddings):
-                raise ValueError(f"max_seq_length={max_seq_length!r} must be an integer in "
-                                 f"[2, {config.max_position_embeddings}]")
+            if not (
+                isinstance(max_seq_length, int)
+                and 2 <= max_seq_length <= config.max_position_embeddings
+            ):
+                raise ValueError(
+                    f"max_seq_length={max_seq_length!r} must be an integer in "
+                    f"[2, {config.max_position_embeddings}]"
+                )
             overrides["max_seq_length"] = max_seq_length
         if truncate_dim is not None:
             overrides["truncate_dim"] = check_truncate_dim(truncate_dim, config.hidden_size)
-        return cls(os.fspath(name_or_path), files, config, dataclasses.replace(sentence, **overrides))
+        return cls(
+            os.fspath(name_or_path), files, config, dataclasses.replace(sentence, **overrides)
+        )
 
     @property
     def embedding_dim(self) -> int:
@@ -72,11 +86,17 @@ class ModelFolder:
         of the same size and time does not)."""
         folder = self.files.folder
         entries = []
-        for path in sorted(p for p in folder.rglob("*") if not any(s.startswith(".") for s in p.relative_to(folder).parts)):
+        for path in sorted(
+            p
+            for p in folder.rglob("*")
+            if not any(s.startswith(".") for s in p.relative_to(folder).parts)
+        ):
             if path.is_file():
                 digest = hashlib.sha256()
                 with open(path, "rb") as f:
                     while block := f.read(1 << 22):
                         digest.update(block)
-                entries.append((path.relative_to(folder).as_posix(), path.stat().st_size, digest.hexdigest()))
+                entries.append(
+                    (path.relative_to(folder).as_posix(), path.stat().st_size, digest.hexdigest())
+                )
         return {"files": hashlib.sha256(json.dumps(entries).encode()).hexdigest()}

@@ -11,7 +11,11 @@ from berta_jax.errors import ModelNotFoundError, StorageError
 from berta_jax.storage.stores import copy_to_local, is_url, store_for
 
 # What a sentence encoder needs from a repository; never pickles or other frameworks' weights.
-ALLOW_PATTERNS = ["*.json", "*.safetensors", "vocab.txt"]  # fnmatch: "*" also matches "/" (1_Pooling/...)
+ALLOW_PATTERNS = [
+    "*.json",
+    "*.safetensors",
+    "vocab.txt",
+]  # fnmatch: "*" also matches "/" (1_Pooling/...)
 _REMOTE_FILE_LIMIT = 64 * 2**30
 
 
@@ -21,11 +25,14 @@ def _is_hub_id(name: str) -> bool:
 
 
 def default_cache_root() -> Path:
-    return Path(os.environ.get("BERTA_JAX_MODEL_CACHE") or Path.home() / ".cache" / "berta_jax" / "models")
+    return Path(
+        os.environ.get("BERTA_JAX_MODEL_CACHE") or Path.home() / ".cache" / "berta_jax" / "models"
+    )
 
 
-def resolve_model_dir(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                      cache_dir: str | None = None) -> Path:
+def resolve_model_dir(
+    name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None
+) -> Path:
     """A local folder holding the model: `name_or_path` itself, a copy of a storage URL, or a hub snapshot.
 
     A hub id is fetched with huggingface_hub (weights as safetensors only); when the hub cannot be reached
@@ -38,7 +45,9 @@ def resolve_model_dir(name_or_path: str | os.PathLike, *, revision: str | None =
     if path.is_dir():
         return path
     if path.exists():
-        raise ModelNotFoundError(f"{path} is a file; pass the model folder that contains config.json")
+        raise ModelNotFoundError(
+            f"{path} is a file; pass the model folder that contains config.json"
+        )
     if not _is_hub_id(name):
         raise ModelNotFoundError(
             f"{name}: no such folder, and not a hub id of the form 'owner/name' (e.g. 'sergeyzh/BERTA')"
@@ -48,13 +57,21 @@ def resolve_model_dir(name_or_path: str | os.PathLike, *, revision: str | None =
 
 def _hub_snapshot(name: str, revision: str | None, cache_dir: str | None) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
-    kwargs = dict(repo_id=name, revision=revision, cache_dir=cache_dir, allow_patterns=ALLOW_PATTERNS)
+    kwargs = dict(
+        repo_id=name, revision=revision, cache_dir=cache_dir, allow_patterns=ALLOW_PATTERNS
+    )
     try:
         return Path(snapshot_download(**kwargs))
     except RepositoryNotFoundError:
-        raise ModelNotFoundError(f"{name}: no such repository on the Hugging Face hub (or it is private)") from None
+        raise ModelNotFoundError(
+            f"{name}: no such repository on the Hugging Face hub (or it is private)"
+        ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as online_error:
         try:
             return Path(snapshot_download(**kwargs, local_files_only=True))
@@ -76,22 +93,34 @@ def _copy_remote_folder(url: str, cache_root: Path) -> Path:
         found = store.find(base + "/")
     except FileNotFoundError:
         found = []
-    names = [p[len(base) + 1:] for p in found if p.startswith(base + "/") and p != base + "/"]
-    for name in names:  # object names are keys, not paths: only plain segments may become local files
+    names = [p[len(base) + 1 :] for p in found if p.startswith(base + "/") and p != base + "/"]
+    for (
+        name
+    ) in names:  # object names are keys, not paths: only plain segments may become local files
         if any(part in ("", ".", "..") for part in name.split("/")):
-            raise StorageError(f"{base}/{name}: an object name with an empty, '.' or '..' segment, which would "
-                               "leave the model folder; rename or remove that object")
+            raise StorageError(
+                f"{base}/{name}: an object name with an empty, '.' or '..' segment, which would "
+                "leave the model folder; rename or remove that object"
+            )
     names = [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in ALLOW_PATTERNS)]
     if "config.json" not in names:
         raise ModelNotFoundError(f"{url}: no config.json there; pass the URL of a model folder")
-    for stale in [p for p in local.rglob("*") if p.is_file() and ".versions" not in p.relative_to(local).parts]:
-        if stale.relative_to(local).as_posix() not in names:  # gone from the bucket: not served from the cache
+    for stale in [
+        p for p in local.rglob("*") if p.is_file() and ".versions" not in p.relative_to(local).parts
+    ]:
+        if (
+            stale.relative_to(local).as_posix() not in names
+        ):  # gone from the bucket: not served from the cache
             stale.unlink()
     for name in names:
         info = store.info(f"{base}/{name}")
         target = local / name
         stamp = local / ".versions" / (name.replace("/", "__") + ".version")
-        if target.is_file() and stamp.is_file() and stamp.read_text() == f"{info.size}:{info.version}":
+        if (
+            target.is_file()
+            and stamp.is_file()
+            and stamp.read_text() == f"{info.size}:{info.version}"
+        ):
             continue
         copy_to_local(store, f"{base}/{name}", target, _REMOTE_FILE_LIMIT)
         stamp.parent.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,10 @@ _NORMALIZE = "sentence_transformers.models.Normalize"
 _KNOWN_MODULES = {_TRANSFORMER, _POOLING, _NORMALIZE}
 
 # The prompt names `encode_query` / `encode_document` look for, in order: a model's own retrieval prompts.
-RETRIEVAL_PROMPT_NAMES = {"query": ("query", "search_query"), "document": ("document", "search_document", "passage")}
+RETRIEVAL_PROMPT_NAMES = {
+    "query": ("query", "search_query"),
+    "document": ("document", "search_document", "passage"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,14 +48,20 @@ class SentenceConfig:
     include_prompt: bool = True
     normalize: bool = False
     max_seq_length: int = 512
-    lowercase: bool = False  # sentence_bert_config.json do_lower_case: texts (prompt included) are lowercased
+    lowercase: bool = (
+        False  # sentence_bert_config.json do_lower_case: texts (prompt included) are lowercased
+    )
     prompts: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     default_prompt_name: str | None = None
-    truncate_dim: int | None = None  # keep the first N dimensions (Matryoshka), as sentence-transformers does
+    truncate_dim: int | None = (
+        None  # keep the first N dimensions (Matryoshka), as sentence-transformers does
+    )
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
-            raise ConfigError(f"pooling={self.pooling!r} is not supported; choose one of {', '.join(POOLING_MODES)}")
+            raise ConfigError(
+                f"pooling={self.pooling!r} is not supported; choose one of {', '.join(POOLING_MODES)}"
+            )
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ConfigError(
                 f"default_prompt_name={self.default_prompt_name!r} is not among the prompts "
@@ -113,7 +122,9 @@ def _read_bert_config(files: ModelFiles, model: BertConfig) -> dict:
     name = "sentence_bert_config.json"
     f = Fields(files.read_json(name) if files.exists(name) else {}, str(files.folder / name))
     max_len = f.int("max_seq_length", None, minimum=2)
-    if max_len is None:  # as sentence-transformers: the tokenizer's model_max_length caps the position table
+    if (
+        max_len is None
+    ):  # as sentence-transformers: the tokenizer's model_max_length caps the position table
         max_len = int(min(model.max_position_embeddings, tokenizer_max_length(files)))
     elif max_len > model.max_position_embeddings:
         raise ConfigError(
@@ -129,8 +140,10 @@ def _read_st_config(files: ModelFiles, model: BertConfig) -> dict:
     truncate_dim = f.int("truncate_dim", None, minimum=1, maximum=model.hidden_size)
     prompts, default = f.str_map("prompts", {}), f.str("default_prompt_name", None) or None
     if default is not None and default not in prompts:
-        raise ConfigError(f"{f.source}: field default_prompt_name={default!r} is not among the prompts "
-                          f"({', '.join(prompts) or 'none'})")
+        raise ConfigError(
+            f"{f.source}: field default_prompt_name={default!r} is not among the prompts "
+            f"({', '.join(prompts) or 'none'})"
+        )
     return {"prompts": prompts, "default_prompt_name": default, "truncate_dim": truncate_dim}
 
 
@@ -139,7 +152,9 @@ def tokenizer_max_length(files: ModelFiles) -> int | float:
     name = "tokenizer_config.json"
     if not files.exists(name):
         return float("inf")
-    value = Fields(files.read_json(name), str(files.folder / name)).number("model_max_length", None, minimum=0)
+    value = Fields(files.read_json(name), str(files.folder / name)).number(
+        "model_max_length", None, minimum=0
+    )
     return value if value is not None and value >= 2 else float("inf")
 
 
@@ -168,8 +183,10 @@ def _read_modules(files: ModelFiles, model: BertConfig) -> dict:
             raise ConfigError(f"{source}: Normalize before Pooling is not supported")
         folder = entries[types.index(_POOLING)].str("path", "")
         if not folder.strip("/ ."):
-            raise ConfigError(f"{source}: the Pooling module's path must name its folder (e.g. 1_Pooling), got "
-                              f"{folder!r}")
+            raise ConfigError(
+                f"{source}: the Pooling module's path must name its folder (e.g. 1_Pooling), got "
+                f"{folder!r}"
+            )
         values.update(_read_pooling(files, f"{folder.rstrip('/')}/config.json", model))
     return values
 
@@ -178,8 +195,11 @@ def _read_pooling(files: ModelFiles, name: str, model: BertConfig) -> dict:
     f = Fields(files.read_json(name), str(files.folder / name))
     if "pooling_mode" in f:
         mode = f.raw["pooling_mode"]
-        modes = [mode] if isinstance(mode, str) else f.list("pooling_mode", item=lambda m: isinstance(m, str),
-                                                            what="strings")
+        modes = (
+            [mode]
+            if isinstance(mode, str)
+            else f.list("pooling_mode", item=lambda m: isinstance(m, str), what="strings")
+        )
     else:
         modes = [mode for key, mode in _LEGACY_POOLING_KEYS.items() if f.bool(key, False)]
     if len(modes) != 1 or modes[0] not in POOLING_MODES:
@@ -189,6 +209,8 @@ def _read_pooling(files: ModelFiles, name: str, model: BertConfig) -> dict:
         )
     dimension = f.int("word_embedding_dimension", model.hidden_size, minimum=1)
     if dimension != model.hidden_size:
-        raise ConfigError(f"{f.source}: field word_embedding_dimension={dimension} does not match config.json's "
-                          f"hidden_size={model.hidden_size}; the folder's files belong to different models")
+        raise ConfigError(
+            f"{f.source}: field word_embedding_dimension={dimension} does not match config.json's "
+            f"hidden_size={model.hidden_size}; the folder's files belong to different models"
+        )
     return {"pooling": modes[0], "include_prompt": f.bool("include_prompt", True)}

@@ -46,7 +46,9 @@ def jax_tree(tree: dict) -> dict:
     return {k: jax_tree(v) if isinstance(v, dict) else jnp.asarray(v) for k, v in tree.items()}
 
 
-def load_model(files: ModelFiles, cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32) -> BertModel:
+def load_model(
+    files: ModelFiles, cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32
+) -> BertModel:
     """Load the encoder of a model folder (HF layout or converted by berta-jax)."""
     params, source = read_params(files)
     return build_model(cfg, params, source, dtype=dtype, param_dtype=param_dtype)

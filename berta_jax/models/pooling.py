@@ -19,7 +19,6 @@ from berta_jax.models.bert.model import BertModel
 from berta_jax.models.vectors import POOLING_MODES
 
 
-
 def pool(hidden: Float[Array, "B L D"], mask: Bool[Array, "B L"], mode: str) -> Float[Array, "B D"]:
     """Pool token states over the positions where `mask` is true.
 
@@ -30,8 +29,13 @@ def pool(hidden: Float[Array, "B L D"], mask: Bool[Array, "B L"], mode: str) -> 
     return pool_segments(hidden, mask.astype(jnp.int32), mask, 1, mode)[:, 0]
 
 
-def pool_segments(hidden: Float[Array, "B L D"], segment_ids: Int[Array, "B L"], pool_mask: Bool[Array, "B L"],
-                  num_segments: int, mode: str) -> Float[Array, "B S D"]:
+def pool_segments(
+    hidden: Float[Array, "B L D"],
+    segment_ids: Int[Array, "B L"],
+    pool_mask: Bool[Array, "B L"],
+    num_segments: int,
+    mode: str,
+) -> Float[Array, "B S D"]:
     """Pool each segment s = 1..S of each row over its positions where `pool_mask` is true -> `[B, S, D]`.
 
     One text per row (S = 1) sums elementwise, as sentence-transformers does; packed rows sum through a
@@ -40,7 +44,9 @@ def pool_segments(hidden: Float[Array, "B L D"], segment_ids: Int[Array, "B L"],
     if mode not in POOLING_MODES:
         raise ValueError(f"unknown pooling mode {mode!r}")
     hidden = hidden.astype(jnp.float32)
-    member = (segment_ids[..., None] == jnp.arange(1, num_segments + 1)) & pool_mask[..., None]  # [B, L, S]
+    member = (segment_ids[..., None] == jnp.arange(1, num_segments + 1)) & pool_mask[
+        ..., None
+    ]  # [B, L, S]
     weights = member.astype(jnp.float32)
     count = jnp.maximum(weights.sum(axis=1), 1.0)[..., None]  # [B, S, 1]
     present = member.any(axis=1)[..., None]  # [B, S, 1]
@@ -57,7 +63,9 @@ def pool_segments(hidden: Float[Array, "B L D"], segment_ids: Int[Array, "B L"],
     def segment_max(s: jax.Array) -> jax.Array:  # [B, D], one segment at a time (bounded memory)
         return jnp.where(member[:, :, s, None], hidden, -jnp.inf).max(axis=1)
 
-    return jnp.where(present, jax.lax.map(segment_max, jnp.arange(num_segments)).transpose(1, 0, 2), 0.0)
+    return jnp.where(
+        present, jax.lax.map(segment_max, jnp.arange(num_segments)).transpose(1, 0, 2), 0.0
+    )
 
 
 def l2_normalize(x: Float[Array, "... D"], eps: float = 1e-12) -> Float[Array, "... D"]:
@@ -66,11 +74,20 @@ def l2_normalize(x: Float[Array, "... D"], eps: float = 1e-12) -> Float[Array, "
     return x / jnp.maximum(norm, eps)
 
 
-def embed_rows(model: BertModel, input_ids: Int[Array, "B L"], token_type_ids: Int[Array, "B L"] | None,
-               segment_ids: Int[Array, "B L"], positions: Int[Array, "B L"] | None, pool_mask: Bool[Array, "B L"],
-               *, num_segments: int = 1, pooling: str = "mean", normalize: bool = True,
-               attention_kernel: str | AttentionKernel = EXPLICIT,
-               dropout_key: jax.Array | None = None) -> Float[Array, "B S D"]:
+def embed_rows(
+    model: BertModel,
+    input_ids: Int[Array, "B L"],
+    token_type_ids: Int[Array, "B L"] | None,
+    segment_ids: Int[Array, "B L"],
+    positions: Int[Array, "B L"] | None,
+    pool_mask: Bool[Array, "B L"],
+    *,
+    num_segments: int = 1,
+    pooling: str = "mean",
+    normalize: bool = True,
+    attention_kernel: str | AttentionKernel = EXPLICIT,
+    dropout_key: jax.Array | None = None,
+) -> Float[Array, "B S D"]:
     """The one sentence-embedding path: encoder -> pool each of a row's `num_segments` texts over `pool_mask`
     -> L2 norm; one vector per (row, segment), zeros for empty segments.
 
@@ -78,9 +95,16 @@ def embed_rows(model: BertModel, input_ids: Int[Array, "B L"], token_type_ids: I
     attention mask. A `dropout_key` switches the encoder to training mode (dropout at the config's rates).
     """
     packed = num_segments > 1
-    hidden = model.forward(input_ids, segment_ids > 0, token_type_ids, segment_ids=segment_ids if packed else None,
-                           positions=positions, attention_kernel=attention_kernel,
-                           deterministic=dropout_key is None, dropout_key=dropout_key).last_hidden_state
+    hidden = model.forward(
+        input_ids,
+        segment_ids > 0,
+        token_type_ids,
+        segment_ids=segment_ids if packed else None,
+        positions=positions,
+        attention_kernel=attention_kernel,
+        deterministic=dropout_key is None,
+        dropout_key=dropout_key,
+    ).last_hidden_state
     pooled = pool_segments(hidden, segment_ids, pool_mask, num_segments, pooling)
     return l2_normalize(pooled) if normalize else pooled
 
@@ -100,11 +124,22 @@ def embed(
     over `pool_mask` (positions within the attention mask; default: all of them)."""
     segments = attention_mask.astype(bool).astype(jnp.int32)
     pool_mask = (attention_mask if pool_mask is None else pool_mask).astype(bool)
-    return embed_rows(model, input_ids, token_type_ids, segments, None, pool_mask, pooling=pooling,
-                      normalize=normalize, dropout_key=dropout_key)[:, 0]
+    return embed_rows(
+        model,
+        input_ids,
+        token_type_ids,
+        segments,
+        None,
+        pool_mask,
+        pooling=pooling,
+        normalize=normalize,
+        dropout_key=dropout_key,
+    )[:, 0]
 
 
-def make_embed_fn(graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: bool = True) -> Callable:
+def make_embed_fn(
+    graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: bool = True
+) -> Callable:
     """A pure `fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None)
     -> [B, D]`.
 
@@ -112,15 +147,26 @@ def make_embed_fn(graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: b
     not bake the weights into the program and grad can differentiate with respect to it.
     """
 
-    def embed_fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None):
-        return embed(nnx.merge(graphdef, params), input_ids, attention_mask, token_type_ids, pool_mask,
-                     pooling=pooling, normalize=normalize, dropout_key=dropout_key)
+    def embed_fn(
+        params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None
+    ):
+        return embed(
+            nnx.merge(graphdef, params),
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            pool_mask,
+            pooling=pooling,
+            normalize=normalize,
+            dropout_key=dropout_key,
+        )
 
     return embed_fn
 
 
-def make_hidden_fn(graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None,
-                   all_layers: bool = False) -> Callable:
+def make_hidden_fn(
+    graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None, all_layers: bool = False
+) -> Callable:
     """A pure `fn(params, input_ids, attention_mask, token_type_ids=None)` -> the last hidden state
     `[B, L, D]`, or with `all_layers` the embeddings output and every layer's (N + 1 x `[B, L, D]`).
 
@@ -129,8 +175,9 @@ def make_hidden_fn(graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None,
     """
 
     def forward(params, input_ids, attention_mask, token_type_ids):
-        out = nnx.merge(graphdef, params).forward(input_ids, attention_mask, token_type_ids,
-                                                  output_hidden_states=all_layers)
+        out = nnx.merge(graphdef, params).forward(
+            input_ids, attention_mask, token_type_ids, output_hidden_states=all_layers
+        )
         return out.hidden_states if all_layers else out.last_hidden_state
 
     def hidden_fn(params, input_ids, attention_mask, token_type_ids=None):
@@ -140,9 +187,14 @@ def make_hidden_fn(graphdef: nnx.GraphDef, *, chunk_tokens: int | None = None,
         rows = batch if all_layers else chunk_rows(batch, length, chunk_tokens)
         if rows == batch:
             return forward(params, input_ids, attention_mask, token_type_ids)
-        chunks = tuple(x.reshape(batch // rows, rows, length) for x in (input_ids, attention_mask, token_type_ids))
+        chunks = tuple(
+            x.reshape(batch // rows, rows, length)
+            for x in (input_ids, attention_mask, token_type_ids)
+        )
 
-        def step(carried, xs):  # the parameters travel as the carry: NNX merges them at the loop's trace level
+        def step(
+            carried, xs
+        ):  # the parameters travel as the carry: NNX merges them at the loop's trace level
             return carried, forward(carried, *xs)
 
         _, out = jax.lax.scan(step, params, chunks)  # [chunks, rows, L, D]

@@ -44,15 +44,19 @@ def family_for(config: Any) -> Family:
     """The family a typed config belongs to."""
     found = [f for f in FAMILIES.values() if isinstance(config, f.config)]
     if not found:
-        raise TypeError(f"{type(config).__name__} is no model family's config; families: {', '.join(FAMILIES)}")
+        raise TypeError(
+            f"{type(config).__name__} is no model family's config; families: {', '.join(FAMILIES)}"
+        )
     return found[0]
 
 
 def family_of(model_type: str, source: str = "config.json") -> Family:
     """The family for a `model_type`, or a ConfigError naming the file and the families berta-jax has."""
     if model_type not in FAMILIES:
-        raise ConfigError(f"{source}: field model_type={model_type!r} is not a family berta-jax implements; "
-                          f"implemented: {', '.join(FAMILIES)}")
+        raise ConfigError(
+            f"{source}: field model_type={model_type!r} is not a family berta-jax implements; "
+            f"implemented: {', '.join(FAMILIES)}"
+        )
     return FAMILIES[model_type]
 
 

@@ -26,7 +26,9 @@ def check_finite(vectors: np.ndarray, total: int) -> None:
     )
 
 
-def embedding_dim(hidden_size: int, folder_truncate_dim: int | None, requested: int | None = None) -> int:
+def embedding_dim(
+    hidden_size: int, folder_truncate_dim: int | None, requested: int | None = None
+) -> int:
     """Dimensions of the vectors a call returns: the `truncate_dim` asked for, else the folder's, else the
     model's hidden size."""
     return requested or folder_truncate_dim or hidden_size
@@ -34,7 +36,9 @@ def embedding_dim(hidden_size: int, folder_truncate_dim: int | None, requested: 
 
 def check_truncate_dim(value, hidden_size: int) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= hidden_size):
-        raise ValueError(f"truncate_dim={value!r} must be an integer in [1, {hidden_size}] (the model's dimensions)")
+        raise ValueError(
+            f"truncate_dim={value!r} must be an integer in [1, {hidden_size}] (the model's dimensions)"
+        )
     return value
 
 

@@ -121,7 +121,9 @@ class BatchPlanner:
             rows = self.full_rows(length)
             for start in range(0, len(members), rows):
                 take = members[start : start + rows]
-                short = len(members) < rows  # the bucket never fills a batch: a small shape of its own
+                short = (
+                    len(members) < rows
+                )  # the bucket never fills a batch: a small shape of its own
                 n_rows = min(rows, self.tail_rows(len(take))) if short else rows
                 plan.append(BatchPlan([[int(i)] for i in take], n_rows, length))
         return plan
@@ -151,8 +153,13 @@ class Batch:
         return (*self.input_ids.shape, self.num_segments)
 
 
-def make_batches(tokens: TokenizedTexts, planner: BatchPlanner, *, pad_token_id: int,
-                 exclude_prompt: bool = False) -> Iterator[Batch]:
+def make_batches(
+    tokens: TokenizedTexts,
+    planner: BatchPlanner,
+    *,
+    pad_token_id: int,
+    exclude_prompt: bool = False,
+) -> Iterator[Batch]:
     """The planner's batches laid out, in its order: each row's texts side by side (segment ids 1, 2, ...,
     positions restarting at 0 for each); `exclude_prompt` drops each text's [CLS] + prompt from pooling
     (sentence-transformers' include_prompt=false)."""
@@ -160,7 +167,11 @@ def make_batches(tokens: TokenizedTexts, planner: BatchPlanner, *, pad_token_id:
     for step in planner.plan(tokens.lengths):
         shape = (step.n_rows, step.length)
         ids, types = np.full(shape, pad_token_id, np.int32), np.zeros(shape, np.int32)
-        segments, positions, pool = np.zeros(shape, np.int32), np.zeros(shape, np.int32), np.zeros(shape, bool)
+        segments, positions, pool = (
+            np.zeros(shape, np.int32),
+            np.zeros(shape, np.int32),
+            np.zeros(shape, bool),
+        )
         slots = []
         for r, row in enumerate(step.rows):
             start = 0
@@ -169,8 +180,16 @@ def make_batches(tokens: TokenizedTexts, planner: BatchPlanner, *, pad_token_id:
                 span = slice(start, start + n)
                 ids[r, span], types[r, span] = tokens.input_ids[i], tokens.token_type_ids[i]
                 segments[r, span], positions[r, span] = s + 1, np.arange(n)
-                pool[r, start + skip:start + n] = True
+                pool[r, start + skip : start + n] = True
                 slots.append(r * step.segments + s)
                 start += n
-        yield Batch(np.asarray(step.texts, np.int64), np.asarray(slots, np.int64), ids, types, segments, positions,
-                    pool, num_segments=step.segments)
+        yield Batch(
+            np.asarray(step.texts, np.int64),
+            np.asarray(slots, np.int64),
+            ids,
+            types,
+            segments,
+            positions,
+            pool,
+            num_segments=step.segments,
+        )

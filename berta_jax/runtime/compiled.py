@@ -46,7 +46,9 @@ class CompileStats:
 
     seconds: dict[tuple, float] = dataclasses.field(default_factory=dict)
     from_cache: dict[tuple, bool] = dataclasses.field(default_factory=dict)
-    wall_seconds: float = 0.0  # time spent waiting for compiles (programs compiled side by side count once)
+    wall_seconds: float = (
+        0.0  # time spent waiting for compiles (programs compiled side by side count once)
+    )
     attention: str = "xla"  # the attention kernel of the sentence-embedding programs (see attention.select_kernel)
     dtype: str = "float32"  # the compute dtype and what chose it (see dtypes.choose_dtype)
 
@@ -81,7 +83,9 @@ class _DeviceClock:
     def __init__(self, stats: RunStats):
         self.stats, self._queue = stats, queue.SimpleQueue()
         self._start = time.perf_counter()
-        self._thread = threading.Thread(target=self._watch, name="berta-jax-device-clock", daemon=True)
+        self._thread = threading.Thread(
+            target=self._watch, name="berta-jax-device-clock", daemon=True
+        )
         self._thread.start()
 
     def dispatched(self, out: jax.Array) -> None:
@@ -122,11 +126,26 @@ def _counting_cache_hits() -> Iterator[collections.Counter]:
         jax.monitoring.unregister_event_listener(listener)
 
 
-def _embed_fn(graphdef: nnx.GraphDef, pooling: str, normalize: bool, num_segments: int,
-              kernel: AttentionKernel) -> Callable:
+def _embed_fn(
+    graphdef: nnx.GraphDef,
+    pooling: str,
+    normalize: bool,
+    num_segments: int,
+    kernel: AttentionKernel,
+) -> Callable:
     def fn(params, input_ids, token_type_ids, segment_ids, positions, pool_mask):
-        out = embed_rows(nnx.merge(graphdef, params), input_ids, token_type_ids, segment_ids, positions, pool_mask,
-                         num_segments=num_segments, pooling=pooling, normalize=normalize, attention_kernel=kernel)
+        out = embed_rows(
+            nnx.merge(graphdef, params),
+            input_ids,
+            token_type_ids,
+            segment_ids,
+            positions,
+            pool_mask,
+            num_segments=num_segments,
+            pooling=pooling,
+            normalize=normalize,
+            attention_kernel=kernel,
+        )
         return out.reshape(-1, out.shape[-1])  # [B * S, D]: a batch's slots index this
 
     return fn
@@ -142,22 +161,38 @@ def matmul_copy(params: nnx.State, dtype) -> nnx.State:
 
     def cast(path, leaf):
         is_kernel = any(getattr(key, "key", None) == "kernel" for key in path)
-        return leaf.astype(dtype) if is_kernel and jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+        return (
+            leaf.astype(dtype) if is_kernel and jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+        )
 
     return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def _batch_args(batch: Batch) -> tuple[np.ndarray, ...]:
     """The arrays a compiled embedding program takes, in its order."""
-    return batch.input_ids, batch.token_type_ids, batch.segment_ids, batch.positions, batch.pool_mask
+    return (
+        batch.input_ids,
+        batch.token_type_ids,
+        batch.segment_ids,
+        batch.positions,
+        batch.pool_mask,
+    )
 
 
 class Runtime:
     """Compiled, sharded forwards of one model on `devices` (default: every local device)."""
 
-    def __init__(self, model: nnx.Module, *, devices: Sequence[jax.Device] | None = None,
-                 chunk_tokens: int | None = None, stats: CompileStats | None = None,
-                 attention: str | AttentionKernel = EXPLICIT, fallback: bool = False, compute_dtype=jnp.float32):
+    def __init__(
+        self,
+        model: nnx.Module,
+        *,
+        devices: Sequence[jax.Device] | None = None,
+        chunk_tokens: int | None = None,
+        stats: CompileStats | None = None,
+        attention: str | AttentionKernel = EXPLICIT,
+        fallback: bool = False,
+        compute_dtype=jnp.float32,
+    ):
         devices = list(devices) if devices is not None else jax.local_devices()
         self.model = model  # the one source of the weights: `params` follows edits to it
         self.graphdef = nnx.graphdef(model)
@@ -165,13 +200,17 @@ class Runtime:
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.rows_sharding = NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
         self.compute_dtype = compute_dtype
-        self._placed: tuple[list, nnx.State] | None = None  # (the model's leaves, their device copy)
+        self._placed: tuple[list, nnx.State] | None = (
+            None  # (the model's leaves, their device copy)
+        )
         self.chunk_tokens = chunk_tokens
         self.stats = stats if stats is not None else CompileStats()
         self.run_stats = RunStats()
         self.kernel = kernel_named(attention)
         self.stats.attention = self.kernel.name
-        self.fallback = fallback  # a fused kernel that fails to compile falls back to "xla", saying so
+        self.fallback = (
+            fallback  # a fused kernel that fails to compile falls back to "xla", saying so
+        )
         self._compiled: dict[tuple, jax.stages.Compiled] = {}
         self._lock = threading.Lock()
 
@@ -182,15 +221,24 @@ class Runtime:
         state = nnx.state(self.model)
         leaves = jax.tree.leaves(state)
         placed = self._placed
-        if placed is None or len(placed[0]) != len(leaves) or any(a is not b for a, b in zip(placed[0], leaves)):
-            placed = self._placed = (leaves, jax.device_put(matmul_copy(state, self.compute_dtype), self.replicated))
+        if (
+            placed is None
+            or len(placed[0]) != len(leaves)
+            or any(a is not b for a, b in zip(placed[0], leaves))
+        ):
+            placed = self._placed = (
+                leaves,
+                jax.device_put(matmul_copy(state, self.compute_dtype), self.replicated),
+            )
         return placed[1]
 
     @property
     def num_devices(self) -> int:
         return self.mesh.devices.size
 
-    def _program(self, key: tuple, make: Callable[[], Callable], args: Sequence[np.ndarray], out_sharding):
+    def _program(
+        self, key: tuple, make: Callable[[], Callable], args: Sequence[np.ndarray], out_sharding
+    ):
         """The compiled program for `key`, compiling it (or loading it from the persistent cache) once."""
         if key not in self._compiled:
             start = time.perf_counter()
@@ -199,12 +247,21 @@ class Runtime:
             self.stats.wall_seconds += time.perf_counter() - start
         return self._compiled[key]
 
-    def _compile(self, key: tuple, make: Callable[[], Callable], args: Sequence[np.ndarray], out_sharding,
-                 hits: collections.Counter) -> None:
+    def _compile(
+        self,
+        key: tuple,
+        make: Callable[[], Callable],
+        args: Sequence[np.ndarray],
+        out_sharding,
+        hits: collections.Counter,
+    ) -> None:
         start, before = time.perf_counter(), hits[threading.get_ident()]
         specs = [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.rows_sharding) for a in args]
-        jitted = jax.jit(make(), in_shardings=(self.replicated, *(self.rows_sharding,) * len(args)),
-                         out_shardings=out_sharding)
+        jitted = jax.jit(
+            make(),
+            in_shardings=(self.replicated, *(self.rows_sharding,) * len(args)),
+            out_shardings=out_sharding,
+        )
         with jax.set_mesh(self.mesh) if self.kernel.needs_mesh else contextlib.nullcontext():
             compiled = jitted.lower(self.params, *specs).compile()
         with self._lock:
@@ -217,16 +274,33 @@ class Runtime:
         with a running batch; the first settles the attention kernel (and a fallback), the rest compile side by
         side in threads, one per host core (on the 2-core CPU machine that is no faster than one after another;
         it is meant for many-core accelerator hosts, where it is not measured yet)."""
-        todo = list({b.shape: b for b in batches if self._embed_key(b, pooling, normalize) not in self._compiled}.values())
+        todo = list(
+            {
+                b.shape: b
+                for b in batches
+                if self._embed_key(b, pooling, normalize) not in self._compiled
+            }.values()
+        )
         if not todo:
             return
         self.embed_program(todo[0], pooling=pooling, normalize=normalize)
         if len(todo) > 1:
             start = time.perf_counter()
-            with _counting_cache_hits() as hits, ThreadPoolExecutor(min(len(todo) - 1, os.cpu_count() or 1)) as pool:
-                jobs = [pool.submit(self._compile, self._embed_key(b, pooling, normalize),
-                                    self._embed_maker(b, pooling, normalize), _batch_args(b), self.rows_sharding, hits)
-                        for b in todo[1:]]
+            with (
+                _counting_cache_hits() as hits,
+                ThreadPoolExecutor(min(len(todo) - 1, os.cpu_count() or 1)) as pool,
+            ):
+                jobs = [
+                    pool.submit(
+                        self._compile,
+                        self._embed_key(b, pooling, normalize),
+                        self._embed_maker(b, pooling, normalize),
+                        _batch_args(b),
+                        self.rows_sharding,
+                        hits,
+                    )
+                    for b in todo[1:]
+                ]
                 for job in jobs:
                     job.result()
             self.stats.wall_seconds += time.perf_counter() - start
@@ -234,7 +308,9 @@ class Runtime:
     def embed(self, batch: Batch, *, pooling: str, normalize: bool) -> jax.Array:
         """Start the forward of one batch (asynchronously): `[rows * segments, hidden]`, sharded by rows."""
         program = self.embed_program(batch, pooling=pooling, normalize=normalize)
-        return program(self.params, *(jax.device_put(a, self.rows_sharding) for a in _batch_args(batch)))
+        return program(
+            self.params, *(jax.device_put(a, self.rows_sharding) for a in _batch_args(batch))
+        )
 
     def _embed_key(self, batch: Batch, pooling: str, normalize: bool) -> tuple:
         return ("embed", self.kernel.name, pooling, normalize, *batch.shape)
@@ -247,17 +323,31 @@ class Runtime:
         """The program for this batch's shape; an automatic fused-kernel choice that fails to compile falls back."""
         kernel = self.kernel
         try:
-            return self._program(self._embed_key(batch, pooling, normalize), self._embed_maker(batch, pooling, normalize),
-                                 _batch_args(batch), self.rows_sharding)
+            return self._program(
+                self._embed_key(batch, pooling, normalize),
+                self._embed_maker(batch, pooling, normalize),
+                _batch_args(batch),
+                self.rows_sharding,
+            )
         except Exception as e:  # noqa: BLE001 - only an automatic fused-kernel choice falls back, and says why
             if kernel is EXPLICIT or not self.fallback:
                 raise
-            warnings.warn(f"the {kernel.name} attention kernel did not compile here ({type(e).__name__}: {str(e)[:200]}); "
-                          "using the xla kernel (pass attention='xla' to skip the attempt)", RuntimeWarning, stacklevel=3)
-            self.kernel, self.stats.attention, self.fallback = EXPLICIT, f"xla ({kernel.name} unavailable)", False
+            warnings.warn(
+                f"the {kernel.name} attention kernel did not compile here ({type(e).__name__}: {str(e)[:200]}); "
+                "using the xla kernel (pass attention='xla' to skip the attempt)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.kernel, self.stats.attention, self.fallback = (
+                EXPLICIT,
+                f"xla ({kernel.name} unavailable)",
+                False,
+            )
             return self.embed_program(batch, pooling=pooling, normalize=normalize)
 
-    def run(self, batches: Iterable[Batch], *, pooling: str, normalize: bool) -> Iterator[tuple[Batch, np.ndarray]]:
+    def run(
+        self, batches: Iterable[Batch], *, pooling: str, normalize: bool
+    ) -> Iterator[tuple[Batch, np.ndarray]]:
         """(batch, vectors of its texts in `batch.texts` order), keeping `IN_FLIGHT` batches dispatched while the
         host takes the results of earlier ones; `run_stats` accumulates how busy the device was."""
         batches = list(batches)
@@ -278,16 +368,26 @@ class Runtime:
         finally:
             clock.close()
 
-    def hidden(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray, *,
-               all_layers: bool = False) -> jax.Array | tuple[jax.Array, ...]:
+    def hidden(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        token_type_ids: np.ndarray,
+        *,
+        all_layers: bool = False,
+    ) -> jax.Array | tuple[jax.Array, ...]:
         """Last hidden state `[b, L, D]` (or the embeddings output and every layer's, with `all_layers`) of
         caller-made token ids; rows are padded to a multiple of the device count and cut back."""
         rows = input_ids.shape[0]
         padded = -(-rows // self.num_devices) * self.num_devices
-        args = [np.pad(a.astype(np.int32), ((0, padded - rows), (0, 0))) for a in (input_ids, attention_mask,
-                                                                                    token_type_ids)]
+        args = [
+            np.pad(a.astype(np.int32), ((0, padded - rows), (0, 0)))
+            for a in (input_ids, attention_mask, token_type_ids)
+        ]
         key = ("hidden", all_layers, *args[0].shape)
-        make = lambda: make_hidden_fn(self.graphdef, chunk_tokens=self.chunk_tokens, all_layers=all_layers)  # noqa: E731
+        make = lambda: make_hidden_fn(
+            self.graphdef, chunk_tokens=self.chunk_tokens, all_layers=all_layers
+        )  # noqa: E731
         program = self._program(key, make, args, None)
         out = program(self.params, *(jax.device_put(a, self.rows_sharding) for a in args))
         return tuple(h[:rows] for h in out) if all_layers else out[:rows]

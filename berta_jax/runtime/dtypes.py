@@ -38,7 +38,9 @@ def cpu_bf16_unit(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str | None, st
     return found, f"CPU flag {found}" if found else f"no {' or '.join(CPU_BF16_FLAGS)} in {cpuinfo}"
 
 
-def choose_dtype(requested: str, platform: str, cpuinfo: str | Path = "/proc/cpuinfo") -> DtypeChoice:
+def choose_dtype(
+    requested: str, platform: str, cpuinfo: str | Path = "/proc/cpuinfo"
+) -> DtypeChoice:
     """`requested` ("auto" or a dtype name) for a device `platform` ("cpu", "gpu", "tpu", ...)."""
     if requested != "auto":
         if requested not in NAMES:

@@ -78,9 +78,19 @@ class Encoder:
         device was while batches ran.
     """
 
-    def __init__(self, model: BertModel, tokenizer: TextTokenizer, sentence: SentenceConfig, *, name: str = "",
-                 folder: Path | None = None, devices: Sequence[jax.Device] | None = None,
-                 max_batch_tokens: int | None = None, packing: bool = True, attention: str = "auto"):
+    def __init__(
+        self,
+        model: BertModel,
+        tokenizer: TextTokenizer,
+        sentence: SentenceConfig,
+        *,
+        name: str = "",
+        folder: Path | None = None,
+        devices: Sequence[jax.Device] | None = None,
+        max_batch_tokens: int | None = None,
+        packing: bool = True,
+        attention: str = "auto",
+    ):
         self.model = model
         self.config: BertConfig = model.cfg
         self.tokenizer = tokenizer
@@ -89,23 +99,46 @@ class Encoder:
         self.folder = folder  # the model folder it was loaded from (a hub snapshot for hub ids)
         self.devices = list(devices) if devices is not None else jax.local_devices()
         if max_batch_tokens is None:
-            max_batch_tokens = default_batch_tokens(self.devices, sentence.max_seq_length, self.config)
-        BatchPlanner(sentence.max_seq_length, max_batch_tokens, num_devices=len(self.devices))  # validates now
+            max_batch_tokens = default_batch_tokens(
+                self.devices, sentence.max_seq_length, self.config
+            )
+        BatchPlanner(
+            sentence.max_seq_length, max_batch_tokens, num_devices=len(self.devices)
+        )  # validates now
         self.max_batch_tokens = max_batch_tokens
-        self.packing = packing  # several texts per row (see packing.py); False: one text per padded row
+        self.packing = (
+            packing  # several texts per row (see packing.py); False: one text per padded row
+        )
         self.compile_stats = CompileStats()
         kernel = select_kernel(attention, self.devices[0].platform, model.layers.attention.dtype)
-        self.runtime = Runtime(model, devices=self.devices, chunk_tokens=max_batch_tokens,
-                               stats=self.compile_stats, attention=kernel, fallback=attention == "auto",
-                               compute_dtype=model.layers.attention.dtype)
+        self.runtime = Runtime(
+            model,
+            devices=self.devices,
+            chunk_tokens=max_batch_tokens,
+            stats=self.compile_stats,
+            attention=kernel,
+            fallback=attention == "auto",
+            compute_dtype=model.layers.attention.dtype,
+        )
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                        pooling: str | None = None, max_seq_length: int | None = None, truncate_dim: int | None = None,
-                        revision: str | None = None, cache_dir: str | None = None,
-                        devices: Sequence[jax.Device] | None = None, max_batch_tokens: int | None = None,
-                        packing: bool = True, attention: str = "auto",
-                        compilation_cache: str | os.PathLike | bool | None = None) -> Encoder:
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        pooling: str | None = None,
+        max_seq_length: int | None = None,
+        truncate_dim: int | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        devices: Sequence[jax.Device] | None = None,
+        max_batch_tokens: int | None = None,
+        packing: bool = True,
+        attention: str = "auto",
+        compilation_cache: str | os.PathLike | bool | None = None,
+    ) -> Encoder:
         """Load a model folder (HF / sentence-transformers layout, or converted), a storage URL or a hub id.
 
         Args:
@@ -128,24 +161,57 @@ class Encoder:
         """
         if compilation_cache is not None and compilation_cache is not False:
             enable_compilation_cache(None if compilation_cache is True else compilation_cache)
-        folder = ModelFolder.open(name_or_path, revision=revision, cache_dir=cache_dir, pooling=pooling,
-                                  max_seq_length=max_seq_length, truncate_dim=truncate_dim)
-        return cls.from_folder(folder, dtype=dtype, param_dtype=param_dtype, devices=devices,
-                               max_batch_tokens=max_batch_tokens, packing=packing, attention=attention)
+        folder = ModelFolder.open(
+            name_or_path,
+            revision=revision,
+            cache_dir=cache_dir,
+            pooling=pooling,
+            max_seq_length=max_seq_length,
+            truncate_dim=truncate_dim,
+        )
+        return cls.from_folder(
+            folder,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            devices=devices,
+            max_batch_tokens=max_batch_tokens,
+            packing=packing,
+            attention=attention,
+        )
 
     @classmethod
-    def from_folder(cls, folder: ModelFolder, *, dtype=jnp.float32, param_dtype=jnp.float32,
-                    devices: Sequence[jax.Device] | None = None, max_batch_tokens: int | None = None,
-                    packing: bool = True, attention: str = "auto") -> Encoder:
+    def from_folder(
+        cls,
+        folder: ModelFolder,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        devices: Sequence[jax.Device] | None = None,
+        max_batch_tokens: int | None = None,
+        packing: bool = True,
+        attention: str = "auto",
+    ) -> Encoder:
         """Load the tokenizer and the weights of an opened `ModelFolder`."""
         sentence = folder.sentence
-        tokenizer = TextTokenizer.from_files(folder.files, sentence.max_seq_length, folder.config.vocab_size,
-                                             sentence.lowercase)
+        tokenizer = TextTokenizer.from_files(
+            folder.files, sentence.max_seq_length, folder.config.vocab_size, sentence.lowercase
+        )
         platform = (devices[0] if devices else jax.local_devices()[0]).platform
         choice = choose_dtype(dtype if isinstance(dtype, str) else jnp.dtype(dtype).name, platform)
-        model = load_model(folder.files, folder.config, dtype=jnp.dtype(choice.name), param_dtype=param_dtype)
-        encoder = cls(model, tokenizer, sentence, name=folder.name, folder=folder.folder, devices=devices,
-                      max_batch_tokens=max_batch_tokens, packing=packing, attention=attention)
+        model = load_model(
+            folder.files, folder.config, dtype=jnp.dtype(choice.name), param_dtype=param_dtype
+        )
+        encoder = cls(
+            model,
+            tokenizer,
+            sentence,
+            name=folder.name,
+            folder=folder.folder,
+            devices=devices,
+            max_batch_tokens=max_batch_tokens,
+            packing=packing,
+            attention=attention,
+        )
         encoder.compile_stats.dtype = str(choice)
         return encoder
 
@@ -170,39 +236,81 @@ class Encoder:
         """Dimensions of the vectors `encode` returns (the folder's truncate_dim, else the hidden size)."""
         return embedding_dim(self.hidden_size, self.sentence.truncate_dim)
 
-    def prepare(self, texts: Sequence[str], *, prompt: str = "", batch_size: int | None = None,
-                max_batch_tokens: int | None = None) -> Prepared:
+    def prepare(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt: str = "",
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
+    ) -> Prepared:
         """Tokenize `texts` (with `prompt` prepended) and plan their batches."""
         tokens = self.tokenizer(texts, prompt=prompt)
-        planner = (PackingPlanner if self.packing else BatchPlanner)(max_seq_length=self.sentence.max_seq_length,
-                               max_batch_tokens=self.max_batch_tokens if max_batch_tokens is None else max_batch_tokens,
-                               batch_size=batch_size, num_devices=self.runtime.num_devices)
-        batches = make_batches(tokens, planner, pad_token_id=self.config.pad_token_id,
-                          exclude_prompt=not self.sentence.include_prompt)
+        planner = (PackingPlanner if self.packing else BatchPlanner)(
+            max_seq_length=self.sentence.max_seq_length,
+            max_batch_tokens=self.max_batch_tokens
+            if max_batch_tokens is None
+            else max_batch_tokens,
+            batch_size=batch_size,
+            num_devices=self.runtime.num_devices,
+        )
+        batches = make_batches(
+            tokens,
+            planner,
+            pad_token_id=self.config.pad_token_id,
+            exclude_prompt=not self.sentence.include_prompt,
+        )
         return Prepared(tokens, list(batches))
 
-    def run_batches(self, batches: Sequence[Batch], *, normalize: bool | None = None) -> Iterator[tuple[Batch, np.ndarray]]:
+    def run_batches(
+        self, batches: Sequence[Batch], *, normalize: bool | None = None
+    ) -> Iterator[tuple[Batch, np.ndarray]]:
         """(batch, raw sentence vectors of its texts), in order; see `finish` for truncation."""
         normalize = bool(self.sentence.normalize if normalize is None else normalize)
-        for batch, vectors in self.runtime.run(batches, pooling=self.sentence.pooling, normalize=normalize):
-            if batch.num_segments > 1 and not np.isfinite(vectors).all():  # name only the texts at fault
-                _, vectors = next(self.runtime.run([unpack_batch(batch)], pooling=self.sentence.pooling,
-                                                   normalize=normalize))
+        for batch, vectors in self.runtime.run(
+            batches, pooling=self.sentence.pooling, normalize=normalize
+        ):
+            if (
+                batch.num_segments > 1 and not np.isfinite(vectors).all()
+            ):  # name only the texts at fault
+                _, vectors = next(
+                    self.runtime.run(
+                        [unpack_batch(batch)], pooling=self.sentence.pooling, normalize=normalize
+                    )
+                )
             yield batch, vectors
 
-    def finish(self, vectors: np.ndarray, *, normalize: bool | None = None, truncate_dim: int | None = None) -> np.ndarray:
+    def finish(
+        self, vectors: np.ndarray, *, normalize: bool | None = None, truncate_dim: int | None = None
+    ) -> np.ndarray:
         """sentence-transformers' last steps: keep the first `truncate_dim` dimensions (default: the folder's),
         then L2-normalise again when `normalize=True` was asked for explicitly."""
-        dim = self.sentence.truncate_dim if truncate_dim is None else check_truncate_dim(truncate_dim, self.hidden_size)
+        dim = (
+            self.sentence.truncate_dim
+            if truncate_dim is None
+            else check_truncate_dim(truncate_dim, self.hidden_size)
+        )
         return truncate(vectors, dim, renormalize=normalize is True)
 
-    def encode_detailed(self, texts: Sequence[str], *, prompt_name: str | None = None, prompt: str | None = None,
-                        batch_size: int | None = None, max_batch_tokens: int | None = None,
-                        normalize: bool | None = None, truncate_dim: int | None = None) -> EncodeResult:
+    def encode_detailed(
+        self,
+        texts: Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
+        normalize: bool | None = None,
+        truncate_dim: int | None = None,
+    ) -> EncodeResult:
         """Like `encode`, plus per-text truncation flags and token counts."""
         texts = check_texts(texts)
-        prepared = self.prepare(texts, prompt=self.sentence.resolve_prompt(prompt_name, prompt), batch_size=batch_size,
-                                max_batch_tokens=max_batch_tokens)
+        prepared = self.prepare(
+            texts,
+            prompt=self.sentence.resolve_prompt(prompt_name, prompt),
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+        )
         out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
         padded = 0
         for batch, vectors in self.run_batches(prepared.batches, normalize=normalize):
@@ -220,9 +328,17 @@ class Encoder:
         out = self.finish(out, normalize=normalize, truncate_dim=truncate_dim)
         return EncodeResult(out, tokens.truncated, tokens.lengths, padded)
 
-    def encode(self, texts: str | Sequence[str], *, prompt_name: str | None = None, prompt: str | None = None,
-               batch_size: int | None = None, max_batch_tokens: int | None = None, normalize: bool | None = None,
-               truncate_dim: int | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int | None = None,
+        max_batch_tokens: int | None = None,
+        normalize: bool | None = None,
+        truncate_dim: int | None = None,
+    ) -> np.ndarray:
         """Embed texts -> float32 `[n, dim]` in input order (`[dim]` for a single string).
 
         The model's default prompt applies unless `prompt_name` or `prompt` overrides it (`prompt=""` means no
@@ -232,9 +348,15 @@ class Encoder:
         at most `batch_size` texts when given.
         """
         single = isinstance(texts, str)
-        result = self.encode_detailed([texts] if single else texts, prompt_name=prompt_name, prompt=prompt,
-                                      batch_size=batch_size, max_batch_tokens=max_batch_tokens, normalize=normalize,
-                                      truncate_dim=truncate_dim)
+        result = self.encode_detailed(
+            [texts] if single else texts,
+            prompt_name=prompt_name,
+            prompt=prompt,
+            batch_size=batch_size,
+            max_batch_tokens=max_batch_tokens,
+            normalize=normalize,
+            truncate_dim=truncate_dim,
+        )
         return result.embeddings[0] if single else result.embeddings
 
     def encode_query(self, texts: str | Sequence[str], **kwargs) -> np.ndarray:
@@ -247,11 +369,15 @@ class Encoder:
 
     def _encode_role(self, texts, kwargs, role: str) -> np.ndarray:
         if "prompt_name" not in kwargs and "prompt" not in kwargs:  # the caller's choice wins
-            name = self.sentence.retrieval_prompt_name(role)  # None: the model has no prompts at all
+            name = self.sentence.retrieval_prompt_name(
+                role
+            )  # None: the model has no prompts at all
             if name is None:
-                _warn_once(f"this model defines no prompts, so encode_{role} embeds without one (like encode(..., "
-                           f"prompt='')); berta-jax looks for the prompt names "
-                           f"{', '.join(RETRIEVAL_PROMPT_NAMES[role])}")
+                _warn_once(
+                    f"this model defines no prompts, so encode_{role} embeds without one (like encode(..., "
+                    f"prompt='')); berta-jax looks for the prompt names "
+                    f"{', '.join(RETRIEVAL_PROMPT_NAMES[role])}"
+                )
             kwargs["prompt_name" if name else "prompt"] = name or ""
         return self.encode(texts, **kwargs)
 
@@ -259,9 +385,13 @@ class Encoder:
         """Last hidden state `[b, L, hidden]` (float32) for caller-made token ids."""
         return self.runtime.hidden(*self._checked_ids(input_ids, attention_mask, token_type_ids))
 
-    def hidden_states(self, input_ids, attention_mask, token_type_ids=None) -> tuple[jax.Array, ...]:
+    def hidden_states(
+        self, input_ids, attention_mask, token_type_ids=None
+    ) -> tuple[jax.Array, ...]:
         """The embeddings output and every layer's output, `N + 1 x [b, L, hidden]`, for caller-made token ids."""
-        return self.runtime.hidden(*self._checked_ids(input_ids, attention_mask, token_type_ids), all_layers=True)
+        return self.runtime.hidden(
+            *self._checked_ids(input_ids, attention_mask, token_type_ids), all_layers=True
+        )
 
     def _checked_ids(self, input_ids, attention_mask, token_type_ids) -> tuple[np.ndarray, ...]:
         input_ids, attention_mask = np.asarray(input_ids), np.asarray(attention_mask)
@@ -271,13 +401,17 @@ class Encoder:
             )
         check_ids("input_ids", input_ids, self.config.vocab_size)
         if input_ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
-                             f"{self.config.max_position_embeddings}")
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings}"
+            )
         if token_type_ids is None:
             token_type_ids = np.zeros_like(input_ids)
         token_type_ids = np.asarray(token_type_ids)
         if token_type_ids.shape != input_ids.shape:
-            raise ValueError(f"token_type_ids {token_type_ids.shape} must match input_ids {input_ids.shape}")
+            raise ValueError(
+                f"token_type_ids {token_type_ids.shape} must match input_ids {input_ids.shape}"
+            )
         check_ids("token_type_ids", token_type_ids, self.config.type_vocab_size)
         return input_ids, attention_mask, token_type_ids
 
@@ -304,10 +438,14 @@ def check_ids(name: str, ids: np.ndarray, limit: int) -> None:
     bad = np.argwhere((ids < 0) | (ids >= limit))
     if len(bad):
         b, t = bad[0]
-        raise ValueError(f"{name}[{b}, {t}] = {ids[b, t]} is outside [0, {limit}); JAX would silently read a wrong row")
+        raise ValueError(
+            f"{name}[{b}, {t}] = {ids[b, t]} is outside [0, {limit}); JAX would silently read a wrong row"
+        )
 
 
-def default_batch_tokens(devices: Sequence[jax.Device], max_seq_length: int, cfg: BertConfig | None = None) -> int:
+def default_batch_tokens(
+    devices: Sequence[jax.Device], max_seq_length: int, cfg: BertConfig | None = None
+) -> int:
     """Padded tokens per batch: 2048 per CPU device (cache-sized batches run fastest there); on accelerators, what
     an eighth of the device's memory holds of one layer's activations at the longest rows (see
     `activation_bytes_per_token`), as a power of two from 8192 to 262144 per device (16384 when the device does
@@ -327,4 +465,6 @@ def activation_bytes_per_token(cfg: BertConfig, length: int) -> int:
     """Bytes one token of a `length`-token row keeps live in a layer's forward: float32 attention logits and
     probabilities over the row (2 x heads x length), the hidden-size tensors (about 8 of them) and the two
     feed-forward intermediates."""
-    return 4 * (2 * cfg.num_attention_heads * length + 8 * cfg.hidden_size + 2 * cfg.intermediate_size)
+    return 4 * (
+        2 * cfg.num_attention_heads * length + 8 * cfg.hidden_size + 2 * cfg.intermediate_size
+    )

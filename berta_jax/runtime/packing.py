@@ -25,7 +25,9 @@ import numpy as np
 from berta_jax.runtime.batching import BatchPlan, Batch, BatchPlanner
 
 PACKED_ROW_LENGTHS = (128, 256, 512)
-TOKENS_PER_SEGMENT = 4  # a row of length L holds at most L // 4 texts: a bound on the pooled slots per row. At 8,
+TOKENS_PER_SEGMENT = (
+    4  # a row of length L holds at most L // 4 texts: a bound on the pooled slots per row. At 8,
+)
 # 100,000 texts of 1-3 words padded 1.24x (MiniLM) and empty texts 4x; at 4, 1.03x and 2x. A smaller bound would
 # grow every batch's pooled output ([rows x L // bound, hidden]) for the few corpora of near-empty texts.
 
@@ -35,7 +37,9 @@ class PackingPlanner(BatchPlanner):
     """Like `BatchPlanner`, with several texts per row. `batch_size` caps the texts of a batch."""
 
     def row_lengths(self) -> tuple[int, ...]:
-        return tuple(r for r in PACKED_ROW_LENGTHS if r < self.max_seq_length) + (self.max_seq_length,)
+        return tuple(r for r in PACKED_ROW_LENGTHS if r < self.max_seq_length) + (
+            self.max_seq_length,
+        )
 
     def segments(self, length: int) -> int:
         return max(1, min(length // TOKENS_PER_SEGMENT, self.batch_size or length))
@@ -48,7 +52,9 @@ class PackingPlanner(BatchPlanner):
         rows = pack(np.asarray(lengths), self.row_lengths(), self.segments)
         plan: list[BatchPlan] = []
         for length in sorted({length for length, _ in rows}, reverse=True):
-            plan += self._batches([texts for row_length, texts in rows if row_length == length], length)
+            plan += self._batches(
+                [texts for row_length, texts in rows if row_length == length], length
+            )
         return plan
 
     def _batches(self, rows: list[list[int]], length: int) -> list[BatchPlan]:
@@ -60,24 +66,41 @@ class PackingPlanner(BatchPlanner):
                 groups.append(group := [])
             group.append(row)
         if len(groups) == 1:  # a small call: the smallest power-of-two shape that holds it
-            return [BatchPlan(groups[0], min(per_batch, self.tail_rows(len(groups[0]))), length,
-                                    self.segments(length))]
+            return [
+                BatchPlan(
+                    groups[0],
+                    min(per_batch, self.tail_rows(len(groups[0]))),
+                    length,
+                    self.segments(length),
+                )
+            ]
         half = self.half_rows(length)
-        return [BatchPlan(g, half if g is groups[-1] and len(g) <= half else per_batch, length,
-                                self.segments(length)) for g in groups]
+        return [
+            BatchPlan(
+                g,
+                half if g is groups[-1] and len(g) <= half else per_batch,
+                length,
+                self.segments(length),
+            )
+            for g in groups
+        ]
 
     def half_rows(self, length: int) -> int:
         """Rows of the one smaller shape a row length has: the last batch of a longer run, when it fits."""
         return self.device_rows(self.rows_per_batch(length) // 2)
 
 
-def pack(lengths: np.ndarray, row_lengths: tuple[int, ...], segments) -> list[tuple[int, list[int]]]:
+def pack(
+    lengths: np.ndarray, row_lengths: tuple[int, ...], segments
+) -> list[tuple[int, list[int]]]:
     """Best-fit decreasing over all texts: each text (longest first) goes to the open row, of any length, whose free
     space fits it most tightly; only when none fits does it open a row, of the shortest length that holds it.
     So short texts fill what long texts leave, and padding is what no text could fill. Returns (row length,
     input indices) per row."""
     rows: list[tuple[int, list[int]]] = []
-    free: list[tuple[int, int]] = []  # (free tokens, row index) of rows that can take another text, sorted
+    free: list[
+        tuple[int, int]
+    ] = []  # (free tokens, row index) of rows that can take another text, sorted
     for i in np.argsort(-lengths, kind="stable"):
         n = int(lengths[i])
         at = bisect.bisect_left(free, (n, -1))
@@ -107,4 +130,6 @@ def unpack_batch(batch: Batch) -> Batch:
         ids[j, :n], types[j, :n] = batch.input_ids[row, where], batch.token_type_ids[row, where]
         segments[j, :n], pool[j, :n] = 1, batch.pool_mask[row, where]
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), shape)
-    return Batch(batch.texts, np.arange(n_rows, dtype=np.int64), ids, types, segments, positions, pool)
+    return Batch(
+        batch.texts, np.arange(n_rows, dtype=np.int64), ids, types, segments, positions, pool
+    )

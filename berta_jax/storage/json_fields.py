@@ -23,8 +23,14 @@ def describe(value: Any) -> str:
 
 def json_kind(value: Any) -> str:
     """The JSON name of a parsed value's type."""
-    for kind, types in (("null", type(None)), ("boolean", bool), ("number", (int, float)), ("string", str),
-                        ("array", list), ("object", dict)):
+    for kind, types in (
+        ("null", type(None)),
+        ("boolean", bool),
+        ("number", (int, float)),
+        ("string", str),
+        ("array", list),
+        ("object", dict),
+    ):
         if isinstance(value, types):
             return kind
     return type(value).__name__
@@ -35,23 +41,36 @@ class Fields:
 
     def __init__(self, raw: Any, source: str):
         if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: expected a JSON object, found {json_kind(raw)} {describe(raw)}")
+            raise ConfigError(
+                f"{source}: expected a JSON object, found {json_kind(raw)} {describe(raw)}"
+            )
         self.raw, self.source = raw, source
 
     def __contains__(self, key: str) -> bool:
         return key in self.raw
 
     def _error(self, key: str, expected: str) -> ConfigError:
-        return ConfigError(f"{self.source}: field {key}={describe(self.raw[key])}: expected {expected}")
+        return ConfigError(
+            f"{self.source}: field {key}={describe(self.raw[key])}: expected {expected}"
+        )
 
     def _get(self, key: str, default: Any, required: bool) -> Any:
-        if key not in self.raw or (self.raw[key] is None and not required and default is not MISSING):
+        if key not in self.raw or (
+            self.raw[key] is None and not required and default is not MISSING
+        ):
             if default is MISSING:
                 raise ConfigError(f"{self.source}: missing required field {key!r}")
             return default
         return self.raw[key]
 
-    def int(self, key: str, default: Any = MISSING, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    def int(
+        self,
+        key: str,
+        default: Any = MISSING,
+        *,
+        minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
         value = self._get(key, default, required=False)
         if value is default and default is not MISSING:
             return value
@@ -61,18 +80,33 @@ class Fields:
             raise self._error(key, f"an integer{bounds}")
         return int(value)
 
-    def number(self, key: str, default: Any = MISSING, *, above: float | None = None, minimum: float | None = None,
-               below: float | None = None) -> float:
+    def number(
+        self,
+        key: str,
+        default: Any = MISSING,
+        *,
+        above: float | None = None,
+        minimum: float | None = None,
+        below: float | None = None,
+    ) -> float:
         """A finite number; `above`/`below` are exclusive bounds, `minimum` inclusive."""
         value = self._get(key, default, required=False)
         if value is default and default is not MISSING:
             return value
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-              and (above is None or value > above) and (minimum is None or value >= minimum)
-              and (below is None or value < below))
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (above is None or value > above)
+            and (minimum is None or value >= minimum)
+            and (below is None or value < below)
+        )
         if not ok:
-            parts = [f"> {above}" if above is not None else "", f">= {minimum}" if minimum is not None else "",
-                     f"< {below}" if below is not None else ""]
+            parts = [
+                f"> {above}" if above is not None else "",
+                f">= {minimum}" if minimum is not None else "",
+                f"< {below}" if below is not None else "",
+            ]
             raise self._error(key, "a finite number" + "".join(f" {p}" for p in parts if p))
         return float(value)
 
@@ -90,7 +124,9 @@ class Fields:
             return value
         choices = tuple(choices) if choices is not None else None
         if not isinstance(value, str) or (choices is not None and value not in choices):
-            raise self._error(key, "a string" + (f", one of {', '.join(choices)}" if choices else ""))
+            raise self._error(
+                key, "a string" + (f", one of {', '.join(choices)}" if choices else "")
+            )
         return value
 
     def str_map(self, key: str, default: Any = MISSING) -> dict[str, str]:
@@ -101,8 +137,14 @@ class Fields:
             raise self._error(key, "an object mapping names to strings")
         return dict(value)
 
-    def list(self, key: str, default: Any = MISSING, *, item: Callable[[Any], bool] = lambda _: True,
-             what: str = "values") -> list:
+    def list(
+        self,
+        key: str,
+        default: Any = MISSING,
+        *,
+        item: Callable[[Any], bool] = lambda _: True,
+        what: str = "values",
+    ) -> list:
         value = self._get(key, default, required=False)
         if value is default and default is not MISSING:
             return value

@@ -47,8 +47,10 @@ class ModelFiles:
         """The path of `name` (relative, '/'-separated) in the folder; refused if it could leave it."""
         pure = PurePosixPath(name)
         if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or "\x00" in name:
-            raise ConfigError(f"{self.folder}: the path {name!r} would leave the model folder; paths in a model "
-                              "folder's files must be relative and stay inside it")
+            raise ConfigError(
+                f"{self.folder}: the path {name!r} would leave the model folder; paths in a model "
+                "folder's files must be relative and stay inside it"
+            )
         return self.folder.joinpath(*pure.parts)
 
     def exists(self, name: str) -> bool:
@@ -68,11 +70,15 @@ class ModelFiles:
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"{path}: is {_file_kind(info.st_mode)}, not a regular file")
         if not resolved.is_relative_to(self.root):
-            raise ConfigError(f"{path}: is a link to {resolved}, outside the model folder {self.root}; berta-jax "
-                              "reads only files inside the model folder")
+            raise ConfigError(
+                f"{path}: is a link to {resolved}, outside the model folder {self.root}; berta-jax "
+                "reads only files inside the model folder"
+            )
         if limit is not None and info.st_size > limit:
-            raise ConfigError(f"{path}: {info.st_size} bytes, over the {limit}-byte limit for this file; "
-                              "it is not a model configuration file")
+            raise ConfigError(
+                f"{path}: {info.st_size} bytes, over the {limit}-byte limit for this file; "
+                "it is not a model configuration file"
+            )
         return path
 
     def read_bytes(self, name: str, limit: int = JSON_LIMIT) -> bytes:
@@ -105,9 +111,13 @@ def parse_json(data: bytes, source: str) -> Any:
 
 
 def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"

@@ -150,7 +150,9 @@ def _atomic_temp(path: str, mode: int | None) -> Iterator[tuple[BinaryIO, str]]:
             yield f, tmp
             f.flush()
             os.fsync(f.fileno())
-    except OSError as e:  # disk full and the like: name the file being written (write/fsync errors carry none)
+    except (
+        OSError
+    ) as e:  # disk full and the like: name the file being written (write/fsync errors carry none)
         Path(tmp).unlink(missing_ok=True)
         if e.filename is None:
             raise OSError(e.errno, e.strerror or str(e), path) from e
@@ -193,7 +195,9 @@ class RemoteStore:
             return fn(*args, **kwargs)
         except (FileNotFoundError, FileExistsError):
             raise
-        except Exception as e:  # backends raise many types (HTTP, auth, ...): name the URL and the operation
+        except (
+            Exception
+        ) as e:  # backends raise many types (HTTP, auth, ...): name the URL and the operation
             raise StorageError(f"{url}: cannot {what} ({type(e).__name__}: {e})") from e
 
     def exists(self, path: str) -> bool:
@@ -201,13 +205,32 @@ class RemoteStore:
 
     def info(self, path: str) -> FileInfo:
         raw = self._call("stat", path, self.fs.info, self._path(path), refresh=True)
-        version = next((str(raw[k]) for k in ("generation", "ETag", "etag", "md5Hash", "mtime", "updated",
-                                              "LastModified", "created") if raw.get(k) is not None), "")
-        return FileInfo(int(raw.get("size") or 0), raw.get("type", "file"), version, _timestamp(raw))
+        version = next(
+            (
+                str(raw[k])
+                for k in (
+                    "generation",
+                    "ETag",
+                    "etag",
+                    "md5Hash",
+                    "mtime",
+                    "updated",
+                    "LastModified",
+                    "created",
+                )
+                if raw.get(k) is not None
+            ),
+            "",
+        )
+        return FileInfo(
+            int(raw.get("size") or 0), raw.get("type", "file"), version, _timestamp(raw)
+        )
 
     def list(self, folder: str) -> list[str]:
         try:
-            entries = self._call("list", folder, self.fs.ls, self._path(folder), detail=False, refresh=True)
+            entries = self._call(
+                "list", folder, self.fs.ls, self._path(folder), detail=False, refresh=True
+            )
         except FileNotFoundError:
             return []
         names = [e.rstrip("/").rsplit("/", 1)[-1] for e in entries]
@@ -226,7 +249,11 @@ class RemoteStore:
         """Read-ahead caching in 4 MiB blocks (gcsfs' default cache re-fetches a block per line when a file is read
         line by line); or, with `block_size`, no cache: the caller buffers reads of that size itself, so a reader
         of a byte range fetches at most one block past the range's end."""
-        cache = {"cache_type": "none"} if block_size else {"cache_type": "readahead", "block_size": 1 << 22}
+        cache = (
+            {"cache_type": "none"}
+            if block_size
+            else {"cache_type": "readahead", "block_size": 1 << 22}
+        )
         return self._call("open", path, self.fs.open, self._path(path), "rb", **cache)
 
     def read(self, path: str) -> bytes:
@@ -268,26 +295,50 @@ class RemoteStore:
 
     def replace_if(self, path: str, data: bytes, version: str) -> bool:
         """Write `data` only if the object is still at `version` (what `info` gave); False if it changed."""
-        return self._conditional("replace", path, lambda bucket, key: self.fs.call(
-            "POST", f"{self.fs._location}/upload/storage/v1/b/{quote(bucket)}/o", uploadType="media", name=key,
-            ifGenerationMatch=version, data=data, json_out=True, headers={"Content-Type": "application/octet-stream"}),
-            lambda bucket, key: self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version))
+        return self._conditional(
+            "replace",
+            path,
+            lambda bucket, key: self.fs.call(
+                "POST",
+                f"{self.fs._location}/upload/storage/v1/b/{quote(bucket)}/o",
+                uploadType="media",
+                name=key,
+                ifGenerationMatch=version,
+                data=data,
+                json_out=True,
+                headers={"Content-Type": "application/octet-stream"},
+            ),
+            lambda bucket, key: self.fs.call_s3(
+                "put_object", Bucket=bucket, Key=key, Body=data, IfMatch=version
+            ),
+        )
 
     def delete_if(self, path: str, version: str) -> bool:
         """Delete the object only if it is still at `version`; False if it changed or is gone."""
-        return self._conditional("delete", path, lambda bucket, key: self.fs.call(
-            "DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=version),
-            lambda bucket, key: self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version))
+        return self._conditional(
+            "delete",
+            path,
+            lambda bucket, key: self.fs.call(
+                "DELETE", "b/{}/o/{}", bucket, key, ifGenerationMatch=version
+            ),
+            lambda bucket, key: self.fs.call_s3(
+                "delete_object", Bucket=bucket, Key=key, IfMatch=version
+            ),
+        )
 
     def _conditional(self, what: str, path: str, on_gcs, on_s3) -> bool:
         """One request with the store's own precondition (Cloud Storage generation, S3 ETag): False if it failed."""
         if self.protocol not in ("gs", "gcs", "s3", "s3a"):
-            raise StorageError(f"{path}: the {self.protocol}:// store has no conditional writes, which the lock "
-                               "needs; write the output to local disk, gs:// or s3://")
+            raise StorageError(
+                f"{path}: the {self.protocol}:// store has no conditional writes, which the lock "
+                "needs; write the output to local disk, gs:// or s3://"
+            )
         bucket, key = self._path(path).split("/", 1)
         try:
             (on_gcs if self.protocol in ("gs", "gcs") else on_s3)(bucket, key)
-        except Exception as e:  # gcsfs reports a failed precondition as FileExistsError, s3fs as an OSError
+        except (
+            Exception
+        ) as e:  # gcsfs reports a failed precondition as FileExistsError, s3fs as an OSError
             if _precondition_failed(e) or isinstance(e, (FileNotFoundError, FileExistsError)):
                 return False
             raise StorageError(f"{path}: cannot {what} ({type(e).__name__}: {e})") from e
@@ -314,7 +365,9 @@ def _timestamp(raw: dict) -> float:
     """An object's last-write time as the store reports it (Cloud Storage `updated`, S3 `LastModified`)."""
     import datetime
 
-    value = next((raw[k] for k in ("updated", "LastModified", "mtime") if raw.get(k) is not None), None)
+    value = next(
+        (raw[k] for k in ("updated", "LastModified", "mtime") if raw.get(k) is not None), None
+    )
     if isinstance(value, str):
         value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
     if isinstance(value, datetime.datetime):
@@ -324,8 +377,16 @@ def _timestamp(raw: dict) -> float:
 
 def _precondition_failed(error: BaseException | None) -> bool:
     text = f"{type(error).__name__} {error}"
-    return any(s in text for s in ("412", "PreconditionFailed", "Precondition Failed", "conditionNotMet",
-                                   "pre-conditions you specified did not hold"))
+    return any(
+        s in text
+        for s in (
+            "412",
+            "PreconditionFailed",
+            "Precondition Failed",
+            "conditionNotMet",
+            "pre-conditions you specified did not hold",
+        )
+    )
 
 
 _LOCAL = LocalStore()
@@ -343,8 +404,14 @@ def store_for(location: str | os.PathLike) -> LocalStore | RemoteStore:
         fs = fsspec.filesystem(protocol, **_options(protocol))
     except ImportError as e:
         extra = _REMOTE_EXTRAS.get(protocol)
-        how = f"pip install 'berta-jax[{extra}]'" if extra else f"install the fsspec package for {protocol}://"
-        raise StorageError(f"{text}: the {protocol}:// scheme needs a package that is not installed ({e}); {how}") from None
+        how = (
+            f"pip install 'berta-jax[{extra}]'"
+            if extra
+            else f"install the fsspec package for {protocol}://"
+        )
+        raise StorageError(
+            f"{text}: the {protocol}:// scheme needs a package that is not installed ({e}); {how}"
+        ) from None
     except ValueError as e:
         raise StorageError(f"{text}: unknown storage scheme {protocol!r} ({e})") from None
     return RemoteStore(fs, protocol)
@@ -356,7 +423,9 @@ def _options(protocol: str) -> dict:
     STORAGE_EMULATOR_HOST; s3fs: the AWS variables and AWS_ENDPOINT_URL; any option through fsspec's
     FSSPEC_<PROTOCOL>_<OPTION> configuration)."""
     options: dict = {"use_listings_cache": False}
-    timeout = float(os.environ.get(TIMEOUT_VAR, 300))  # a request that hangs is an error, not a stuck job
+    timeout = float(
+        os.environ.get(TIMEOUT_VAR, 300)
+    )  # a request that hangs is an error, not a stuck job
     if protocol in ("gs", "gcs"):
         options["requests_timeout"] = timeout
     elif protocol in ("s3", "s3a"):

@@ -24,5 +24,7 @@ def surrogate_problem(value: str) -> str | None:
     found = _SURROGATE.search(value)
     if found is None:
         return None
-    return (f"holds a lone surrogate U+{ord(found.group()):04X} at character {found.start()}, which is not "
-            "Unicode text (UTF-8 cannot encode it); fix or drop the row")
+    return (
+        f"holds a lone surrogate U+{ord(found.group()):04X} at character {found.start()}, which is not "
+        "Unicode text (UTF-8 cannot encode it); fix or drop the row"
+    )

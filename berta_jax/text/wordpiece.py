@@ -25,8 +25,10 @@ import unicodedata
 import regex
 
 # Characters BertNormalizer's handle_chinese_chars surrounds with spaces (each becomes a word of its own).
-_CJK = r"\u4E00-\u9FFF\u3400-\u4DBF\U00020000-\U0002A6DF\U0002A700-\U0002B73F\U0002B740-\U0002B81F" \
-       r"\U0002B820-\U0002CEAF\uF900-\uFAFF\U0002F800-\U0002FA1F"
+_CJK = (
+    r"\u4E00-\u9FFF\u3400-\u4DBF\U00020000-\U0002A6DF\U0002A700-\U0002B73F\U0002B740-\U0002B81F"
+    r"\U0002B820-\U0002CEAF\uF900-\uFAFF\U0002F800-\U0002FA1F"
+)
 _ASCII_PUNCT = regex.escape("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
 _CONTROL = regex.compile(r"[\x00\uFFFD]|(?![\t\n\r])\p{C}")  # what clean_text deletes
 _MARK = regex.compile(r"\p{Mn}")  # what strip_accents deletes (after NFD)
@@ -38,16 +40,28 @@ def _decomposes_to_boundary() -> str:
     """Characters whose canonical decomposition contains a word boundary (e.g. U+1FEF -> '`'), as a regex class
     body: with strip_accents the normalizer decomposes them, so they must count as boundaries too."""
     boundary = regex.compile(rf"[\p{{White_Space}}\p{{P}}{_ASCII_PUNCT}{_CJK}]")
-    found = [c for c in map(chr, range(sys.maxunicode + 1))
-             if unicodedata.decomposition(c) and not unicodedata.decomposition(c).startswith("<")
-             and boundary.search(unicodedata.normalize("NFD", c))]
+    found = [
+        c
+        for c in map(chr, range(sys.maxunicode + 1))
+        if unicodedata.decomposition(c)
+        and not unicodedata.decomposition(c).startswith("<")
+        and boundary.search(unicodedata.normalize("NFD", c))
+    ]
     return "".join(regex.escape(c) for c in found)
 
 
 class Reducer:
     """Rewrites a text into a bounded string that tokenizes to the same first tokens (see the module)."""
 
-    def __init__(self, *, max_seq_length: int, max_word: int, clean_text: bool, strip_accents: bool, cjk: bool):
+    def __init__(
+        self,
+        *,
+        max_seq_length: int,
+        max_word: int,
+        clean_text: bool,
+        strip_accents: bool,
+        cjk: bool,
+    ):
         self.limit = (max_seq_length + 2) * (max_word + 2)
         self.max_word, self.clean_text, self.strip_accents = max_word, clean_text, strip_accents
         self.cjk = cjk
@@ -60,15 +74,25 @@ class Reducer:
         normalizers = _normalizers(spec.get("normalizer"))
         model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
         bert = [n for n in normalizers if n.get("type") == "BertNormalizer"]
-        if (model.get("type") != "WordPiece" or pre.get("type") != "BertPreTokenizer" or len(bert) != 1
-                or any(n.get("type") not in ("BertNormalizer", "Lowercase") for n in normalizers)):
+        if (
+            model.get("type") != "WordPiece"
+            or pre.get("type") != "BertPreTokenizer"
+            or len(bert) != 1
+            or any(n.get("type") not in ("BertNormalizer", "Lowercase") for n in normalizers)
+        ):
             return Unchanged()
         norm = bert[0]
-        lowercase = bool(norm.get("lowercase")) or any(n.get("type") == "Lowercase" for n in normalizers)
+        lowercase = bool(norm.get("lowercase")) or any(
+            n.get("type") == "Lowercase" for n in normalizers
+        )
         strip = norm.get("strip_accents")
-        return cls(max_seq_length=max_seq_length, max_word=int(model.get("max_input_chars_per_word", 100)),
-                   clean_text=bool(norm.get("clean_text", True)),
-                   strip_accents=bool(lowercase if strip is None else strip), cjk=bool(norm.get("handle_chinese_chars", True)))
+        return cls(
+            max_seq_length=max_seq_length,
+            max_word=int(model.get("max_input_chars_per_word", 100)),
+            clean_text=bool(norm.get("clean_text", True)),
+            strip_accents=bool(lowercase if strip is None else strip),
+            cjk=bool(norm.get("handle_chinese_chars", True)),
+        )
 
     def __call__(self, text: str) -> str:
         if len(text) <= self.limit:
@@ -84,7 +108,9 @@ class Reducer:
     def _words(self) -> regex.Pattern:
         if self._long_words is None:
             decomposing = _decomposes_to_boundary() if self.strip_accents else ""
-            boundary = rf"\p{{White_Space}}\p{{P}}{_ASCII_PUNCT}{_CJK if self.cjk else ''}{decomposing}"
+            boundary = (
+                rf"\p{{White_Space}}\p{{P}}{_ASCII_PUNCT}{_CJK if self.cjk else ''}{decomposing}"
+            )
             self._long_words = regex.compile(rf"[^{boundary}]{{{self.max_word + 2},}}")
         return self._long_words
 

@@ -27,8 +27,15 @@ ACTIVATIONS: dict[str, tuple[str, dict]] = {
     "gelu_pytorch_tanh": ("gelu", {"approximate": True}),
     "relu": ("relu", {}),
 }
-_SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                 "max_position_embeddings", "type_vocab_size")
+_SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
 _DROPOUT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 
 
@@ -70,10 +77,14 @@ class BertConfig:
                 f"supported: {', '.join(ACTIVATIONS)}"
             )
         if not _finite(self.layer_norm_eps) or self.layer_norm_eps <= 0:
-            raise ConfigError(f"config field layer_norm_eps={self.layer_norm_eps!r}: expected a finite number > 0")
+            raise ConfigError(
+                f"config field layer_norm_eps={self.layer_norm_eps!r}: expected a finite number > 0"
+            )
         for name in _DROPOUT_FIELDS:
             if not _finite(getattr(self, name)) or not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"config field {name}={getattr(self, name)!r}: expected a number in [0, 1)")
+                raise ConfigError(
+                    f"config field {name}={getattr(self, name)!r}: expected a number in [0, 1)"
+                )
         if not (isinstance(self.pad_token_id, int) and 0 <= self.pad_token_id < self.vocab_size):
             raise ConfigError(
                 f"config field pad_token_id={self.pad_token_id!r} is outside the vocabulary "
@@ -108,7 +119,9 @@ class BertConfig:
             )
         f.str("position_embedding_type", "absolute", choices=("absolute",))
         if f.bool("is_decoder", False) or f.bool("add_cross_attention", False):
-            raise ConfigError(f"{source}: decoder / cross-attention BERT variants are not supported")
+            raise ConfigError(
+                f"{source}: decoder / cross-attention BERT variants are not supported"
+            )
         # JSON types here (Fields names the file and field); the values' rules in __post_init__
         values = {name: f.int(name) for name in _SHAPE_FIELDS if name != "type_vocab_size"}
         values["type_vocab_size"] = f.int("type_vocab_size", 2)

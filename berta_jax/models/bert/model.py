@@ -30,7 +30,6 @@ from berta_jax.models.attention import EXPLICIT, AttentionKernel, Mask, kernel_n
 from berta_jax.models.bert.config import ACTIVATIONS, BertConfig
 
 
-
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """The `jax.nn` function config.json's `hidden_act` names (`config.ACTIVATIONS`)."""
     function, kwargs = ACTIVATIONS[name]
@@ -47,7 +46,11 @@ class Numerics:
     @property
     def precision(self) -> jax.lax.Precision:
         """HIGHEST for float32 compute (PyTorch parity on TPU/GPU), DEFAULT for bfloat16."""
-        return jax.lax.Precision.HIGHEST if jnp.dtype(self.dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
+        return (
+            jax.lax.Precision.HIGHEST
+            if jnp.dtype(self.dtype) == jnp.float32
+            else jax.lax.Precision.DEFAULT
+        )
 
     @property
     def accumulate(self) -> jnp.dtype | None:
@@ -57,17 +60,32 @@ class Numerics:
         return None if jnp.dtype(self.dtype) == jnp.float32 else jnp.dtype(jnp.float32)
 
     def linear(self, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-        return nnx.Linear(n_in, n_out, dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
-                          preferred_element_type=self.accumulate, rngs=rngs)
+        return nnx.Linear(
+            n_in,
+            n_out,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            precision=self.precision,
+            preferred_element_type=self.accumulate,
+            rngs=rngs,
+        )
 
     def layer_norm(self, cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
         # BERT's eps (from the config; nnx defaults to 1e-6) and the two-pass variance torch uses;
         # statistics and output in float32.
-        return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False, dtype=jnp.float32,
-                             param_dtype=self.param_dtype, rngs=rngs)
+        return nnx.LayerNorm(
+            cfg.hidden_size,
+            epsilon=cfg.layer_norm_eps,
+            use_fast_variance=False,
+            dtype=jnp.float32,
+            param_dtype=self.param_dtype,
+            rngs=rngs,
+        )
 
     def embed(self, n: int, cfg: BertConfig, rngs: nnx.Rngs) -> nnx.Embed:
-        return nnx.Embed(n, cfg.hidden_size, dtype=jnp.float32, param_dtype=self.param_dtype, rngs=rngs)
+        return nnx.Embed(
+            n, cfg.hidden_size, dtype=jnp.float32, param_dtype=self.param_dtype, rngs=rngs
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +93,9 @@ class BertOutput:
     """What `BertModel.forward` returns; the optional parts only when asked for."""
 
     last_hidden_state: jax.Array  # [B, L, D] float32
-    hidden_states: tuple[jax.Array, ...] | None = None  # embeddings output + each layer's, N + 1 x [B, L, D]
+    hidden_states: tuple[jax.Array, ...] | None = (
+        None  # embeddings output + each layer's, N + 1 x [B, L, D]
+    )
     attentions: tuple[jax.Array, ...] | None = None  # each layer's probabilities, N x [B, H, L, L]
 
 
@@ -89,8 +109,13 @@ class Embeddings(nnx.Module):
         self.norm = numerics.layer_norm(cfg, rngs)
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(self, input_ids: Int[Array, "B L"], token_type_ids: Int[Array, "B L"], positions: Int[Array, "B L"],
-                 rngs: nnx.Rngs | None = None) -> Float[Array, "B L D"]:
+    def __call__(
+        self,
+        input_ids: Int[Array, "B L"],
+        token_type_ids: Int[Array, "B L"],
+        positions: Int[Array, "B L"],
+        rngs: nnx.Rngs | None = None,
+    ) -> Float[Array, "B L D"]:
         x = self.word(input_ids) + self.token_type(token_type_ids)  # same summation order as HF
         x = x + self.position(positions)
         return self.dropout(self.norm(x), deterministic=rngs is None, rngs=rngs)
@@ -110,15 +135,27 @@ class SelfAttention(nnx.Module):
 
     def _heads(self, projection: nnx.Linear, x: Float[Array, "B L D"]) -> Float[Array, "B L H K"]:
         batch, length, _ = x.shape
-        return projection(x).astype(self.dtype).reshape(batch, length, self.num_heads, self.head_dim)
+        return (
+            projection(x).astype(self.dtype).reshape(batch, length, self.num_heads, self.head_dim)
+        )
 
-    def __call__(self, x: Float[Array, "B L D"], mask: Mask, rngs: nnx.Rngs | None = None, *,
-                 with_probs: bool = False,
-                 kernel: AttentionKernel = EXPLICIT) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"] | None]:
+    def __call__(
+        self,
+        x: Float[Array, "B L D"],
+        mask: Mask,
+        rngs: nnx.Rngs | None = None,
+        *,
+        with_probs: bool = False,
+        kernel: AttentionKernel = EXPLICIT,
+    ) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"] | None]:
         """The attention output and, when asked, the attention probabilities (before dropout)."""
         q, k, v = (self._heads(projection, x) for projection in (self.query, self.key, self.value))
-        dropout = None if rngs is None else (lambda p: self.dropout(p, deterministic=False, rngs=rngs))
-        context, probs = kernel(q, k, v, mask, precision=self.precision, dropout=dropout, with_probs=with_probs)
+        dropout = (
+            None if rngs is None else (lambda p: self.dropout(p, deterministic=False, rngs=rngs))
+        )
+        context, probs = kernel(
+            q, k, v, mask, precision=self.precision, dropout=dropout, with_probs=with_probs
+        )
         batch, length = x.shape[:2]
         return self.out(context.reshape(batch, length, -1)), probs
 
@@ -135,9 +172,15 @@ class EncoderLayer(nnx.Module):
         self.activation = activation(cfg.hidden_act)
         self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(self, x: Float[Array, "B L D"], mask: Mask, rngs: nnx.Rngs | None = None, *,
-                 with_probs: bool = False,
-                 kernel: AttentionKernel = EXPLICIT) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"] | None]:
+    def __call__(
+        self,
+        x: Float[Array, "B L D"],
+        mask: Mask,
+        rngs: nnx.Rngs | None = None,
+        *,
+        with_probs: bool = False,
+        kernel: AttentionKernel = EXPLICIT,
+    ) -> tuple[Float[Array, "B L D"], Float[Array, "B H L L"] | None]:
         """The layer output and (when asked) its attention probabilities."""
         drop = lambda h: self.dropout(h, deterministic=rngs is None, rngs=rngs)  # noqa: E731
         attended, probs = self.attention(x, mask, rngs, with_probs=with_probs, kernel=kernel)
@@ -156,8 +199,15 @@ class BertModel(nnx.Module):
       remat: rematerialise each layer in the backward pass (less memory for long sequences).
     """
 
-    def __init__(self, cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        cfg: BertConfig,
+        *,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
         self.cfg, self.remat = cfg, remat
         numerics = Numerics(dtype, param_dtype)
         self.embeddings = Embeddings(cfg, numerics, rngs=rngs)
@@ -167,7 +217,9 @@ class BertModel(nnx.Module):
         def stacked(layer_rngs: nnx.Rngs) -> EncoderLayer:
             return EncoderLayer(cfg, numerics, rngs=layer_rngs)
 
-        self.layers = stacked(rngs)  # one EncoderLayer, every parameter with a leading [num_hidden_layers] axis
+        self.layers = stacked(
+            rngs
+        )  # one EncoderLayer, every parameter with a leading [num_hidden_layers] axis
 
     def forward(
         self,
@@ -198,29 +250,48 @@ class BertModel(nnx.Module):
             elsewhere); see `attention.select_kernel`. Dropout and `output_attentions` always run the explicit kernel.
         """
         if not deterministic and dropout_key is None:
-            raise ValueError("deterministic=False (training) needs a dropout_key, e.g. jax.random.key(0)")
+            raise ValueError(
+                "deterministic=False (training) needs a dropout_key, e.g. jax.random.key(0)"
+            )
         key = None if deterministic else dropout_key
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if positions is None:  # right padding, one text per row: position = index
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        kernel = EXPLICIT if key is not None or output_attentions else kernel_named(attention_kernel)
+        kernel = (
+            EXPLICIT if key is not None or output_attentions else kernel_named(attention_kernel)
+        )
         mask = kernel.mask(attention_mask.astype(bool), segment_ids)
         rngs = None if key is None else nnx.Rngs(dropout=jax.random.fold_in(key, 0))
         embedded = self.embeddings(input_ids, token_type_ids, positions, rngs)
-        last, hidden, probs = self._run_layers(embedded, mask, key, output_hidden_states, output_attentions, kernel)
+        last, hidden, probs = self._run_layers(
+            embedded, mask, key, output_hidden_states, output_attentions, kernel
+        )
         return BertOutput(
             last_hidden_state=last.astype(jnp.float32),
-            hidden_states=None if hidden is None else (embedded, *(h.astype(jnp.float32) for h in hidden)),
+            hidden_states=None
+            if hidden is None
+            else (embedded, *(h.astype(jnp.float32) for h in hidden)),
             attentions=None if probs is None else tuple(probs),
         )
 
-    def _run_layers(self, x: Float[Array, "B L D"], mask: Mask, key: jax.Array | None, keep_hidden: bool,
-                    keep_probs: bool, kernel: AttentionKernel) -> tuple[Float[Array, "B L D"],
-                                                                        Float[Array, "N B L D"] | None,
-                                                                        Float[Array, "N B H L L"] | None]:
+    def _run_layers(
+        self,
+        x: Float[Array, "B L D"],
+        mask: Mask,
+        key: jax.Array | None,
+        keep_hidden: bool,
+        keep_probs: bool,
+        kernel: AttentionKernel,
+    ) -> tuple[
+        Float[Array, "B L D"], Float[Array, "N B L D"] | None, Float[Array, "N B H L L"] | None
+    ]:
         """Scan the stacked layer over the layer axis: (last state, [N, B, L, D] states, [N, B, H, L, L] probs)."""
-        keys = None if key is None else jax.random.split(jax.random.fold_in(key, 1), self.cfg.num_hidden_layers)
+        keys = (
+            None
+            if key is None
+            else jax.random.split(jax.random.fold_in(key, 1), self.cfg.num_hidden_layers)
+        )
 
         def body(x, layer: EncoderLayer, layer_key):
             rngs = None if layer_key is None else nnx.Rngs(dropout=layer_key)
@@ -229,7 +300,9 @@ class BertModel(nnx.Module):
 
         if self.remat:
             body = nnx.remat(body)
-        scan = nnx.scan(body, in_axes=(nnx.Carry, 0, None if keys is None else 0), out_axes=(nnx.Carry, 0))
+        scan = nnx.scan(
+            body, in_axes=(nnx.Carry, 0, None if keys is None else 0), out_axes=(nnx.Carry, 0)
+        )
         x, (hidden, probs) = scan(x, self.layers, keys)
         return x, hidden, probs
 
@@ -243,6 +316,10 @@ class BertModel(nnx.Module):
         return self.forward(input_ids, attention_mask, token_type_ids).last_hidden_state
 
 
-def abstract_model(cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False) -> BertModel:
+def abstract_model(
+    cfg: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, remat: bool = False
+) -> BertModel:
     """The model with shapes only (`nnx.eval_shape`): nothing is allocated or initialised."""
-    return nnx.eval_shape(lambda: BertModel(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(
+        lambda: BertModel(cfg, dtype=dtype, param_dtype=param_dtype, remat=remat, rngs=nnx.Rngs(0))
+    )

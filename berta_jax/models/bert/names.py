@@ -30,7 +30,10 @@ class Rule:
 
 
 def _linear(hf: str, flax: str) -> tuple[Rule, ...]:
-    return (Rule(f"{hf}.weight", f"{flax}.kernel", TRANSPOSE), Rule(f"{hf}.bias", f"{flax}.bias", NONE))
+    return (
+        Rule(f"{hf}.weight", f"{flax}.kernel", TRANSPOSE),
+        Rule(f"{hf}.bias", f"{flax}.bias", NONE),
+    )
 
 
 def _norm(hf: str, flax: str) -> tuple[Rule, ...]:
@@ -126,6 +129,7 @@ def strip_prefix(names: list[str], source: str) -> dict[str, str]:
     A checkpoint must use one prefix for its encoder weights: a mix of prefixed
     and unprefixed encoder keys is ambiguous and refused.
     """
+
     def encoder_key(name: str) -> bool:
         return hf_to_flax_name(rename_legacy(name)) is not None
 
@@ -138,4 +142,6 @@ def strip_prefix(names: list[str], source: str) -> dict[str, str]:
             "cannot tell which set is the model. Keep one set of weights in the checkpoint."
         )
     prefix = found.pop() if found else ""
-    return {n: rename_legacy(n[len(prefix) :] if prefix and n.startswith(prefix) else n) for n in names}
+    return {
+        n: rename_legacy(n[len(prefix) :] if prefix and n.startswith(prefix) else n) for n in names
+    }

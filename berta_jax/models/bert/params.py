@@ -51,7 +51,11 @@ def param_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
 def flat_params(model_or_state: BertModel | nnx.State) -> FlatParams:
     """Parameters (of a model, or an `nnx.State` such as trained params or gradients) as a flat per-layer
     dict of numpy arrays."""
-    state = model_or_state if isinstance(model_or_state, nnx.State) else nnx.state(model_or_state, nnx.Param)
+    state = (
+        model_or_state
+        if isinstance(model_or_state, nnx.State)
+        else nnx.state(model_or_state, nnx.Param)
+    )
     return _per_layer(state, lambda var, i: np.asarray(var[...] if i is None else var[...][i]))
 
 
