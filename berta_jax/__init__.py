@@ -1,8 +1,8 @@
 """berta-jax: BERT sentence encoders (sergeyzh/BERTA first of all) in pure JAX/Flax, PyTorch-exact.
 
-The names below are loaded on first use (PEP 562) for import time only: `berta-jax encode` plans, checks and
-refuses without importing JAX, flax or transformers (measured: see ARCHITECTURE.md). Imports inside the
-package point one way and need no such help.
+The names below are loaded on first use (PEP 562) for import time only: `berta-jax encode` plans,
+checks and refuses without importing JAX, flax or transformers (measured: see ARCHITECTURE.md).
+Imports inside the package point one way and need no such help.
 """
 
 from __future__ import annotations
@@ -72,7 +72,13 @@ if TYPE_CHECKING:  # static analysers see the real names
     )
     from berta_jax.loading.folder import ModelFolder  # noqa: F401
     from berta_jax.models.bert.model import BertModel, BertOutput  # noqa: F401
-    from berta_jax.models.pooling import embed, l2_normalize, make_embed_fn, make_hidden_fn, pool  # noqa: F401
+    from berta_jax.models.pooling import (  # noqa: F401
+        embed,
+        l2_normalize,
+        make_embed_fn,
+        make_hidden_fn,
+        pool,
+    )
     from berta_jax.loading.sentence_config import SentenceConfig  # noqa: F401
     from berta_jax.text.tokenize import TextTokenizer, TokenizedTexts  # noqa: F401
     from berta_jax.models.bert.params import flat_params, param_shapes  # noqa: F401

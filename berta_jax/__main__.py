@@ -1,4 +1,5 @@
-"""`python -m berta_jax ...` is the `berta-jax` command (the same program as `python -m berta_jax.cli`)."""
+"""`python -m berta_jax ...` is the `berta-jax` command (the same program as
+`python -m berta_jax.cli`)."""
 
 import runpy
 

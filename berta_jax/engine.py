@@ -1,8 +1,9 @@
-"""What the data engines' adapters (Beam, Ray) share: how a worker builds its `Encoder` and embeds one batch.
+"""What the data engines' adapters (Beam, Ray) share: how a worker builds its `Encoder` and embeds
+one batch.
 
-An engine pickles the adapter on the machine that builds the pipeline and unpickles it on workers, so
-`EncoderSpec` is plain data, checked where it is made, and imports JAX only in `load` (on the worker): the
-launcher or driver never initialises JAX, never touches an accelerator, never compiles.
+An engine pickles the adapter on the machine that builds the pipeline and unpickles it on workers,
+so `EncoderSpec` is plain data, checked where it is made, and imports JAX only in `load` (on the
+worker): the launcher or driver never initialises JAX, never touches an accelerator, never compiles.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ _log = logging.getLogger("berta_jax")
 class EncoderSpec:
     """An `Encoder` to load on a worker, and the `Encoder.encode` arguments of every batch.
 
-    `model` is a local folder, a storage URL or a hub id as `Encoder.from_pretrained` takes it; `dtype` a
-    name (float32 is the PyTorch-parity mode); `compilation_cache` JAX's persistent cache on the worker's local
-    disk (True: `$BERTA_JAX_CACHE_DIR` or ~/.cache/berta_jax/xla); `on_error="skip"` embeds a bad element as a
-    zero vector and gives its reason instead of failing the batch.
+    `model` is a local folder, a storage URL or a hub id as `Encoder.from_pretrained` takes it;
+    `dtype` a name (float32 is the PyTorch-parity mode); `compilation_cache` JAX's persistent cache
+    on the worker's local disk (True: `$BERTA_JAX_CACHE_DIR` or ~/.cache/berta_jax/xla);
+    `on_error="skip"` embeds a bad element as a zero vector and gives its reason instead of failing
+    the batch.
     """
 
     model: str
@@ -83,11 +85,12 @@ class EncoderSpec:
         return embedding_dim(encoder.hidden_size, encoder.sentence.truncate_dim, self.truncate_dim)
 
     def embed(self, encoder: Encoder, values: Sequence) -> tuple[np.ndarray, list[str | None]]:
-        """float32 `[n, dim]` for a whole batch in one `Encoder.encode` call, and each element's problem.
+        """float32 `[n, dim]` for a whole batch in one `Encoder.encode` call, and each element's
+        problem.
 
-        A bad element (not a string, a lone surrogate) raises an InputError naming its place and value, or
-        with `on_error="skip"` gets a zero vector and its reason (every other vector is what it would be
-        without it: the batch is packed from the good texts only).
+        A bad element (not a string, a lone surrogate) raises an InputError naming its place and
+        value, or with `on_error="skip"` gets a zero vector and its reason (every other vector is
+        what it would be without it: the batch is packed from the good texts only).
         """
         problems = [text_problem(value) for value in values]
         bad = [i for i, problem in enumerate(problems) if problem]

@@ -1,7 +1,7 @@
 """The exceptions berta-jax raises on purpose.
 
-Each one carries a message that names the file, key, field, line or index at fault and says what to do;
-callers catch the family through `BertaJaxError`.
+Each one carries a message that names the file, key, field, line or index at fault and says what to
+do; callers catch the family through `BertaJaxError`.
 """
 
 
@@ -22,11 +22,13 @@ class ModelNotFoundError(BertaJaxError, FileNotFoundError):
 
 
 class StorageError(BertaJaxError, OSError):
-    """A local path or storage URL cannot be read or written (missing package, bucket, credentials...)."""
+    """A local path or storage URL cannot be read or written (missing package, bucket,
+    credentials...)."""
 
 
 class InputError(BertaJaxError, ValueError):
-    """A corpus file or row that cannot be read: names the file, the line (or row, or byte) and the problem."""
+    """A corpus file or row that cannot be read: names the file, the line (or row, or byte) and the
+    problem."""
 
 
 class JobError(BertaJaxError, RuntimeError):

@@ -1,10 +1,11 @@
-"""The one comparison with PyTorch, stage by stage, for people who port or fine-tune encoders (and for the tests).
+"""The one comparison with PyTorch, stage by stage, for people who port or fine-tune encoders (and
+for the tests).
 
-Runs transformers' `BertModel` (eager attention, float32, CPU) and berta-jax on the same token ids and reports
-the max abs difference over real tokens of the embeddings output and of every layer's hidden states; then,
-when sentence-transformers is installed, the pooled vectors against its own Transformer -> Pooling modules
-and the final sentence embeddings against its `encode`. A porting bug shows up at the stage where it starts.
-Needs torch; berta-jax itself never does.
+Runs transformers' `BertModel` (eager attention, float32, CPU) and berta-jax on the same token ids
+and reports the max abs difference over real tokens of the embeddings output and of every layer's
+hidden states; then, when sentence-transformers is installed, the pooled vectors against its own
+Transformer -> Pooling modules and the final sentence embeddings against its `encode`. A porting bug
+shows up at the stage where it starts. Needs torch; berta-jax itself never does.
 """
 
 from __future__ import annotations
@@ -32,23 +33,20 @@ DEFAULT_TEXTS = (
 )
 HIDDEN_TOLERANCE = 1e-4  # hidden states vs transformers
 EMBEDDING_TOLERANCE = 1e-5  # pooled and sentence embeddings vs sentence-transformers
-REFERENCE_BATCH = (
-    4  # sentence-transformers pads each batch to its longest text: small batches pad less
-)
+# sentence-transformers pads each batch to its longest text: small batches pad less
+REFERENCE_BATCH = 4
 
 
 @dataclasses.dataclass(frozen=True)
 class ParityReport:
     layer_max_abs: list[float]  # embeddings output, then each layer
-    pooled_max_abs: (
-        float | None
-    )  # vs sentence-transformers' Transformer -> Pooling; None without it
+    # vs sentence-transformers' Transformer -> Pooling; None without it
+    pooled_max_abs: float | None
     embedding_max_abs: float | None  # vs SentenceTransformer.encode; None without it
     cosine_min: float | None
     cosine_mean: float | None
-    reference_embeddings: np.ndarray | None = (
-        None  # SentenceTransformer.encode's vectors, to compare more runs with
-    )
+    # SentenceTransformer.encode's vectors, to compare more runs with
+    reference_embeddings: np.ndarray | None = None
 
     def stages(self) -> list[tuple[str, float, str]]:
         """(stage name, max abs difference, which tolerance applies) in pipeline order."""
@@ -73,7 +71,8 @@ class ParityReport:
 
 @dataclasses.dataclass
 class Reference:
-    """The PyTorch side, loaded once: transformers' BertModel and (when installed) sentence-transformers."""
+    """The PyTorch side, loaded once: transformers' BertModel and (when installed)
+    sentence-transformers."""
 
     bert: object
     sentence_transformer: object | None
@@ -88,7 +87,8 @@ class Reference:
             raise RuntimeError(
                 "the parity report needs PyTorch: pip install torch transformers"
             ) from None
-        transformers_logging.disable_progress_bar()  # its "Loading weights" bars are noise in a report
+        # its "Loading weights" bars are noise in a report
+        transformers_logging.disable_progress_bar()
         bert = BertModel.from_pretrained(str(folder), attn_implementation="eager").eval()
         try:
             from sentence_transformers import SentenceTransformer
@@ -114,29 +114,7 @@ def compare(
     token_type_ids: np.ndarray | None = None,
 ) -> ParityReport:
     """Every stage of `encoder` against `reference` on `texts` with `prompt` prepended."""
-    batch = encoder.tokenizer.hf(
-        [prompt + t for t in texts],
-        padding=True,
-        truncation=True,
-        max_length=encoder.sentence.max_seq_length,
-        return_tensors="np",
-    )
-    ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)
-    types = (
-        batch["token_type_ids"].astype(np.int32)
-        if token_type_ids is None
-        else token_type_ids.astype(np.int32)
-    )
-    lengths = mask.sum(axis=1)
-    groups = [
-        _layer_differences(
-            encoder, reference, *(a[rows, : lengths[rows].max()] for a in (ids, mask, types))
-        )
-        for rows in _length_groups(lengths, encoder.sentence.max_seq_length)
-    ]
-    layers = [
-        max(stage) for stage in zip(*groups)
-    ]  # per stage, the largest difference over the groups
+    layers = _layer_max_abs(encoder, reference, texts, prompt, token_type_ids)
     st = reference.sentence_transformer
     if st is None:
         return ParityReport(layers, None, None, None, None)
@@ -159,9 +137,41 @@ def compare(
     )
 
 
+def _layer_max_abs(
+    encoder: Encoder,
+    reference: Reference,
+    texts: Sequence[str],
+    prompt: str,
+    token_type_ids: np.ndarray | None,
+) -> list[float]:
+    """Per stage (embeddings output, then each layer), the largest difference over the rows."""
+    batch = encoder.tokenizer.hf(
+        [prompt + t for t in texts],
+        padding=True,
+        truncation=True,
+        max_length=encoder.sentence.max_seq_length,
+        return_tensors="np",
+    )
+    ids, mask = batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(np.int32)
+    types = (
+        batch["token_type_ids"].astype(np.int32)
+        if token_type_ids is None
+        else token_type_ids.astype(np.int32)
+    )
+    lengths = mask.sum(axis=1)
+    groups = [
+        _layer_differences(
+            encoder, reference, *(a[rows, : lengths[rows].max()] for a in (ids, mask, types))
+        )
+        for rows in _length_groups(lengths, encoder.sentence.max_seq_length)
+    ]
+    # per stage, the largest difference over the groups
+    return [max(stage) for stage in zip(*groups)]
+
+
 def _length_groups(lengths: np.ndarray, context: int) -> list[np.ndarray]:
-    """Rows grouped by length bucket, so a few long texts do not pad every short one to the context (the same
-    comparison over every real token, at a fraction of the cost on both sides)."""
+    """Rows grouped by length bucket, so a few long texts do not pad every short one to the context
+    (the same comparison over every real token, at a fraction of the cost on both sides)."""
     buckets = np.array([bucket(int(n), length_buckets(context)) for n in lengths])
     return [np.flatnonzero(buckets == b) for b in sorted(set(buckets.tolist()))]
 
@@ -202,8 +212,9 @@ def _pooled(st, texts: list[str], prompt: str) -> np.ndarray:
 
 @contextlib.contextmanager
 def hf_folder(folder: Path):
-    """The folder itself when it holds HF weights; for a berta-jax folder (flax_model.safetensors only,
-    e.g. after fine-tuning in JAX) a temporary HF copy, so PyTorch can load the same weights."""
+    """The folder itself when it holds HF weights; for a berta-jax folder (flax_model.safetensors
+    only, e.g. after fine-tuning in JAX) a temporary HF copy, so PyTorch can load the same
+    weights."""
     files = ModelFiles(folder)
     if files.exists(HF_WEIGHTS) or files.exists(HF_INDEX) or not files.exists(FLAX_WEIGHTS):
         yield folder

@@ -4,14 +4,17 @@
 import ray
 from berta_jax.ray import BertaEmbedder, embed_dataset
 ds = ray.data.read_parquet("gs://bucket/corpus/")
-ds = ds.map_batches(BertaEmbedder, fn_constructor_kwargs={"model": "sergeyzh/BERTA"}, batch_size=1024,
-                    compute=ray.data.ActorPoolStrategy(size=4), num_gpus=1)   # or resources={"TPU": 4}
-ds = embed_dataset(ray.data.read_parquet("gs://bucket/corpus/"), "sergeyzh/BERTA", concurrency=4, num_gpus=1)
+ds = ds.map_batches(BertaEmbedder, fn_constructor_kwargs={"model": "sergeyzh/BERTA"},
+                    batch_size=1024, compute=ray.data.ActorPoolStrategy(size=4),
+                    num_gpus=1)   # or resources={"TPU": 4}
+ds = embed_dataset(ray.data.read_parquet("gs://bucket/corpus/"), "sergeyzh/BERTA", concurrency=4,
+                   num_gpus=1)
 ```
 
-Ray builds the class in each actor of the pool, so the Encoder (and JAX, and the accelerator) is set up in the
-actors only, never in the driver; each `__call__` embeds its whole batch in one `Encoder.encode`. Ray Data
-retries the batches of an actor that dies on a new actor, so every row comes out once.
+Ray builds the class in each actor of the pool, so the Encoder (and JAX, and the accelerator) is set
+up in the actors only, never in the driver; each `__call__` embeds its whole batch in one
+`Encoder.encode`. Ray Data retries the batches of an actor that dies on a new actor, so every row
+comes out once.
 """
 
 from __future__ import annotations
@@ -27,11 +30,13 @@ DEFAULT_BATCH_SIZE = 1024
 
 
 class BertaEmbedder:
-    """Adds `embedding_column` (float32 `[dim]` per row) to batches holding `text_column`; keeps every column.
+    """Adds `embedding_column` (float32 `[dim]` per row) to batches holding `text_column`; keeps
+    every column.
 
     Options after `model` are `EncoderSpec`'s (prompt_name, prompt, dtype, truncate_dim, normalize,
     max_batch_tokens, pooling, max_seq_length, attention, compilation_cache, on_error). With
-    `on_error="skip"` a bad text gets a zero vector and `error_column` says why (None for good rows).
+    `on_error="skip"` a bad text gets a zero vector and `error_column` says why (None for good
+    rows).
     """
 
     def __init__(
@@ -54,8 +59,8 @@ class BertaEmbedder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.text_column not in batch:
             raise InputError(
-                f"this batch has no column {self.text_column!r} (columns: {', '.join(batch)}); pass "
-                "text_column= to BertaEmbedder"
+                f"this batch has no column {self.text_column!r} (columns: {', '.join(batch)}); "
+                "pass text_column= to BertaEmbedder"
             )
         vectors, problems = self.spec.embed(self.encoder, list(batch[self.text_column]))
         out = dict(batch)
@@ -76,10 +81,11 @@ def embed_dataset(
     resources: dict | None = None,
     **options: Any,
 ):
-    """`ds` with an embedding column, through an actor pool of `concurrency` BertaEmbedders (lazy, as Ray is).
+    """`ds` with an embedding column, through an actor pool of `concurrency` BertaEmbedders (lazy,
+    as Ray is).
 
-    `num_gpus` / `resources` (e.g. `{"TPU": 4}`, one actor per TPU host) are each actor's; `options` go to
-    `BertaEmbedder`.
+    `num_gpus` / `resources` (e.g. `{"TPU": 4}`, one actor per TPU host) are each actor's; `options`
+    go to `BertaEmbedder`.
     """
     import ray.data
 

@@ -1,10 +1,11 @@
-"""Read Hugging Face and berta-jax checkpoints into flat per-layer Flax parameter dicts, and check them.
+"""Read Hugging Face and berta-jax checkpoints into flat per-layer Flax parameter dicts, and check
+them.
 
-A flat parameter dict maps per-layer dotted Flax paths (`layers.3.attention.query.kernel`) to numpy arrays
-in their stored dtype. This module turns HF tensors into that form and back, through the table in
-`convert.mapping`, and checks a parameter dict against the shapes a config implies, raising once. When
-many tensors disagree for one reason (config.json does not describe these weights), the error says that
-reason first and lists a few examples.
+A flat parameter dict maps per-layer dotted Flax paths (`layers.3.attention.query.kernel`) to numpy
+arrays in their stored dtype. This module turns HF tensors into that form and back, through the
+table in `convert.mapping`, and checks a parameter dict against the shapes a config implies, raising
+once. When many tensors disagree for one reason (config.json does not describe these weights), the
+error says that reason first and lists a few examples.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def _listing(keys: list[str], limit: int = _EXAMPLES) -> str:
 
 
 def read_hf_tensors(files: ModelFiles) -> tuple[dict[str, np.ndarray], str]:
-    """Every tensor of an HF checkpoint folder (single-file or sharded) and a description of its source."""
+    """Every tensor of an HF checkpoint folder (single-file or sharded) and a description of its
+    source."""
     if files.exists(HF_INDEX):
         return _read_sharded(files), str(files.folder / HF_INDEX)
     if files.exists(HF_WEIGHTS):
@@ -52,12 +54,14 @@ def read_hf_tensors(files: ModelFiles) -> tuple[dict[str, np.ndarray], str]:
     pickled = [name for name in PICKLE_WEIGHTS if files.exists(name)]
     if pickled:
         raise CheckpointError(
-            f"{files.folder}: only {pickled[0]} is present. berta-jax never loads pickle checkpoints (unpickling can "
-            "run arbitrary code). Convert it once with PyTorch in a trusted environment: "
-            "`transformers.AutoModel.from_pretrained(path).save_pretrained(path, safe_serialization=True)`."
+            f"{files.folder}: only {pickled[0]} is present. berta-jax never loads pickle "
+            "checkpoints (unpickling can run arbitrary code). Convert it once with PyTorch in a "
+            "trusted environment: `transformers.AutoModel.from_pretrained(path)"
+            ".save_pretrained(path, safe_serialization=True)`."
         )
     raise CheckpointError(
-        f"{files.folder}: no {HF_WEIGHTS}, {HF_INDEX} or {FLAX_WEIGHTS}; this folder holds no weights"
+        f"{files.folder}: no {HF_WEIGHTS}, {HF_INDEX} or {FLAX_WEIGHTS}; this folder holds no "
+        "weights"
     )
 
 
@@ -122,13 +126,14 @@ def hf_to_flax(
         parts = []
         if unexpected:
             parts.append(
-                f"unexpected key(s) that are not BERT encoder weights: {_listing(sorted(unexpected), 40)}"
+                "unexpected key(s) that are not BERT encoder weights: "
+                f"{_listing(sorted(unexpected), 40)}"
             )
         if clashes:
             parts.append(f"key(s) that repeat another parameter: {_listing(sorted(clashes), 40)}")
         raise CheckpointError(
-            f"{source}: {'; '.join(parts)}. Only the encoder, embeddings.position_ids, pooler.* and cls.* "
-            "are recognised."
+            f"{source}: {'; '.join(parts)}. Only the encoder, embeddings.position_ids, pooler.* "
+            "and cls.* are recognised."
         )
     return params, extras
 
@@ -148,7 +153,8 @@ def flax_to_hf(params: FlatParams) -> dict[str, np.ndarray]:
 
 
 def weights_shape(params: FlatParams) -> dict[str, int]:
-    """The config fields the weights themselves imply (read off the embedding and first-layer tensors)."""
+    """The config fields the weights themselves imply (read off the embedding and first-layer
+    tensors)."""
     found = {}
     for path, field, axis in (
         ("embeddings.word.embedding", "vocab_size", 0),
@@ -178,7 +184,10 @@ def _config_disagreement(params: FlatParams, cfg: BertConfig | None) -> str:
         return ""
     said = ", ".join(f"{k}={getattr(cfg, k)}" for k in wrong)
     have = ", ".join(f"{k}={v}" for k, v in wrong.items())
-    return f"config.json says {said}; the weights have {have}. Use the config.json that belongs to these weights. "
+    return (
+        f"config.json says {said}; the weights have {have}. Use the config.json that belongs to "
+        "these weights. "
+    )
 
 
 def check_params(
@@ -187,8 +196,9 @@ def check_params(
     source: str,
     cfg: BertConfig | None = None,
 ) -> None:
-    """Raise once, naming the missing, unexpected, misshapen, non-float and non-finite parameters (the reason
-    first when config.json does not describe the weights, then a few examples of each kind)."""
+    """Raise once, naming the missing, unexpected, misshapen, non-float and non-finite parameters
+    (the reason first when config.json does not describe the weights, then a few examples of each
+    kind)."""
     problems = []
     missing = sorted(set(expected) - set(params))
     unexpected = sorted(set(params) - set(expected))
@@ -201,7 +211,8 @@ def check_params(
         array = params[path]
         if tuple(array.shape) != tuple(expected[path]):
             bad_shapes.append(
-                f"{_hf_name(path)}: checkpoint {tuple(array.shape)} vs expected {tuple(expected[path])}"
+                f"{_hf_name(path)}: checkpoint {tuple(array.shape)} vs expected "
+                f"{tuple(expected[path])}"
             )
         elif not _is_float(array.dtype):
             bad_dtypes.append(f"{_hf_name(path)} ({array.dtype})")
@@ -246,8 +257,8 @@ def read_flax_file(files: ModelFiles) -> tuple[FlatParams, dict[str, np.ndarray]
 
 
 def read_checkpoint(files: ModelFiles) -> tuple[FlatParams, dict[str, np.ndarray], str]:
-    """(Flax parameters, extra HF tensors, source) of a model folder, converted or HF layout (the converted
-    file wins)."""
+    """(Flax parameters, extra HF tensors, source) of a model folder, converted or HF layout (the
+    converted file wins)."""
     if files.exists(FLAX_WEIGHTS):
         return (*read_flax_file(files), str(files.folder / FLAX_WEIGHTS))
     tensors, source = read_hf_tensors(files)

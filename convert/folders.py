@@ -1,15 +1,16 @@
 """Convert whole model folders: HF layout <-> berta-jax (Flax) layout.
 
-A converted folder is self-contained: `flax_model.safetensors` (per-layer Flax parameter paths, stored
-dtype kept, unused HF tensors carried under `hf_extra.`), plus every non-weight file of the source
-(config.json, tokenizer files, the sentence-transformers configs and module folders). It loads without
-torch. The reverse writes `model.safetensors` with `BertModel` names that transformers and
-sentence-transformers load. Each written weights file is committed atomically and read back and compared
-before the conversion reports success.
+A converted folder is self-contained: `flax_model.safetensors` (per-layer Flax parameter paths,
+stored dtype kept, unused HF tensors carried under `hf_extra.`), plus every non-weight file of the
+source (config.json, tokenizer files, the sentence-transformers configs and module folders). It
+loads without torch. The reverse writes `model.safetensors` with `BertModel` names that transformers
+and sentence-transformers load. Each written weights file is committed atomically and read back and
+compared before the conversion reports success.
 
 Nothing leaks out of a folder: only regular files inside the source are copied (a symlink that leads
-outside it is skipped with a warning), never with wider permissions than the source file. A destination
-that exists is refused unless `overwrite=True`; the source itself is never a destination.
+outside it is skipped with a warning), never with wider permissions than the source file. A
+destination that exists is refused unless `overwrite=True`; the source itself is never a
+destination.
 """
 
 from __future__ import annotations
@@ -57,8 +58,9 @@ _WEIGHT_NAMES = {HF_INDEX, "pytorch_model.bin.index.json"}
 
 
 def _side_files(files: ModelFiles) -> list[str]:
-    """Relative names of the config, tokenizer and sentence-transformers files to copy: regular files inside
-    the folder; weights, hidden files and links that leave the folder are left out (the last with a warning)."""
+    """Relative names of the config, tokenizer and sentence-transformers files to copy: regular
+    files inside the folder; weights, hidden files and links that leave the folder are left out (the
+    last with a warning)."""
     names = []
     for path in sorted(files.folder.rglob("*")):
         rel = path.relative_to(files.folder)
@@ -148,7 +150,8 @@ def hf_folder_to_flax(
 def flax_folder_to_hf(
     src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bool = False
 ) -> Path:
-    """Convert a berta-jax folder back into an HF folder that transformers and sentence-transformers load."""
+    """Convert a berta-jax folder back into an HF folder that transformers and sentence-transformers
+    load."""
     files, dst = ModelFiles(src), Path(dst)
     cfg = read_config(files)
     if not files.exists(FLAX_WEIGHTS):
@@ -166,8 +169,8 @@ def flax_folder_to_hf(
     _prepare_destination(files.folder, dst, overwrite)
     if (dst / HF_INDEX).exists():
         raise CheckpointError(
-            f"{dst / HF_INDEX}: the destination already holds a sharded checkpoint, which loaders would prefer "
-            f"to the {HF_WEIGHTS} written now; choose an empty destination folder"
+            f"{dst / HF_INDEX}: the destination already holds a sharded checkpoint, which loaders "
+            f"would prefer to the {HF_WEIGHTS} written now; choose an empty destination folder"
         )
     _copy_side_files(files, dst)
     _write_and_verify(dst / HF_WEIGHTS, {**flax_to_hf(params), **extras}, {"format": "pt"})
@@ -177,23 +180,22 @@ def flax_folder_to_hf(
 def write_hf_folder(
     params: FlatParams, cfg: BertConfig, dst: str | os.PathLike, side_files_from: str | os.PathLike
 ) -> Path:
-    """Save Flax parameters (e.g. after fine-tuning in JAX) as an HF folder, with the source's tokenizer and
-    sentence-transformers files, so transformers and sentence-transformers load it. Replaces an earlier
-    save in `dst` (each file atomically)."""
+    """Save Flax parameters (e.g. after fine-tuning in JAX) as an HF folder, with the source's
+    tokenizer and sentence-transformers files, so transformers and sentence-transformers load it.
+    Replaces an earlier save in `dst` (each file atomically)."""
     dst, files = Path(dst), ModelFiles(side_files_from)
     check_params(params, param_shapes(cfg), "parameters to save", cfg)
     if (dst / FLAX_WEIGHTS).exists():
         raise CheckpointError(
-            f"{dst / FLAX_WEIGHTS} exists, and berta-jax would keep loading it instead of the {HF_WEIGHTS} "
-            "written now; choose another destination folder"
+            f"{dst / FLAX_WEIGHTS} exists, and berta-jax would keep loading it instead of the "
+            f"{HF_WEIGHTS} written now; choose another destination folder"
         )
     if dst.resolve() == files.folder.resolve():
         raise CheckpointError(
             f"{dst}: the destination is the source folder; save into another folder"
         )
-    _, extras, _ = read_checkpoint(
-        files
-    )  # the source's pooler / heads, unchanged, so transformers finds every tensor
+    # the source's pooler / heads, unchanged, so transformers finds every tensor
+    _, extras, _ = read_checkpoint(files)
     dst.mkdir(parents=True, exist_ok=True)
     _copy_side_files(files, dst)
     _write_and_verify(dst / HF_WEIGHTS, {**flax_to_hf(params), **extras}, {"format": "pt"})

@@ -64,8 +64,8 @@ def read_header(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
                 and (prefix + f.read(len(_LFS_MAGIC) - 8)) == _LFS_MAGIC
             ):
                 raise CheckpointError(
-                    f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in that repository "
-                    "or download the file from the hub"
+                    f"{path} is a Git LFS pointer, not the weights: run `git lfs pull` in that "
+                    "repository or download the file from the hub"
                 )
             if len(prefix) < 8:
                 raise CheckpointError(
@@ -102,40 +102,49 @@ def read_header(path: Path) -> tuple[dict[str, dict], dict[str, str], int]:
 
 
 def _check_layout(path: Path, header: dict, data_bytes: int) -> None:
-    spans = []
-    for name, entry in header.items():
-        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
-            raise CheckpointError(f"{path}: tensor {name!r}: malformed header entry {entry!r}")
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has dtype {dtype}, which berta-jax does not read "
-                f"(supported: {', '.join(DTYPES)})"
-            )
-        if not (
-            isinstance(shape, list)
-            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        ):
-            raise CheckpointError(f"{path}: tensor {name!r}: invalid shape {shape!r}")
-        if len(shape) > 32 or math.prod(d for d in shape if d) * DTYPES[dtype].itemsize >= 2**63:
-            # an empty tensor may still carry absurd dimensions that no array library can represent
-            raise CheckpointError(
-                f"{path}: tensor {name!r}: shape {shape} is too large to represent; the file is corrupt"
-            )
-        if not (
-            isinstance(offsets, list)
-            and len(offsets) == 2
-            and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
-            and offsets[0] <= offsets[1]
-        ):
-            raise CheckpointError(f"{path}: tensor {name!r}: invalid data_offsets {offsets!r}")
-        expected = math.prod(shape) * DTYPES[dtype].itemsize  # Python ints: no overflow
-        if offsets[1] - offsets[0] != expected:
-            raise CheckpointError(
-                f"{path}: tensor {name!r}: span of {offsets[1] - offsets[0]} bytes does not match "
-                f"shape {shape} x {dtype} = {expected} bytes"
-            )
-        spans.append((offsets[0], offsets[1], name))
+    """Every entry well formed, and the tensors tile the data section exactly."""
+    spans = [_entry_span(path, name, entry) for name, entry in header.items()]
+    _check_spans(path, spans, data_bytes)
+
+
+def _entry_span(path: Path, name: str, entry) -> tuple[int, int, str]:
+    """(begin, end, name) of one header entry, checked: dtype, shape and offsets that fit them."""
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise CheckpointError(f"{path}: tensor {name!r}: malformed header entry {entry!r}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPES:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has dtype {dtype}, which berta-jax does not read "
+            f"(supported: {', '.join(DTYPES)})"
+        )
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise CheckpointError(f"{path}: tensor {name!r}: invalid shape {shape!r}")
+    if len(shape) > 32 or math.prod(d for d in shape if d) * DTYPES[dtype].itemsize >= 2**63:
+        # an empty tensor may still carry absurd dimensions that no array library can represent
+        raise CheckpointError(
+            f"{path}: tensor {name!r}: shape {shape} is too large to represent; the file is corrupt"
+        )
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+        and offsets[0] <= offsets[1]
+    ):
+        raise CheckpointError(f"{path}: tensor {name!r}: invalid data_offsets {offsets!r}")
+    expected = math.prod(shape) * DTYPES[dtype].itemsize  # Python ints: no overflow
+    if offsets[1] - offsets[0] != expected:
+        raise CheckpointError(
+            f"{path}: tensor {name!r}: span of {offsets[1] - offsets[0]} bytes does not match "
+            f"shape {shape} x {dtype} = {expected} bytes"
+        )
+    return offsets[0], offsets[1], name
+
+
+def _check_spans(path: Path, spans: list[tuple[int, int, str]], data_bytes: int) -> None:
+    """No overlap, no gap, and the last tensor ends where the file does."""
     end = 0
     for begin, stop, name in sorted(spans):
         if begin != end:

@@ -84,12 +84,15 @@ def root(stores):
 
 def test_a_lease_in_a_bucket_is_honoured_until_the_store_says_it_expired(root):
     path = f"{root}/emb/_lock.json"
-    first = Lease(path, "a" * 16, ttl=1.5)
+    first = Lease(path, "a" * 16, ttl=600)
     first.acquire()
     first._stop.set()  # its holder stops renewing (as a host that froze would)
-    with pytest.raises(JobError, match="another run is writing this output"):
+    with pytest.raises(JobError, match="another run is writing this output"):  # 600 s: however slow this machine
         Lease(path, "b" * 16, ttl=1.5).acquire()
-    time.sleep(1.6)
+    record = json.loads(first.store.read(path))
+    assert first.store.replace_if(path, json.dumps({**record, "ttl": 1}).encode(), first.version)
+    first.version = first.store.info(path).version  # its last renewal said 1 s
+    time.sleep(1.1)
     second = Lease(path, "b" * 16, ttl=1.5)
     second.acquire()  # expired by the store's clock: taken over
     assert holder_run(path) == "b" * 16

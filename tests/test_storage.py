@@ -153,12 +153,14 @@ def test_a_held_lock_in_a_bucket_refuses_a_second_run(stores, tiny_bert_dir, cap
     root = bucket("s3")
     store = store_for(root)
     store.write(f"{root}/in.txt", b"a\nb\n")
-    holder = {"run": "a" * 16, "host": "another-host", "pid": 7, "ttl": 2}  # a lease renewed every 0.5 s
-    assert store.create(f"{root}/emb/_lock.json", json.dumps(holder).encode())
+    holder = {"run": "a" * 16, "host": "another-host", "pid": 7, "ttl": 600}  # held, however slow this machine
+    lock = f"{root}/emb/_lock.json"
+    assert store.create(lock, json.dumps(holder).encode())
     args = ["encode", f"{root}/in.txt", "-o", f"{root}/emb/", "--model", str(tiny_bert_dir), "--quiet"]
     assert main(args) == 2
     assert "another run is writing this output (run aaaaaaaaaaaaaaaa, pid 7 on another-host)" in capsys.readouterr().err
-    time.sleep(2.1)  # not renewed for its term, by the store's clock: taken over
+    assert store.replace_if(lock, json.dumps({**holder, "ttl": 1}).encode(), store.info(lock).version)  # its last renewal
+    time.sleep(1.1)  # not renewed for its term, by the store's clock: taken over
     assert main(args) == 0 and "_lock.json" not in " ".join(store.list(f"{root}/emb"))
 
 

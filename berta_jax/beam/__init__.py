@@ -1,4 +1,5 @@
-"""berta-jax in Apache Beam (the `[beam]` extra): a RunInference model handler and a file-to-Parquet pipeline.
+"""berta-jax in Apache Beam (the `[beam]` extra): a RunInference model handler and a file-to-Parquet
+pipeline.
 
 ```python
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference

@@ -1,10 +1,10 @@
 """`BertaModelHandler`: berta-jax as a model of Beam's RunInference.
 
-RunInference batches elements (`BatchElements`), loads the model once per worker process through a shared
-handle (once per VM with `large_model=True`, which Beam serves from one process to the others) and calls
-`run_inference` per batch. Each batch goes to one `Encoder.encode`, so the Encoder packs the whole batch into
-its few compiled shapes: batches default to 256-4,096 texts, enough to pack well without holding a worker's
-memory.
+RunInference batches elements (`BatchElements`), loads the model once per worker process through a
+shared handle (once per VM with `large_model=True`, which Beam serves from one process to the
+others) and calls `run_inference` per batch. Each batch goes to one `Encoder.encode`, so the Encoder
+packs the whole batch into its few compiled shapes: batches default to 256-4,096 texts, enough to
+pack well without holding a worker's memory.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from berta_jax.engine import EncoderSpec
 
-if (
-    TYPE_CHECKING
-):  # imported on the workers only, by EncoderSpec.load: the launcher never initialises JAX
+# imported on the workers only, by EncoderSpec.load: the launcher never initialises JAX
+if TYPE_CHECKING:
     from berta_jax.runtime.encoder import Encoder
 
 MIN_BATCH_SIZE = 256
@@ -28,9 +27,10 @@ MAX_BATCH_SIZE = 4096
 class BertaModelHandler(ModelHandler[str, PredictionResult, "Encoder"]):
     """RunInference on `str` elements -> `PredictionResult(example=text, inference=float32 [dim])`.
 
-    Wrap it in `KeyedModelHandler` for `(key, text)` elements. Arguments after `model` are `EncoderSpec`'s
-    (prompt, dtype, truncate_dim, normalize, max_batch_tokens, pooling, max_seq_length, attention,
-    compilation_cache, on_error) and Beam's own batching and sharing options.
+    Wrap it in `KeyedModelHandler` for `(key, text)` elements. Arguments after `model` are
+    `EncoderSpec`'s (prompt, dtype, truncate_dim, normalize, max_batch_tokens, pooling,
+    max_seq_length, attention, compilation_cache, on_error) and Beam's own batching and sharing
+    options.
     """
 
     def __init__(

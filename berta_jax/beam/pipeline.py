@@ -1,11 +1,13 @@
-"""Corpus files in, a Parquet dataset out, as a Beam pipeline: `berta-jax beam IN... -o OUT --model M -- OPTIONS`.
+"""Corpus files in, a Parquet dataset out, as a Beam pipeline: `berta-jax beam IN... -o OUT --model
+M -- OPTIONS`.
 
-The plan is made on the launcher from metadata only (`plan_splits`: file sizes, Parquet footers). Workers
-count each split's rows (newlines of a byte range; nothing for a row group), read each split with its rows'
-global numbers, embed through `RunInference(KeyedModelHandler(BertaModelHandler))` and write Parquet shards
-with the columns of `berta-jax encode`'s dataset output (`row`, `id`, `embedding`) through Beam's file sink,
-which writes to temporary files and renames them into place when the write is finalised: a retried bundle
-leaves no second copy. With `on_error="skip"` a bad row is a zero row, and `_skipped-*.jsonl` says why.
+The plan is made on the launcher from metadata only (`plan_splits`: file sizes, Parquet footers).
+Workers count each split's rows (newlines of a byte range; nothing for a row group), read each split
+with its rows' global numbers, embed through `RunInference(KeyedModelHandler(BertaModelHandler))`
+and write Parquet shards with the columns of `berta-jax encode`'s dataset output (`row`, `id`,
+`embedding`) through Beam's file sink, which writes to temporary files and renames them into place
+when the write is finalised: a retried bundle leaves no second copy. With `on_error="skip"` a bad
+row is a zero row, and `_skipped-*.jsonl` says why.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ TABLE_ROWS = 4096  # rows per Parquet write (a row group of the shard)
 
 
 class EmbedFiles(beam.PTransform):
-    """PBegin -> {"embeddings": (row, id, float32 [dim]), "skipped": skipped-row records}, one per input row."""
+    """PBegin -> {"embeddings": (row, id, float32 [dim]), "skipped": skipped-row records}, one per
+    input row."""
 
     def __init__(
         self,
@@ -77,8 +80,8 @@ class EmbedFiles(beam.PTransform):
 
 
 def row_starts(counts: list[tuple[int, int]], plan: list[Split]) -> dict[int, tuple[int, int]]:
-    """Split index -> (global row of its first row, 1-based line of that row in its file), from every split's
-    row count, in one pass over the plan."""
+    """Split index -> (global row of its first row, 1-based line of that row in its file), from
+    every split's row count, in one pass over the plan."""
     rows = dict(counts)
     starts, before, line, file = {}, 0, 1, None
     for split in plan:
@@ -130,9 +133,9 @@ def build_pipeline(
     split_bytes: int = DEFAULT_SPLIT_BYTES,
     model_folder: Path | None = None,
 ) -> None:
-    """Add the read -> embed -> write steps for `inputs` to `pipeline`, writing the dataset folder `output`;
-    refused before any work when `output` would hold, sit among or overwrite the inputs or `model_folder`
-    (the same rule as `berta-jax encode`)."""
+    """Add the read -> embed -> write steps for `inputs` to `pipeline`, writing the dataset folder
+    `output`; refused before any work when `output` would hold, sit among or overwrite the inputs or
+    `model_folder` (the same rule as `berta-jax encode`)."""
     files = expand_inputs(inputs)
     for file in files:
         check_fields(file, text_field, id_field)
@@ -167,7 +170,8 @@ def build_pipeline(
 
 
 def check_output(output: str) -> None:
-    """The dataset folder must be new or empty: Beam's sink would mix this run's shards with older ones."""
+    """The dataset folder must be new or empty: Beam's sink would mix this run's shards with older
+    ones."""
     store = store_for(output)
     if store.exists(output):
         if store.info(output).kind != "directory":
@@ -176,6 +180,6 @@ def check_output(output: str) -> None:
             )
         if store.list(output):
             raise JobError(
-                f"{output}: the folder is not empty; write to a new folder (Beam's sink would mix this "
-                "run's shards with the files already there)"
+                f"{output}: the folder is not empty; write to a new folder (Beam's sink would mix "
+                "this run's shards with the files already there)"
             )

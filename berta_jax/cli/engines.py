@@ -1,12 +1,14 @@
 """`berta-jax beam`: the corpus-to-Parquet pipeline on Apache Beam (the `[beam]` extra).
 
-Everything after `--` (and any option this command does not know) is a Beam pipeline option, so the same
-command runs in-process or on Dataflow:
+Everything after `--` (and any option this command does not know) is a Beam pipeline option, so
+the same command runs in-process or on Dataflow:
 
-    berta-jax beam 'gs://b/corpus/*.jsonl' -o gs://b/emb/ --model gs://b/BERTA -- --runner=DataflowRunner ...
+    berta-jax beam 'gs://b/corpus/*.jsonl' -o gs://b/emb/ --model gs://b/BERTA \\
+        -- --runner=DataflowRunner ...
 
-With no `--runner`, the pipeline runs in this process on Beam's FnApiRunner. (Beam's default DirectRunner
-first tries the Prism runner, which downloads a binary: that fails on a machine without internet access.)
+With no `--runner`, the pipeline runs in this process on Beam's FnApiRunner. (Beam's default
+DirectRunner first tries the Prism runner, which downloads a binary: that fails on a machine without
+internet access.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ def add_beam(sub) -> None:
         "embed corpus files into a Parquet dataset with an Apache Beam pipeline",
         DESCRIPTION,
     )
+    _add_inputs(beam)
+    _add_compute_options(beam)
+    beam.set_defaults(func=run_beam, pipeline_args=[])
+
+
+def _add_inputs(beam: argparse.ArgumentParser) -> None:
+    """What is embedded, into which dataset, with which model and prompt; what a bad row does."""
     beam.add_argument(
         "inputs",
         nargs="+",
@@ -57,12 +66,16 @@ def add_beam(sub) -> None:
         default="raise",
         help="skip: a bad row becomes a zero row, listed with its reason in _skipped-*.jsonl",
     )
+
+
+def _add_compute_options(beam: argparse.ArgumentParser) -> None:
+    """The compute dtype, the vectors' size, the splits and the RunInference batches."""
     beam.add_argument(
         "--dtype",
         choices=("float32", "bfloat16", "auto"),
         default="float32",
-        help="compute dtype (float32: PyTorch parity; bfloat16: the fast mode on accelerators and on "
-        "CPUs with AMX / AVX512-BF16; auto: chosen on each worker from its hardware)",
+        help="compute dtype (float32: PyTorch parity; bfloat16: the fast mode on accelerators and "
+        "on CPUs with AMX / AVX512-BF16; auto: chosen on each worker from its hardware)",
     )
     beam.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (Matryoshka)")
     beam.add_argument(
@@ -87,7 +100,6 @@ def add_beam(sub) -> None:
         action="store_true",
         help="one model per VM shared by the SDK processes (Beam's large_model)",
     )
-    beam.set_defaults(func=run_beam, pipeline_args=[])
 
 
 def run_beam(args: argparse.Namespace) -> int:
@@ -140,7 +152,8 @@ def _handler(args: argparse.Namespace):
 
 
 def _folder(args: argparse.Namespace):
-    """The model folder's configs (no weights, no JAX), with the prompt and batch budget checked against them."""
+    """The model folder's configs (no weights, no JAX), with the prompt and batch budget checked
+    against them."""
     from berta_jax.loading.folder import ModelFolder
 
     folder = ModelFolder.open(args.model, truncate_dim=args.truncate_dim)

@@ -1,7 +1,8 @@
-"""The `berta-jax` entry point: one subcommand per module, errors as one line, interrupts as exit 130.
+"""The `berta-jax` entry point: one subcommand per module, errors as one line, interrupts as exit
+130.
 
-Commands import the heavy parts (JAX, transformers) only when they need them, so `--help`, `--version` and a
-refused `encode` answer at once.
+Commands import the heavy parts (JAX, transformers) only when they need them, so `--help`,
+`--version` and a refused `encode` answer at once.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from berta_jax.errors import BertaJaxError
 from berta_jax.version import __version__
 
 RENAMED = {
-    "--chunk-rows": "--split-size (bytes of text per split: the unit of work is now a split of the input)"
+    "--chunk-rows": (
+        "--split-size (bytes of text per split: the unit of work is now a split of the input)"
+    )
 }
 
 
@@ -28,10 +31,15 @@ USAGE = """berta-jax: BERT sentence encoders (sergeyzh/BERTA first of all) in JA
 
   berta-jax demo [--model M]           the model card's prompt pairs and their cosines
   berta-jax convert SRC DST            HF / sentence-transformers folder -> berta-jax (Flax) folder
-  berta-jax convert --to hf SRC DST    berta-jax folder -> HF folder (transformers, sentence-transformers)
-  berta-jax parity --model M           stage-by-stage differences from PyTorch; non-zero exit above tolerance
-  berta-jax encode IN... -o OUT --model M   embed corpus files into .npy / .parquet / a dataset, resumable
-  berta-jax beam IN... -o DIR --model M [-- BEAM_OPTIONS]   the same on Apache Beam (Dataflow, in-process)
+  berta-jax convert --to hf SRC DST    berta-jax folder -> HF folder (transformers,
+                                       sentence-transformers)
+  berta-jax parity --model M           stage-by-stage differences from PyTorch; non-zero exit
+                                       above tolerance
+  berta-jax encode IN... -o OUT --model M
+                                       embed corpus files into .npy / .parquet / a dataset,
+                                       resumable
+  berta-jax beam IN... -o DIR --model M [-- BEAM_OPTIONS]
+                                       the same on Apache Beam (Dataflow, in-process)
 """
 
 
@@ -51,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    """The arguments; `beam` passes what follows `--`, and options it does not know, to the Beam pipeline."""
+    """The arguments; `beam` passes what follows `--`, and options it does not know, to the Beam
+    pipeline."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     own, after_dashes = engines.split_pipeline_args(argv)
@@ -64,8 +73,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """An option the command does not know is named first (argparse would first complain of a missing required
-    one: `--modle M` said "--model is required"), with the option it most resembles."""
+    """An option the command does not know is named first (argparse would first complain of a
+    missing required one: `--modle M` said "--model is required"), with the option it most
+    resembles."""
     command = next((a for a in argv if not a.startswith("-")), None)
     sub = parser.commands.get(command)
     if sub is None or command == "beam":  # beam hands options it does not know to the pipeline
@@ -73,9 +83,8 @@ def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) ->
     known = [o for action in sub._actions for o in action.option_strings]
     for token in argv:
         name = token.split("=", 1)[0]
-        if name.startswith("--") and not any(
-            k.startswith(name) for k in known
-        ):  # argparse takes prefixes
+        # argparse takes prefixes
+        if name.startswith("--") and not any(k.startswith(name) for k in known):
             like = RENAMED.get(name) or next(iter(difflib.get_close_matches(name, known, 1)), None)
             sub.error(f"unknown option {name}" + (f"; did you mean {like}?" if like else ""))
 

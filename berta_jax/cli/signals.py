@@ -1,10 +1,11 @@
 """Ctrl-C and SIGTERM (what schedulers, `timeout` and Kubernetes send) for the batch job.
 
-Before the work starts, a signal interrupts at once (exit 130, nothing committed), except while the model loads
-(`held`), when it interrupts as soon as loading is over. Once armed, the first signal
-is acknowledged immediately and asks the run to stop after the current batch (what is done is committed); a
-second one ends the process at once (exit 130) without raising anything Python could swallow in a finalizer.
-Only committed state remains; a temporary file of a write in progress is removed by the next run.
+Before the work starts, a signal interrupts at once (exit 130, nothing committed), except while the
+model loads (`held`), when it interrupts as soon as loading is over. Once armed, the first signal is
+acknowledged immediately and asks the run to stop after the current batch (what is done is
+committed); a second one ends the process at once (exit 130) without raising anything Python could
+swallow in a finalizer. Only committed state remains; a temporary file of a write in progress is
+removed by the next run.
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ class StopSignals:
         return self
 
     def arm(self) -> None:
-        """From now on the first signal stops gracefully (the run can commit at a batch boundary)."""
+        """From now on the first signal stops gracefully (the run can commit at a batch
+        boundary)."""
         self.armed = True
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """Before arming: a signal during the block interrupts only once the block is over. Native libraries call
-        Python while they start (jaxlib's nanobind init does): an interrupt raised in there fails the import, and
-        the process then crashes (-11) instead of exiting 130."""
+        """Before arming: a signal during the block interrupts only once the block is over. Native
+        libraries call Python while they start (jaxlib's nanobind init does): an interrupt raised in
+        there fails the import, and the process then crashes (-11) instead of exiting 130."""
         self._holding = True
         try:
             yield
@@ -49,10 +51,8 @@ class StopSignals:
             raise KeyboardInterrupt
 
     def restore(self) -> None:
-        for (
-            sig,
-            handler,
-        ) in self._previous.items():  # None: a handler installed outside Python (JAX's, say)
+        # None: a handler installed outside Python (JAX's, say)
+        for sig, handler in self._previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
     def _handle(self, signum: int, frame) -> None:
@@ -80,8 +80,8 @@ class StopSignals:
         return self.count > 0
 
     def exit_now(self, code: int) -> None:
-        """End the process at once: a thread blocked in native code (JAX waiting for a stalled peer) would crash a
-        normal interpreter exit. Committed state is all there is."""
+        """End the process at once: a thread blocked in native code (JAX waiting for a stalled peer)
+        would crash a normal interpreter exit. Committed state is all there is."""
         sys.stdout.flush()
         self.stream.flush()
         os._exit(code)

@@ -1,8 +1,9 @@
-"""What the job writes: stored precisions, the bytes of parts and shards, and the single-file assembly.
+"""What the job writes: stored precisions, the bytes of parts and shards, and the single-file
+assembly.
 
-Precisions follow sentence-transformers' `quantize_embeddings`: float16; int8/uint8 with per-dimension
-ranges over the whole output (so only single-file outputs, assembled at the end, can have them); binary /
-ubinary as packed sign bits.
+Precisions follow sentence-transformers' `quantize_embeddings`: float16; int8/uint8 with
+per-dimension ranges over the whole output (so only single-file outputs, assembled at the end, can
+have them); binary / ubinary as packed sign bits.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ def stored_width(dim: int, precision: str) -> int:
 
 
 def per_row(vectors: np.ndarray, precision: str, rows: np.ndarray | None = None) -> np.ndarray:
-    """The precisions that need no statistics over the output: float32, float16, binary, ubinary (`rows`: the
-    output row of each vector, for errors)."""
+    """The precisions that need no statistics over the output: float32, float16, binary, ubinary
+    (`rows`: the output row of each vector, for errors)."""
     if precision == "float16":
         _check_float16_range(vectors, np.arange(len(vectors)) if rows is None else np.asarray(rows))
         return vectors.astype(np.float16)
@@ -46,22 +47,24 @@ def per_row(vectors: np.ndarray, precision: str, rows: np.ndarray | None = None)
 
 
 def _check_float16_range(vectors: np.ndarray, rows: np.ndarray) -> None:
-    """float16 holds values up to 65504; beyond it a value would be stored as inf, which is refused."""
+    """float16 holds values up to 65504; beyond it a value would be stored as inf, which is
+    refused."""
     largest = np.abs(vectors).max(axis=1) if len(vectors) else np.zeros(0)
     over = np.flatnonzero(largest > np.finfo(np.float16).max)
     if len(over):
         named = [int(rows[i]) for i in over[:10]]
         raise JobError(
-            f"rows {named}{' ...' if len(over) > 10 else ''} have embedding values beyond float16's range "
-            f"(largest |value| {float(largest[over].max()):.4g} > 65504), which would be stored as inf; "
-            "use --precision float32, or normalised embeddings"
+            f"rows {named}{' ...' if len(over) > 10 else ''} have embedding values beyond "
+            f"float16's range (largest |value| {float(largest[over].max()):.4g} > 65504), which "
+            "would be stored as inf; use --precision float32, or normalised embeddings"
         )
 
 
 def int8_quantiser(
     parts: Iterable[np.ndarray], precision: str, output: str
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """sentence-transformers' int8/uint8 rule, with per-dimension ranges over every row of `parts`."""
+    """sentence-transformers' int8/uint8 rule, with per-dimension ranges over every row of
+    `parts`."""
     low = high = None
     rows = 0
     for part in parts:
@@ -164,8 +167,9 @@ class HashingWriter:
 
 @dataclasses.dataclass(frozen=True)
 class ChunkRows:
-    """One chunk as the assembly sees it: its first row's index, its vectors and ids in row order, and which rows
-    are embeddings (not the zero rows of skipped inputs, which int8/uint8 ranges leave out)."""
+    """One chunk as the assembly sees it: its first row's index, its vectors and ids in row order,
+    and which rows are embeddings (not the zero rows of skipped inputs, which int8/uint8 ranges
+    leave out)."""
 
     start: int
     vectors: np.ndarray
@@ -182,16 +186,17 @@ def write_single_file(
     precision: str,
     output: str,
 ) -> None:
-    """Stream every chunk (a fresh iterator per pass) into one .npy or .parquet file, in row order."""
+    """Stream every chunk (a fresh iterator per pass) into one .npy or .parquet file, in row
+    order."""
     if precision in WHOLE_OUTPUT_PRECISIONS:
         quantise = int8_quantiser(
             (np.delete(c.vectors, list(c.skipped), axis=0) for c in chunks()), precision, output
         )
         convert = lambda v, first_row: quantise(v)  # noqa: E731
     else:
-        convert = lambda v, first_row: per_row(
+        convert = lambda v, first_row: per_row(  # noqa: E731
             v, precision, np.arange(first_row, first_row + len(v))
-        )  # noqa: E731
+        )
     dtype = np.dtype(STORED[precision])
     if kind == "npy":
         np.lib.format.write_array_header_1_0(

@@ -1,14 +1,16 @@
 """Splits of a corpus taken from its own structure, as Hadoop's and Beam's file sources take them.
 
-A split is a piece of one input file that a worker can read without reading any other: a byte range of an
-uncompressed `.txt` / `.jsonl` file (a line belongs to the split holding its first byte, so a split starts at
-the first line start at or after its offset and reads its last line to the end, however far past its end that
-is), one Parquet row group, or a whole file for compressed and CSV files (a gzip stream cannot be entered in the
-middle; a quoted CSV field may hold newlines). Planning reads metadata only: sizes, Parquet footers.
+A split is a piece of one input file that a worker can read without reading any other: a byte range
+of an uncompressed `.txt` / `.jsonl` file (a line belongs to the split holding its first byte, so a
+split starts at the first line start at or after its offset and reads its last line to the end,
+however far past its end that is), one Parquet row group, or a whole file for compressed and CSV
+files (a gzip stream cannot be entered in the middle; a quoted CSV field may hold newlines).
+Planning reads metadata only: sizes, Parquet footers.
 
-Rows are numbered over the whole corpus in input order. A split knows its row count from metadata (Parquet)
-or by counting (`count_rows`: newlines in its byte range, or every record of a whole file); `read_split` then
-yields its rows with their global numbers once it is told how many rows come before it.
+Rows are numbered over the whole corpus in input order. A split knows its row count from metadata
+(Parquet) or by counting (`count_rows`: newlines in its byte range, or every record of a whole
+file); `read_split` then yields its rows with their global numbers once it is told how many rows
+come before it.
 """
 
 from __future__ import annotations
@@ -17,36 +19,28 @@ import dataclasses
 import io
 from typing import BinaryIO, Iterator
 
-from berta_jax.errors import InputError
-from berta_jax.data.inputs import (
-    IdPolicy,
-    InputFile,
-    Row,
-    checked_row,
-    decode_line,
-    json_row,
-    open_input,
-    parquet_columns,
-    parquet_file,
-    read_rows,
-)
 from berta_jax.data import inputs
+from berta_jax.data.files import InputFile, open_input
+from berta_jax.data.inputs import decode_line, json_row, read_rows
+from berta_jax.data.parquet_rows import parquet_columns, parquet_file
+from berta_jax.data.rows import IdPolicy, Row, checked_row
+from berta_jax.errors import InputError
 from berta_jax.storage.stores import store_for
 
 DEFAULT_SPLIT_BYTES = 64 * 2**20
 _BYTE_SPLIT_FORMATS = (".txt", ".jsonl")
-RANGE_BLOCK = (
-    256 * 2**10
-)  # what a byte range's reader fetches at a time: it reads at most this past its end
+# what a byte range's reader fetches at a time: it reads at most this past its end
+RANGE_BLOCK = 256 * 2**10
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
     """One readable piece of one input file.
 
-    `kind` is "bytes" (`start`/`end` are byte offsets), "row_group" (`start` is the group's index) or "file".
-    `rows` is known for row groups from the footer, None otherwise (see `count_rows`). `first_line` is the
-    1-based line (or row) of the file that the split's first row has, when known from the plan.
+    `kind` is "bytes" (`start`/`end` are byte offsets), "row_group" (`start` is the group's index)
+    or "file". `rows` is known for row groups from the footer, None otherwise (see `count_rows`).
+    `first_line` is the 1-based line (or row) of the file that the split's first row has, when known
+    from the plan.
     """
 
     file: InputFile
@@ -96,8 +90,8 @@ def _file_splits(file: InputFile, split_bytes: int) -> list[Split]:
 
 
 def count_rows(split: Split, *, text_field: str = "text", id_field: str | None = None) -> int:
-    """Rows of `split`: every record counts, good or bad, as the job numbers rows (the fields matter only for a
-    whole CSV file, whose header must name them)."""
+    """Rows of `split`: every record counts, good or bad, as the job numbers rows (the fields matter
+    only for a whole CSV file, whose header must name them)."""
     if split.rows is not None:
         return split.rows
     if split.kind == "bytes":
@@ -116,8 +110,8 @@ def read_split(
     on_error: str = "raise",
     ids: IdPolicy | None = None,
 ) -> Iterator[Row]:
-    """The rows of `split` in order; `first_line` is the 1-based line (row) in its file of the split's first row;
-    `ids` holds the kind of id the split's rows have."""
+    """The rows of `split` in order; `first_line` is the 1-based line (row) in its file of the
+    split's first row; `ids` holds the kind of id the split's rows have."""
     ids = ids if ids is not None else IdPolicy()
     if split.kind == "file":
         yield from read_rows(
@@ -157,7 +151,8 @@ def _row_group_rows(
 
 
 def _range_lines(split: Split) -> Iterator[bytes | None]:
-    """The lines starting in [start, end) without their line ending; None for a line over MAX_LINE_BYTES."""
+    """The lines starting in [start, end) without their line ending; None for a line over
+    MAX_LINE_BYTES."""
     with open_input(split.file, RANGE_BLOCK) as raw:
         position = max(split.start - 1, 0)
         raw.seek(position)

@@ -1,11 +1,13 @@
-"""The processes of one run and the few times they meet, through `jax.distributed`'s public API only.
+"""The processes of one run and the few times they meet, through `jax.distributed`'s public API
+only.
 
-A run's processes meet four times, all of them at the same points of the same program: to compare their plans,
-to hear process 0's settlement of what is on disk, to share the row counts of the splits they counted, and at
-the end. A meeting is an all-gather of bytes among the processes, inside `multihost_utils.live_devices`, so a
-process that died makes the meeting fail on every other one (after JAX's heartbeat timeout) instead of
-hanging it. Process 0 hosts JAX's coordination service, and JAX stops every process still connected when it
-goes: it leaves last, once the others have disconnected or died.
+A run's processes meet four times, all of them at the same points of the same program: to compare
+their plans, to hear process 0's settlement of what is on disk, to share the row counts of the
+splits they counted, and at the end. A meeting is an all-gather of bytes among the processes, inside
+`multihost_utils.live_devices`, so a process that died makes the meeting fail on every other one
+(after JAX's heartbeat timeout) instead of hanging it. Process 0 hosts JAX's coordination service,
+and JAX stops every process still connected when it goes: it leaves last, once the others have
+disconnected or died.
 """
 
 from __future__ import annotations
@@ -22,9 +24,8 @@ class Cluster:
 
     index: int = 0
     count: int = 1
-    abandoned: bool = (
-        False  # a meeting was left while JAX still waited in it (see JaxCluster._wait)
-    )
+    # a meeting was left while JAX still waited in it (see JaxCluster._wait)
+    abandoned: bool = False
 
     def gather(self, data: bytes) -> list[bytes]:
         """Every process's `data`, by process index."""
@@ -36,9 +37,10 @@ class Cluster:
     def meet(
         self, payload: Any, error: BaseException | None = None, *, tolerate_gone: bool = False
     ) -> list:
-        """Every process's JSON `payload`, by process index. An error a process brings is raised on every process
-        (on its own as itself), so all leave from the same meeting. With `tolerate_gone`, a process that is gone
-        gives [] instead of an error (what it left is found on disk)."""
+        """Every process's JSON `payload`, by process index. An error a process brings is raised on
+        every process (on its own as itself), so all leave from the same meeting. With
+        `tolerate_gone`, a process that is gone gives [] instead of an error (what it left is found
+        on disk)."""
         mine = {"error": describe(error)} if error is not None else {"ok": payload}
         try:
             every = [json.loads(raw) for raw in self.gather(json.dumps(mine).encode())]
@@ -57,7 +59,8 @@ class Cluster:
 
 
 def describe(error: BaseException) -> str:
-    """An error as one line: a berta-jax error's own message, or the file and reason of an OSError."""
+    """An error as one line: a berta-jax error's own message, or the file and reason of an
+    OSError."""
     if isinstance(error, OSError) and not isinstance(error, BertaJaxError):
         return f"{error.filename or 'a file'}: {error.strerror or error}"
     return str(error)
@@ -90,9 +93,8 @@ class JaxCluster(Cluster):
                 buffer = np.zeros(max(int(sizes.max()), 1), np.uint8)
                 buffer[: len(data)] = np.frombuffer(data, np.uint8)
                 every = np.asarray(hosts.process_allgather(buffer))
-        except (
-            hosts.ProcessFailureError
-        ):  # a process failed inside the meeting (JAX names its devices only)
+        except hosts.ProcessFailureError:
+            # a process failed inside the meeting (JAX names its devices only)
             raise JobError(_gone([])) from None
         return [every[p, : sizes[p]].tobytes() for p in range(self.count)]
 
@@ -114,7 +116,8 @@ class JaxCluster(Cluster):
         self._wait(others_gone)
 
     def _wait(self, fn):
-        """`fn()` in a helper thread, so that a stop (Ctrl-C, SIGTERM) is honoured while JAX waits for a peer."""
+        """`fn()` in a helper thread, so that a stop (Ctrl-C, SIGTERM) is honoured while JAX waits
+        for a peer."""
         result: dict = {}
 
         def call() -> None:
@@ -128,10 +131,10 @@ class JaxCluster(Cluster):
         while thread.is_alive():
             thread.join(0.1)
             if self.stop is not None and self.stop() and thread.is_alive():
-                self.abandoned = (
-                    True  # JAX cannot be woken: this process must end without waiting for it
-                )
-                raise KeyboardInterrupt  # the meeting is abandoned; committed parts stay for a resume
+                # JAX cannot be woken: this process must end without waiting for it
+                self.abandoned = True
+                # the meeting is abandoned; committed parts stay for a resume
+                raise KeyboardInterrupt
         if "error" in result:
             raise result["error"]
         return result["value"]
@@ -140,8 +143,9 @@ class JaxCluster(Cluster):
 def _gone(processes: list[int]) -> str:
     which = ", ".join(map(str, processes)) or "another process"
     return (
-        f"process {which} of this run stopped or cannot be reached (JAX's heartbeat timed out); the parts "
-        "committed so far are kept: rerun the same command with --resume, on any number of hosts"
+        f"process {which} of this run stopped or cannot be reached (JAX's heartbeat timed out); "
+        "the parts committed so far are kept: rerun the same command with --resume, on any number "
+        "of hosts"
     )
 
 
@@ -154,14 +158,14 @@ def join(
     heartbeat_timeout: int,
     stop: Callable[[], bool] | None = None,
 ) -> Cluster:
-    """Join JAX's multi-host runtime when asked (before any JAX array exists); else the one-process cluster."""
+    """Join JAX's multi-host runtime when asked (before any JAX array exists); else the one-process
+    cluster."""
     if not (coordinator or detect):
         return Cluster()
     import jax
 
-    jax.config.update(
-        "jax_enable_recoverability", True
-    )  # a process that dies does not take the others with it
+    # a process that dies does not take the others with it
+    jax.config.update("jax_enable_recoverability", True)
     kwargs = {"heartbeat_timeout_seconds": heartbeat_timeout}
     if coordinator:
         jax.distributed.initialize(

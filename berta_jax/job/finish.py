@@ -2,11 +2,13 @@
 
 - `assemble` (single file): streams every split's part, in order, into OUT in one atomic write.
 - `publish` (dataset): the parts are the shards, already in place.
-Both then write the sidecars (skipped and truncated rows, gathered from the records) and, last, the completion
-record: every file with its size and version, and for a dataset the split of every shard.
-- `verify_complete`: a completion record is believed only when it covers every split once, names only the
-  job's own files, and each file still has the size and version recorded (metadata only; nothing is read).
-- `remove_recorded`: what --overwrite deletes: the files a valid completion record lists, nothing else.
+Both then write the sidecars (skipped and truncated rows, gathered from the records) and, last, the
+completion record: every file with its size and version, and for a dataset the split of every shard.
+- `verify_complete`: a completion record is believed only when it covers every split once, names
+  only the job's own files, and each file still has the size and version recorded (metadata only;
+  nothing is read).
+- `remove_recorded`: what --overwrite deletes: the files a valid completion record lists, nothing
+  else.
 """
 
 from __future__ import annotations
@@ -143,15 +145,16 @@ def read_manifest(layout: Layout, store) -> dict | None:
         and isinstance(record.get("fingerprint"), dict)
     ):
         raise JobError(
-            f"{layout.manifest}: not a berta-jax completion record (or a damaged one); pass --overwrite "
-            "to embed this output again"
+            f"{layout.manifest}: not a berta-jax completion record (or a damaged one); pass "
+            "--overwrite to embed this output again"
         )
     return record
 
 
 def recorded_files(layout: Layout, store, manifest: dict) -> list[tuple[str, dict]]:
-    """(path, entry) of every file a completion record lists, each checked to be one of the job's own names and
-    the shards to cover every split once; a JobError naming the record otherwise (nothing is deleted then)."""
+    """(path, entry) of every file a completion record lists, each checked to be one of the job's
+    own names and the shards to cover every split once; a JobError naming the record otherwise
+    (nothing is deleted then)."""
     try:
         folder = layout.output if layout.dataset else store.parent(layout.output)
         files = [(layout.output, manifest["output"])] if not layout.dataset else []
@@ -194,13 +197,16 @@ def verify_complete(layout: Layout, store, manifest: dict) -> str | None:
         except FileNotFoundError:
             return f"{path} is missing"
         if (info.size, info.version) != (entry.get("size"), entry.get("version")):
-            return f"{path} has changed since the run finished (size {info.size}, recorded {entry.get('size')})"
+            return (
+                f"{path} has changed since the run finished (size {info.size}, recorded "
+                f"{entry.get('size')})"
+            )
     return None
 
 
 def remove_recorded(layout: Layout, store, manifest: dict) -> None:
-    """Delete the files a completion record lists (but a single output file, which the new run replaces
-    atomically, so a failed run leaves it), and the record: what --overwrite clears."""
+    """Delete the files a completion record lists (but a single output file, which the new run
+    replaces atomically, so a failed run leaves it), and the record: what --overwrite clears."""
     for path, _ in recorded_files(layout, store, manifest):
         if path != layout.output:
             store.delete(path)

@@ -1,9 +1,12 @@
-"""Where a job writes: the output and every file beside it, resolved and checked before the first write.
+"""Where a job writes: the output and every file beside it, resolved and checked before the first
+write.
 
 Single-file output (`OUT.npy`, `OUT.parquet`), one host (or hosts sharing a disk):
     OUT                      the embeddings (rows in input order)
-    OUT.manifest.json        completion record: fingerprint, rows, size and sha256 of OUT and its sidecars
-    OUT.skipped.jsonl        rows skipped with --on-error skip (file, line, reason); only when there are any
+    OUT.manifest.json        completion record: fingerprint, rows, size and sha256 of OUT and its
+                             sidecars
+    OUT.skipped.jsonl        rows skipped with --on-error skip (file, line, reason); only when
+                             there are any
     OUT.truncated.jsonl      rows cut at the context (file, line); only when there are any
     OUT.parts/               work in progress (chunk parts, records, claims); removed on success
     OUT.lock                 held while a run writes OUT; removed when it ends
@@ -12,8 +15,8 @@ Dataset output (`DIR/` or --format dataset), any number of hosts, local disk or 
     DIR/_manifest.json       written last: every shard with its rows, size and sha256
     DIR/_skipped.jsonl, DIR/_truncated.jsonl, DIR/_state/, DIR/_lock.json   as above
 
-`check_collisions` compares every one of these (and --truncation-report) with every input, the model folder
-and each other: a job never writes or deletes a file it was not asked to write.
+`check_collisions` compares every one of these (and --truncation-report) with every input, the
+model folder and each other: a job never writes or deletes a file it was not asked to write.
 """
 
 from __future__ import annotations
@@ -57,7 +60,8 @@ class Layout:
 
 
 def layout_for(output: str, *, dataset: bool = False, report: str | None = None) -> Layout:
-    """The layout of an output path or URL: a directory (trailing '/' or dataset=True) or a .npy/.parquet file."""
+    """The layout of an output path or URL: a directory (trailing '/' or dataset=True) or a
+    .npy/.parquet file."""
     output = os.fspath(output)
     if dataset or output.endswith("/"):
         base = output.rstrip("/") or output
@@ -91,7 +95,8 @@ def layout_for(output: str, *, dataset: bool = False, report: str | None = None)
 
 
 def _key(path: str) -> str:
-    """A comparable form: the real path for local files (links and '..' resolved), the URL otherwise."""
+    """A comparable form: the real path for local files (links and '..' resolved), the URL
+    otherwise."""
     return path.rstrip("/") if is_url(path) else os.path.realpath(path)
 
 
@@ -108,28 +113,28 @@ def _same_or_inside(a: str, b: str) -> bool:
 def check_collisions(
     layout: Layout, inputs: list[InputFile], input_specs: list[str], model: list[str]
 ) -> None:
-    """Refuse, naming both paths, any written path that is an input, holds an input, lies in an input directory,
-    is or holds or lies in the model folder or a file behind it (`model`: `ModelFolder.protected()`), or is another written
-    path."""
+    """Refuse, naming both paths, any written path that is an input, holds an input, lies in an
+    input directory, is or holds or lies in the model folder or a file behind it (`model`:
+    `ModelFolder.protected()`), or is another written path."""
     written = layout.written()
     for what, path in written:
         for i, file in enumerate(inputs, 1):
             if _same_or_inside(file.url, path):
                 raise JobError(
-                    f"{what} {path} would overwrite or delete input {i} ({file.url}); choose another "
-                    "output path (this holds even with --overwrite)"
+                    f"{what} {path} would overwrite or delete input {i} ({file.url}); choose "
+                    "another output path (this holds even with --overwrite)"
                 )
         for spec in input_specs:
             if _same_or_inside(path, spec) and store_for(spec).exists(spec) and _is_dir(spec):
                 raise JobError(
-                    f"{what} {path} is inside the input directory {spec}; a later run would read it "
-                    "as input. Choose an output outside it"
+                    f"{what} {path} is inside the input directory {spec}; a later run would read "
+                    "it as input. Choose an output outside it"
                 )
         for place in model:
             if _same_or_inside(path, place) or _same_or_inside(place, path):
                 raise JobError(
-                    f"{what} {path} is inside the model folder {model[0]} or touches a file behind it "
-                    f"({place}); choose an output outside the model folder"
+                    f"{what} {path} is inside the model folder {model[0]} or touches a file "
+                    f"behind it ({place}); choose an output outside the model folder"
                 )
     for i, (what, path) in enumerate(written):
         for other_what, other in written[i + 1 :]:
@@ -138,8 +143,8 @@ def check_collisions(
     folders = [layout.state] + ([layout.output] if layout.dataset else [])
     if layout.report and any(_same_or_inside(layout.report, folder) for folder in folders):
         raise JobError(
-            f"the truncation report {layout.report} is inside the output's folder, whose files are the "
-            "job's own; choose a path outside it"
+            f"the truncation report {layout.report} is inside the output's folder, whose files are "
+            "the job's own; choose a path outside it"
         )
 
 

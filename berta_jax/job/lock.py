@@ -1,13 +1,14 @@
 """The lock of one output: of any number of runs racing for it, exactly one holds it.
 
-- Local disk: an advisory `flock` on the lock file (`OUT.lock`, `DIR/_lock.json`). The kernel gives it to one
-  process at a time and takes it back when that process ends, however it ends, so there is no expiry to judge
-  and no process to probe. The file names the holding run, for messages and for the run's other processes.
-- Object storage: a lease object, taken with create-if-absent, and renewed, taken over and released only with
-  the store's precondition on the version last seen (Cloud Storage generation, S3 ETag): of two runs acting
-  on one version, one succeeds. A lease has expired when the store's own clock says it was not renewed for
-  `ttl` seconds (its last-write time against that of a probe object written just now): the clocks of two
-  hosts are never compared.
+- Local disk: an advisory `flock` on the lock file (`OUT.lock`, `DIR/_lock.json`). The kernel gives
+  it to one process at a time and takes it back when that process ends, however it ends, so there is
+  no expiry to judge and no process to probe. The file names the holding run, for messages and for
+  the run's other processes.
+- Object storage: a lease object, taken with create-if-absent, and renewed, taken over and released
+  only with the store's precondition on the version last seen (Cloud Storage generation, S3 ETag):
+  of two runs acting on one version, one succeeds. A lease has expired when the store's own clock
+  says it was not renewed for `ttl` seconds (its last-write time against that of a probe object
+  written just now): the clocks of two hosts are never compared.
 """
 
 from __future__ import annotations
@@ -89,8 +90,8 @@ class LocalLock:
             if same and os.fstat(fd).st_nlink > 1:
                 os.close(fd)
                 raise JobError(
-                    f"{self.path}: the lock file has other hard links; writing it would change them. "
-                    "Remove it (no run holds it)"
+                    f"{self.path}: the lock file has other hard links; writing it would change "
+                    "them. Remove it (no run holds it)"
                 )
             if same:  # else its holder removed it between our open and flock: take the new one
                 break
@@ -132,9 +133,8 @@ class Lease:
             if self._store_now() - seen.modified < _ttl(raw, self.ttl):  # the holder's own term
                 raise _busy(self.path, raw)
             if self.store.replace_if(self.path, _record(self.run, self.ttl), seen.version):
-                return (
-                    self._held()
-                )  # taken over from an expired holder; any other contender's replace fails
+                # taken over from an expired holder; any other contender's replace fails
+                return self._held()
         raise JobError(
             f"{self.path}: could not take the lock (other runs keep taking it); try again"
         )
@@ -172,8 +172,8 @@ class Lease:
     def check(self) -> None:
         if self.lost or holder_run(self.path) != self.run:
             raise JobError(
-                f"{self.path}: this run no longer holds the lock (another run took it over after it "
-                f"was not renewed for {self.ttl:.0f} s); it stops here. Committed parts are kept"
+                f"{self.path}: this run no longer holds the lock (another run took it over after "
+                f"it was not renewed for {self.ttl:.0f} s); it stops here. Committed parts are kept"
             )
 
     def release(self) -> None:

@@ -1,12 +1,12 @@
 """One part per split: the embedded rows of one split, written whole, then its record.
 
-Names come from the split's index, never from what is on disk: `part-NNNNN.parquet` (at least five digits,
-more when there are more splits) in the dataset folder, or in a single-file output's work folder; the record
-`NNNNN.json` in the work folder. A part counts only when its record parses, carries this job's fingerprint,
-names its split's own file, holds the split's rows (count and first row), and the file still has the size and
-version recorded (the version changes with every write: inode and ctime locally, generation or ETag in a
-bucket). So checking a part reads metadata only; its content was checked once, by its writer reading it back
-before writing the record.
+Names come from the split's index, never from what is on disk: `part-NNNNN.parquet` (at least five
+digits, more when there are more splits) in the dataset folder, or in a single-file output's work
+folder; the record `NNNNN.json` in the work folder. A part counts only when its record parses,
+carries this job's fingerprint, names its split's own file, holds the split's rows (count and first
+row), and the file still has the size and version recorded (the version changes with every write:
+inode and ctime locally, generation or ETag in a bucket). So checking a part reads metadata only;
+its content was checked once, by its writer reading it back before writing the record.
 """
 
 from __future__ import annotations
@@ -69,7 +69,9 @@ class Part:
     def from_json(cls, data: bytes, source: str) -> Part:
         try:
             f = Fields(json.loads(data.decode("utf-8")), source)
-            offsets = lambda v: isinstance(v, list) and len(v) >= 3 and type(v[0]) is int  # noqa: E731
+            offsets = lambda v: (  # noqa: E731
+                isinstance(v, list) and len(v) >= 3 and type(v[0]) is int
+            )
             return cls(
                 f.int("split", minimum=0),
                 f.str("name"),
@@ -96,7 +98,10 @@ class Part:
         if self.fingerprint != fingerprint:
             return "it was written by a run with other inputs, model, prompt or options"
         if self.split != split or self.name != part_name(split, splits):
-            return f"it names split {self.split} / file {self.name!r}, not split {split} / {part_name(split, splits)}"
+            return (
+                f"it names split {self.split} / file {self.name!r}, not split {split} / "
+                f"{part_name(split, splits)}"
+            )
         if (rows is not None and self.rows != rows) or (
             first_row is not None and self.first_row != first_row
         ):
@@ -121,8 +126,9 @@ class Parts:
         return self.store.join(self.records, record_name(split, self.splits))
 
     def commit(self, part: Part, data: bytes) -> Part:
-        """Write the part, read it back, then write its record: the part counts from the record's arrival. A split
-        with no rows (a long line can leave a byte range without a line start) has a record and no file."""
+        """Write the part, read it back, then write its record: the part counts from the record's
+        arrival. A split with no rows (a long line can leave a byte range without a line start) has
+        a record and no file."""
         if part.rows == 0:
             self.store.write(self.record_path(part.split), part.to_json())
             return part
@@ -130,7 +136,8 @@ class Parts:
         self.store.write(path, data)
         if sha256(self.store.read(path)) != part.sha256:
             raise JobError(
-                f"{path}: reads back other bytes than were written; check the storage, then --resume"
+                f"{path}: reads back other bytes than were written; check the storage, then "
+                "--resume"
             )
         part = dataclasses.replace(part, version=self.store.info(path).version)
         self.store.write(self.record_path(part.split), part.to_json())
@@ -144,7 +151,8 @@ class Parts:
             return None
 
     def recorded(self) -> list[int]:
-        """The splits with a record file (named as this job names them; other names are not its records)."""
+        """The splits with a record file (named as this job names them; other names are not its
+        records)."""
         found = (RECORD.match(n) for n in self.store.list(self.records))
         return sorted(
             int(m.group(1))
@@ -155,8 +163,8 @@ class Parts:
         )
 
     def check(self, part: Part) -> str | None:
-        """Why the part's file does not match its record (None when it does), from metadata and the Parquet footer
-        only (the record's row count must be the file's)."""
+        """Why the part's file does not match its record (None when it does), from metadata and the
+        Parquet footer only (the record's row count must be the file's)."""
         import pyarrow.parquet as pq
 
         if part.rows == 0:

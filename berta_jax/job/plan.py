@@ -1,9 +1,9 @@
-"""What a job is, known before anything is written or the weights are loaded: its inputs and their splits, where
-it writes, and the fingerprint that an output and every part of it are tied to.
+"""What a job is, known before anything is written or the weights are loaded: its inputs and their
+splits, where it writes, and the fingerprint that an output and every part of it are tied to.
 
-Every process of a run plans on its own from the same command; the plans are compared field by field at the
-first meeting (`check_same_plan`), so a process started with another model, prompt or option stops there with
-the field named, before any work.
+Every process of a run plans on its own from the same command; the plans are compared field by field
+at the first meeting (`check_same_plan`), so a process started with another model, prompt or option
+stops there with the field named, before any work.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from berta_jax.data.splits import Split, plan_splits
 from berta_jax.storage.stores import store_for
 
 FORMAT_VERSION = 2
-DEFAULT_SPLIT_BYTES = (
-    4 * 2**20
-)  # ~1M tokens of text: seconds on an accelerator, what a graceful stop can lose
+# ~1M tokens of text: seconds on an accelerator, what a graceful stop can lose
+DEFAULT_SPLIT_BYTES = 4 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +41,8 @@ class JobOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(
-                f"precision {self.precision!r} is not supported; choose one of {', '.join(PRECISIONS)}"
+                f"precision {self.precision!r} is not supported; choose one of "
+                f"{', '.join(PRECISIONS)}"
             )
         for name in ("split_bytes", "truncate_dim", "max_batch_tokens", "batch_size"):
             value = getattr(self, name)
@@ -76,9 +76,10 @@ class Plan:
 
 
 class Starts:
-    """The first global row and the first line in its file of each split, found walking the splits in order
-    over their row counts. A split may be asked for once every split before it has its count: all of them
-    after a count pass, or, in one process that reads its splits in order, as each one is read."""
+    """The first global row and the first line in its file of each split, found walking the splits
+    in order over their row counts. A split may be asked for once every split before it has its
+    count: all of them after a count pass, or, in one process that reads its splits in order, as
+    each one is read."""
 
     def __init__(self, splits: list[Split], counts: list):
         self.splits, self.counts = splits, counts
@@ -134,8 +135,9 @@ def plan_job(
     layout = layout_for(output, dataset=dataset, report=report)
     if layout.dataset and options.precision in WHOLE_OUTPUT_PRECISIONS:
         raise JobError(
-            f"--precision {options.precision} needs ranges over the whole output, which a dataset written "
-            "shard by shard cannot have; use float32, float16, binary or ubinary, or a .npy/.parquet output"
+            f"--precision {options.precision} needs ranges over the whole output, which a dataset "
+            "written shard by shard cannot have; use float32, float16, binary or ubinary, or a "
+            ".npy/.parquet output"
         )
     store = store_for(layout.output)
     if (
@@ -144,29 +146,15 @@ def plan_job(
         and store.info(layout.output).kind == "directory"
     ):
         raise JobError(
-            f"{layout.output} is a directory; give a file name ending in .npy or .parquet, or end the "
-            "output with / for a dataset directory"
+            f"{layout.output} is a directory; give a file name ending in .npy or .parquet, or end "
+            "the output with / for a dataset directory"
         )
     inputs = expand_inputs(input_specs)
     check_collisions(layout, inputs, input_specs, model.protected())
     for file in inputs:
         check_fields(file, options.text_field, options.id_field)
     splits = plan_splits(inputs, split_bytes=options.split_bytes)
-    sentence = {
-        f.name: getattr(model.sentence, f.name)
-        for f in dataclasses.fields(model.sentence)
-        if f.name != "prompts"
-    }  # the prompt itself is its own field
-    options_record = {**dataclasses.asdict(options), "kind": layout.kind}
-    options_record.pop("prompt")
-    fingerprint = {
-        "version": FORMAT_VERSION,
-        "inputs": [input_identity(f) for f in inputs],
-        "model": {**model.identity(), "sentence": sentence, "dtype": compute_dtype},
-        "prompt": options.prompt,
-        "options": options_record,
-        "splits": _digest([[inputs.index(s.file), s.kind, s.start, s.end] for s in splits]),
-    }
+    fingerprint = _fingerprint(inputs, splits, layout, options, model, compute_dtype)
     return Plan(
         inputs,
         splits,
@@ -176,6 +164,34 @@ def plan_job(
         embedding_dim(hidden, model.sentence.truncate_dim, options.truncate_dim),
         first_id_kind(inputs, options.id_field),
     )
+
+
+def _fingerprint(
+    inputs: list[InputFile],
+    splits: list[Split],
+    layout: Layout,
+    options: JobOptions,
+    model: ModelFolder,
+    compute_dtype: str,
+) -> dict:
+    """What an output and every part of it are tied to: the inputs as they are now, the model, the
+    prompt, the options and the splits."""
+    # the prompt itself is its own field
+    sentence = {
+        f.name: getattr(model.sentence, f.name)
+        for f in dataclasses.fields(model.sentence)
+        if f.name != "prompts"
+    }
+    options_record = {**dataclasses.asdict(options), "kind": layout.kind}
+    options_record.pop("prompt")
+    return {
+        "version": FORMAT_VERSION,
+        "inputs": [input_identity(f) for f in inputs],
+        "model": {**model.identity(), "sentence": sentence, "dtype": compute_dtype},
+        "prompt": options.prompt,
+        "options": options_record,
+        "splits": _digest([[inputs.index(s.file), s.kind, s.start, s.end] for s in splits]),
+    }
 
 
 FIELDS = {
@@ -203,11 +219,12 @@ def plan_digests(plan: Plan) -> dict[str, str]:
 
 
 def check_same_plan(plans: list[dict]) -> None:
-    """Stop, naming the fields, unless every process planned the same job (`plans`: each one's `plan_digests`)."""
+    """Stop, naming the fields, unless every process planned the same job (`plans`: each one's
+    `plan_digests`)."""
     for process, theirs in enumerate(plans):
         differ = [FIELDS[k] for k in FIELDS if theirs.get(k) != plans[0].get(k)]
         if differ:
             raise JobError(
-                f"process {process} planned another job than process 0 ({', '.join(differ)} differ); "
-                "start every process with the same command"
+                f"process {process} planned another job than process 0 ({', '.join(differ)} "
+                "differ); start every process with the same command"
             )

@@ -1,9 +1,10 @@
 """What process 0 does, under the lock, before any process works: settle what an earlier run left.
 
-A verified completion record for this very job means "complete". Anything else of the job's is refused, cleared
-(--overwrite) or, for --resume, kept where it verifies: the parts whose records are this job's and whose files
-are as recorded. Only names the job derives itself are ever deleted; a file in a dataset folder that the job
-does not name is refused before anything is deleted, even with --overwrite.
+A verified completion record for this very job means "complete". Anything else of the job's is
+refused, cleared (--overwrite) or, for --resume, kept where it verifies: the parts whose records are
+this job's and whose files are as recorded. Only names the job derives itself are ever deleted; a
+file in a dataset folder that the job does not name is refused before anything is deleted, even with
+--overwrite.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ _JOB_FILES = ("_manifest.json", "_skipped.jsonl", "_truncated.jsonl", "_state", 
 
 
 def work_record(plan: Plan, counts: list) -> bytes:
-    """`job.json`: the fingerprint the work folder's parts belong to, and the split row counts known so far."""
+    """`job.json`: the fingerprint the work folder's parts belong to, and the split row counts known
+    so far."""
     return json.dumps(
         {
             "format": "berta-jax-work",
@@ -42,28 +44,24 @@ def _read_work(plan: Plan) -> dict | None:
         record = None
     if not (isinstance(record, dict) and isinstance(record.get("fingerprint"), dict)):
         raise JobError(
-            f"{path}: the work folder's job record is damaged; pass --overwrite to start this output "
-            "again"
+            f"{path}: the work folder's job record is damaged; pass --overwrite to start this "
+            "output again"
         )
     return record
 
 
 def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
-    """Take the lock and settle the output (see the module): {"status": "complete", "rows"} or {"status": "go",
-    "run", "done": splits with a verified part, "counts": each split's rows where known}."""
+    """Take the lock and settle the output (see the module): {"status": "complete", "rows"} or
+    {"status": "go", "run", "done": splits with a verified part, "counts": each split's rows where
+    known}."""
     try:
         lock.acquire()
-    except (
-        PermissionError
-    ):  # a read-only folder: a finished output there is still verified and reported
-        manifest = finish.read_manifest(plan.layout, plan.store)
-        if (
-            manifest is None
-            or changed_fields(manifest["fingerprint"], plan.fingerprint)
-            or finish.verify_complete(plan.layout, plan.store, manifest) is not None
-        ):
+    except PermissionError:
+        # a read-only folder: a finished output there is still verified and reported
+        rows = _verified_rows(plan)
+        if rows is None:
             raise
-        return {"status": "complete", "rows": manifest["rows"]}
+        return {"status": "complete", "rows": rows}
     _refuse_foreign(plan)
     _remove_temporaries(plan)
     complete = _settle_manifest(plan, overwrite)
@@ -72,18 +70,42 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
             _check_report(plan, overwrite)
             finish.write_report(plan.layout, plan.store, complete)
         return {"status": "complete", "rows": complete["rows"]}
-    try:
-        work = _read_work(plan)
-    except JobError:
-        if not overwrite:
-            raise
-        work = None
     parts = Parts(
         plan.store,
         plan.layout.state,
         plan.layout.output if plan.layout.dataset else plan.layout.state,
         len(plan.splits),
     )
+    work, recorded = _settle_work(plan, parts, resume, overwrite)
+    _check_report(plan, overwrite)
+    return _keep_verified(plan, parts, recorded, work, lock.run)
+
+
+def _verified_rows(plan: Plan) -> int | None:
+    """The rows of a finished output that verifies for this job, without the lock (None: there is
+    none)."""
+    manifest = finish.read_manifest(plan.layout, plan.store)
+    if (
+        manifest is None
+        or changed_fields(manifest["fingerprint"], plan.fingerprint)
+        or finish.verify_complete(plan.layout, plan.store, manifest) is not None
+    ):
+        return None
+    return manifest["rows"]
+
+
+def _settle_work(
+    plan: Plan, parts: Parts, resume: bool, overwrite: bool
+) -> tuple[dict | None, list[int]]:
+    """(the work folder's job record, the splits with a part record) that an earlier run of this job
+    left, kept for --resume; else cleared (--overwrite) or refused. With no work left, an output
+    already there is refused without --overwrite."""
+    try:
+        work = _read_work(plan)
+    except JobError:
+        if not overwrite:
+            raise
+        work = None
     recorded = parts.recorded()
     if (
         work is not None
@@ -97,13 +119,13 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
         )
         if changed and not overwrite:
             raise JobError(
-                f"{plan.layout.output}: an earlier run with different {', '.join(changed)} wrote here; "
-                "pass --overwrite to start again"
+                f"{plan.layout.output}: an earlier run with different {', '.join(changed)} wrote "
+                "here; pass --overwrite to start again"
             )
         if not changed and not (resume or overwrite):
             raise JobError(
-                f"{plan.layout.output}: an unfinished run is there; pass --resume to continue it or "
-                "--overwrite"
+                f"{plan.layout.output}: an unfinished run is there; pass --resume to continue it "
+                "or --overwrite"
             )
         if overwrite:
             clear_work(plan, keep_parts=False)
@@ -114,16 +136,14 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
         )
     elif plan.layout.dataset:
         clear_work(plan, keep_parts=False)  # --overwrite of parts no record names
-    _check_report(plan, overwrite)
-    return _keep_verified(plan, parts, recorded, work, lock.run)
+    return work, recorded
 
 
 def _keep_verified(
     plan: Plan, parts: Parts, recorded: list[int], work: dict | None, run: str
 ) -> dict:
-    plan.settled = (
-        True  # every refusal is behind: the work folder is this run's to tidy if it commits nothing
-    )
+    # every refusal is behind: the work folder is this run's to tidy if it commits nothing
+    plan.settled = True
     counts = (
         work["counts"]
         if work and _valid_counts(work.get("counts"), len(plan.splits))
@@ -160,7 +180,8 @@ def _valid_counts(counts, n: int) -> bool:
 
 
 def _settle_manifest(plan: Plan, overwrite: bool) -> dict | None:
-    """The completion record when it verifies for this job; else cleared (--overwrite) or refused."""
+    """The completion record when it verifies for this job; else cleared (--overwrite) or
+    refused."""
     store, layout = plan.store, plan.layout
     try:
         manifest = finish.read_manifest(layout, store)
@@ -181,9 +202,8 @@ def _settle_manifest(plan: Plan, overwrite: bool) -> dict | None:
     try:
         finish.remove_recorded(layout, store, manifest)
     except JobError:
-        store.delete(
-            layout.manifest
-        )  # it names files that are not the job's: none of them is deleted
+        # it names files that are not the job's: none of them is deleted
+        store.delete(layout.manifest)
     return None
 
 
@@ -195,7 +215,8 @@ def _output_present(plan: Plan) -> bool:
 
 
 def _refuse_foreign(plan: Plan) -> None:
-    """A dataset folder holds only the job's names; anything else is refused before anything is deleted."""
+    """A dataset folder holds only the job's names; anything else is refused before anything is
+    deleted."""
     if not plan.layout.dataset:
         return
     foreign = [
@@ -216,7 +237,8 @@ def _refuse_foreign(plan: Plan) -> None:
 
 
 def _report_holds(plan: Plan, data: bytes) -> bool:
-    """Whether --truncation-report is already a regular file holding `data` (a rerun of a finished command)."""
+    """Whether --truncation-report is already a regular file holding `data` (a rerun of a finished
+    command)."""
     report = plan.layout.report
     if not report or "://" in report or os.path.islink(report) or not os.path.isfile(report):
         return False
@@ -225,7 +247,8 @@ def _report_holds(plan: Plan, data: bytes) -> bool:
 
 
 def _check_report(plan: Plan, overwrite: bool) -> None:
-    """--truncation-report never goes through a link or to a device, nor replaces a file without --overwrite."""
+    """--truncation-report never goes through a link or to a device, nor replaces a file without
+    --overwrite."""
     report = plan.layout.report
     if not report or "://" in report or not os.path.lexists(report):
         return
@@ -235,12 +258,14 @@ def _check_report(plan: Plan, overwrite: bool) -> None:
         )
     if not overwrite:
         raise JobError(
-            f"--truncation-report {report} exists; pass --overwrite to replace it, or give a new path"
+            f"--truncation-report {report} exists; pass --overwrite to replace it, or give a new "
+            "path"
         )
 
 
 def _remove_temporaries(plan: Plan) -> None:
-    """Temporary files a killed writer of this output left (`.NAME.XXXX.tmp`); never anything else."""
+    """Temporary files a killed writer of this output left (`.NAME.XXXX.tmp`); never anything
+    else."""
     if plan.store.remote:
         return
     for _, path in plan.layout.written():
@@ -255,8 +280,8 @@ def _remove_temporaries(plan: Plan) -> None:
 
 
 def clear_work(plan: Plan, *, keep_parts: bool) -> None:
-    """Delete the work folder's own names (records, job.json, the single-file parts, temporaries) and, unless
-    `keep_parts`, a dataset's part files; then the folder itself when empty."""
+    """Delete the work folder's own names (records, job.json, the single-file parts, temporaries)
+    and, unless `keep_parts`, a dataset's part files; then the folder itself when empty."""
     store, state = plan.store, plan.layout.state
     for name in store.list(state):
         if (

@@ -1,7 +1,8 @@
-"""A model folder's cheap parts: where it is, what it is, and what its configs say; no weights, no tokenizer.
+"""A model folder's cheap parts: where it is, what it is, and what its configs say; no weights, no
+tokenizer.
 
-The batch job answers "nothing to do" or "refused" from these alone, in well under a second, and loads the
-weights only when there is work. `Encoder.from_pretrained` starts here too.
+The batch job answers "nothing to do" or "refused" from these alone, in well under a second, and
+loads the weights only when there is work. `Encoder.from_pretrained` starts here too.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from berta_jax.models.vectors import check_truncate_dim, embedding_dim
 
 @dataclasses.dataclass(frozen=True)
 class ModelFolder:
-    """A resolved local model folder with its validated `config.json` and sentence-transformers settings."""
+    """A resolved local model folder with its validated `config.json` and sentence-transformers
+    settings."""
 
     name: str  # as the caller gave it (path, URL or hub id)
     files: ModelFiles
@@ -40,7 +42,8 @@ class ModelFolder:
         max_seq_length: int | None = None,
         truncate_dim: int | None = None,
     ) -> ModelFolder:
-        """Resolve and read a model folder, applying the caller's overrides of the folder's settings."""
+        """Resolve and read a model folder, applying the caller's overrides of the folder's
+        settings."""
         files = ModelFiles(resolve_model_dir(name_or_path, revision=revision, cache_dir=cache_dir))
         config = read_config(files)
         sentence = SentenceConfig.from_folder(files, config)
@@ -65,7 +68,8 @@ class ModelFolder:
 
     @property
     def embedding_dim(self) -> int:
-        """Dimensions of the vectors this folder's encoder returns (its truncate_dim, else the hidden size)."""
+        """Dimensions of the vectors this folder's encoder returns (its truncate_dim, else the
+        hidden size)."""
         return embedding_dim(self.config.hidden_size, self.sentence.truncate_dim)
 
     @property
@@ -73,17 +77,17 @@ class ModelFolder:
         return self.files.folder
 
     def protected(self) -> list[str]:
-        """Every place a job must never write: the name it was given (a URL's prefix), the resolved folder and
-        the real file behind each of its entries (hub snapshots link to shared blobs)."""
+        """Every place a job must never write: the name it was given (a URL's prefix), the resolved
+        folder and the real file behind each of its entries (hub snapshots link to shared blobs)."""
         folder = self.files.folder
         given = [self.name] if is_url(self.name) or os.path.exists(self.name) else []
         behind = sorted({os.path.realpath(p) for p in folder.rglob("*") if p.is_file()})
         return [str(folder), *given, *behind]
 
     def identity(self) -> dict:
-        """What a job's output depends on in this folder: every file's name, size and sha256 (so two hosts'
-        byte-identical copies agree, wherever they lie and whatever their times, and a file replaced by another
-        of the same size and time does not)."""
+        """What a job's output depends on in this folder: every file's name, size and sha256 (so two
+        hosts' byte-identical copies agree, wherever they lie and whatever their times, and a file
+        replaced by another of the same size and time does not)."""
         folder = self.files.folder
         entries = []
         for path in sorted(

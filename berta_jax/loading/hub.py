@@ -1,4 +1,5 @@
-"""Find a model folder: a local path, a storage URL (copied to a local cache), or a Hugging Face hub id."""
+"""Find a model folder: a local path, a storage URL (copied to a local cache), or a Hugging Face hub
+id."""
 
 from __future__ import annotations
 
@@ -33,10 +34,12 @@ def default_cache_root() -> Path:
 def resolve_model_dir(
     name_or_path: str | os.PathLike, *, revision: str | None = None, cache_dir: str | None = None
 ) -> Path:
-    """A local folder holding the model: `name_or_path` itself, a copy of a storage URL, or a hub snapshot.
+    """A local folder holding the model: `name_or_path` itself, a copy of a storage URL, or a hub
+    snapshot.
 
-    A hub id is fetched with huggingface_hub (weights as safetensors only); when the hub cannot be reached
-    the cached snapshot is used, and with neither, one ModelNotFoundError says what to pass instead.
+    A hub id is fetched with huggingface_hub (weights as safetensors only); when the hub cannot be
+    reached the cached snapshot is used, and with neither, one ModelNotFoundError says what to pass
+    instead.
     """
     name = os.fspath(name_or_path)
     if is_url(name):
@@ -50,7 +53,8 @@ def resolve_model_dir(
         )
     if not _is_hub_id(name):
         raise ModelNotFoundError(
-            f"{name}: no such folder, and not a hub id of the form 'owner/name' (e.g. 'sergeyzh/BERTA')"
+            f"{name}: no such folder, and not a hub id of the form 'owner/name' (e.g. "
+            "'sergeyzh/BERTA')"
         )
     return _hub_snapshot(name, revision, cache_dir)
 
@@ -77,15 +81,17 @@ def _hub_snapshot(name: str, revision: str | None, cache_dir: str | None) -> Pat
             return Path(snapshot_download(**kwargs, local_files_only=True))
         except (LocalEntryNotFoundError, OSError):
             raise ModelNotFoundError(
-                f"{name}: the Hugging Face hub cannot be reached ({type(online_error).__name__}) and no cached "
-                f"copy exists. Pass the path of a local model folder instead (one holding config.json, "
-                f"model.safetensors and the tokenizer files), or download it where the hub is reachable with "
-                f"`hf download {name}` (huggingface_hub's command line) and copy the cache (HF_HOME) here."
+                f"{name}: the Hugging Face hub cannot be reached ({type(online_error).__name__}) "
+                "and no cached copy exists. Pass the path of a local model folder instead (one "
+                "holding config.json, model.safetensors and the tokenizer files), or download it "
+                f"where the hub is reachable with `hf download {name}` (huggingface_hub's command "
+                "line) and copy the cache (HF_HOME) here."
             ) from None
 
 
 def _copy_remote_folder(url: str, cache_root: Path) -> Path:
-    """Copy the model files under a storage URL into a local cache folder (again only when they changed)."""
+    """Copy the model files under a storage URL into a local cache folder (again only when they
+    changed)."""
     store = store_for(url)
     base = url.rstrip("/")
     local = cache_root / hashlib.sha256(base.encode()).hexdigest()[:20]
@@ -94,9 +100,8 @@ def _copy_remote_folder(url: str, cache_root: Path) -> Path:
     except FileNotFoundError:
         found = []
     names = [p[len(base) + 1 :] for p in found if p.startswith(base + "/") and p != base + "/"]
-    for (
-        name
-    ) in names:  # object names are keys, not paths: only plain segments may become local files
+    # object names are keys, not paths: only plain segments may become local files
+    for name in names:
         if any(part in ("", ".", "..") for part in name.split("/")):
             raise StorageError(
                 f"{base}/{name}: an object name with an empty, '.' or '..' segment, which would "
@@ -108,10 +113,8 @@ def _copy_remote_folder(url: str, cache_root: Path) -> Path:
     for stale in [
         p for p in local.rglob("*") if p.is_file() and ".versions" not in p.relative_to(local).parts
     ]:
-        if (
-            stale.relative_to(local).as_posix() not in names
-        ):  # gone from the bucket: not served from the cache
-            stale.unlink()
+        if stale.relative_to(local).as_posix() not in names:
+            stale.unlink()  # gone from the bucket: not served from the cache
     for name in names:
         info = store.info(f"{base}/{name}")
         target = local / name

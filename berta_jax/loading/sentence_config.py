@@ -2,9 +2,10 @@
 
 Reads `modules.json` (Transformer -> Pooling [-> Normalize]), `1_Pooling/config.json` (pooling mode,
 include_prompt), `sentence_bert_config.json` (max_seq_length, do_lower_case) and
-`config_sentence_transformers.json` (prompts, default prompt, truncate_dim), each field with its type
-checked. A plain HF folder without these gets what sentence-transformers gives it: mean pooling, no
-normalisation, no prompts, the model's position limit (capped by the tokenizer's) as context.
+`config_sentence_transformers.json` (prompts, default prompt, truncate_dim), each field with its
+type checked. A plain HF folder without these gets what sentence-transformers gives it: mean
+pooling, no normalisation, no prompts, the model's position limit (capped by the tokenizer's) as
+context.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ _POOLING = "sentence_transformers.models.Pooling"
 _NORMALIZE = "sentence_transformers.models.Normalize"
 _KNOWN_MODULES = {_TRANSFORMER, _POOLING, _NORMALIZE}
 
-# The prompt names `encode_query` / `encode_document` look for, in order: a model's own retrieval prompts.
+# The prompt names `encode_query` / `encode_document` look for, in order: a model's own retrieval
+# prompts.
 RETRIEVAL_PROMPT_NAMES = {
     "query": ("query", "search_query"),
     "document": ("document", "search_document", "passage"),
@@ -42,25 +44,25 @@ RETRIEVAL_PROMPT_NAMES = {
 
 @dataclasses.dataclass(frozen=True)
 class SentenceConfig:
-    """Pooling, normalisation, context length, prompts and output dimension of a sentence encoder."""
+    """Pooling, normalisation, context length, prompts and output dimension of a sentence
+    encoder."""
 
     pooling: str = "mean"
     include_prompt: bool = True
     normalize: bool = False
     max_seq_length: int = 512
-    lowercase: bool = (
-        False  # sentence_bert_config.json do_lower_case: texts (prompt included) are lowercased
-    )
+    # sentence_bert_config.json do_lower_case: texts (prompt included) are lowercased
+    lowercase: bool = False
     prompts: Mapping[str, str] = dataclasses.field(default_factory=lambda: MappingProxyType({}))
     default_prompt_name: str | None = None
-    truncate_dim: int | None = (
-        None  # keep the first N dimensions (Matryoshka), as sentence-transformers does
-    )
+    # keep the first N dimensions (Matryoshka), as sentence-transformers does
+    truncate_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.pooling not in POOLING_MODES:
             raise ConfigError(
-                f"pooling={self.pooling!r} is not supported; choose one of {', '.join(POOLING_MODES)}"
+                f"pooling={self.pooling!r} is not supported; choose one of "
+                f"{', '.join(POOLING_MODES)}"
             )
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ConfigError(
@@ -99,8 +101,9 @@ class SentenceConfig:
         if not self.prompts:
             return None
         raise ValueError(
-            f"this model defines no {role} prompt (looked for {', '.join(candidates)}); its prompts are "
-            f"{', '.join(sorted(self.prompts))}. Use encode(..., prompt_name=...) to choose one."
+            f"this model defines no {role} prompt (looked for {', '.join(candidates)}); its "
+            f"prompts are {', '.join(sorted(self.prompts))}. Use encode(..., prompt_name=...) to "
+            "choose one."
         )
 
     @classmethod
@@ -118,13 +121,13 @@ class SentenceConfig:
 
 
 def _read_bert_config(files: ModelFiles, model: BertConfig) -> dict:
-    """sentence_bert_config.json: context length and lowercasing (absent: the position and tokenizer limits)."""
+    """sentence_bert_config.json: context length and lowercasing (absent: the position and tokenizer
+    limits)."""
     name = "sentence_bert_config.json"
     f = Fields(files.read_json(name) if files.exists(name) else {}, str(files.folder / name))
     max_len = f.int("max_seq_length", None, minimum=2)
-    if (
-        max_len is None
-    ):  # as sentence-transformers: the tokenizer's model_max_length caps the position table
+    if max_len is None:
+        # as sentence-transformers: the tokenizer's model_max_length caps the position table
         max_len = int(min(model.max_position_embeddings, tokenizer_max_length(files)))
     elif max_len > model.max_position_embeddings:
         raise ConfigError(
@@ -204,8 +207,8 @@ def _read_pooling(files: ModelFiles, name: str, model: BertConfig) -> dict:
         modes = [mode for key, mode in _LEGACY_POOLING_KEYS.items() if f.bool(key, False)]
     if len(modes) != 1 or modes[0] not in POOLING_MODES:
         raise ConfigError(
-            f"{f.source}: pooling mode(s) {modes} are not supported; berta-jax implements exactly one of "
-            f"{', '.join(POOLING_MODES)}"
+            f"{f.source}: pooling mode(s) {modes} are not supported; berta-jax implements exactly "
+            f"one of {', '.join(POOLING_MODES)}"
         )
     dimension = f.int("word_embedding_dimension", model.hidden_size, minimum=1)
     if dimension != model.hidden_size:

@@ -1,8 +1,8 @@
 """Put checkpoint weights into a `BertModel` without a random initialisation.
 
-`abstract_model` builds the model with shapes only (`nnx.eval_shape`), `nnx.split` gives its state, the
-checkpoint is checked against that state (NNX itself checks neither missing keys nor shapes), then
-`nnx.replace_by_pure_dict` fills it (layers stacked) and `nnx.merge` gives the module.
+`abstract_model` builds the model with shapes only (`nnx.eval_shape`), `nnx.split` gives its state,
+the checkpoint is checked against that state (NNX itself checks neither missing keys nor shapes),
+then `nnx.replace_by_pure_dict` fills it (layers stacked) and `nnx.merge` gives the module.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ def build_model(
     param_dtype=jnp.float32,
     remat: bool = False,
 ) -> BertModel:
-    """A `BertModel` holding `params` (per-layer flat dict, checked against `cfg` first), cast to `param_dtype`.
+    """A `BertModel` holding `params` (per-layer flat dict, checked against `cfg` first), cast to
+    `param_dtype`.
 
     `remat=True` rematerialises each layer in the backward pass (less memory for long sequences).
     """

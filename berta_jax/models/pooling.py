@@ -1,8 +1,9 @@
 """Token states -> one sentence vector: pooling and L2 normalisation, as pure functions.
 
-`make_embed_fn` gives the whole forward (encoder + pooling + normalisation) as a pure function of the
-parameters, for `jax.jit`, `jax.vmap` and `jax.grad`. All pooling arithmetic is float32. Pooling works per
-row (one text per row) or per segment of packed rows (several texts per row, `pool_segments`).
+`make_embed_fn` gives the whole forward (encoder + pooling + normalisation) as a pure function of
+the parameters, for `jax.jit`, `jax.vmap` and `jax.grad`. All pooling arithmetic is float32. Pooling
+works per row (one text per row) or per segment of packed rows (several texts per row,
+`pool_segments`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from berta_jax.models.attention import EXPLICIT, AttentionKernel
 from berta_jax.models.bert.model import BertModel
@@ -22,9 +23,9 @@ from berta_jax.models.vectors import POOLING_MODES
 def pool(hidden: Float[Array, "B L D"], mask: Bool[Array, "B L"], mode: str) -> Float[Array, "B D"]:
     """Pool token states over the positions where `mask` is true.
 
-    Modes follow sentence-transformers: "mean", "mean_sqrt_len_tokens", "max", and "cls" (the first pooled
-    position, which is [CLS] unless prompt tokens are excluded). A row with no pooled position gives zeros,
-    never NaN.
+    Modes follow sentence-transformers: "mean", "mean_sqrt_len_tokens", "max", and "cls" (the first
+    pooled position, which is [CLS] unless prompt tokens are excluded). A row with no pooled
+    position gives zeros, never NaN.
     """
     return pool_segments(hidden, mask.astype(jnp.int32), mask, 1, mode)[:, 0]
 
@@ -36,17 +37,16 @@ def pool_segments(
     num_segments: int,
     mode: str,
 ) -> Float[Array, "B S D"]:
-    """Pool each segment s = 1..S of each row over its positions where `pool_mask` is true -> `[B, S, D]`.
+    """Pool each segment s = 1..S of each row over its `pool_mask` positions -> `[B, S, D]`.
 
-    One text per row (S = 1) sums elementwise, as sentence-transformers does; packed rows sum through a
-    float32 one-hot product at HIGHEST precision. Both are deterministic on every backend.
+    One text per row (S = 1) sums elementwise, as sentence-transformers does; packed rows sum
+    through a float32 one-hot product at HIGHEST precision. Both are deterministic on every backend.
     """
     if mode not in POOLING_MODES:
         raise ValueError(f"unknown pooling mode {mode!r}")
     hidden = hidden.astype(jnp.float32)
-    member = (segment_ids[..., None] == jnp.arange(1, num_segments + 1)) & pool_mask[
-        ..., None
-    ]  # [B, L, S]
+    # [B, L, S]: whether token l is pooled into segment s + 1
+    member = (segment_ids[..., None] == jnp.arange(1, num_segments + 1)) & pool_mask[..., None]
     weights = member.astype(jnp.float32)
     count = jnp.maximum(weights.sum(axis=1), 1.0)[..., None]  # [B, S, 1]
     present = member.any(axis=1)[..., None]  # [B, S, 1]
@@ -60,7 +60,8 @@ def pool_segments(
         first = jnp.argmax(member, axis=1)  # [B, S]: the first pooled position of each segment
         return jnp.where(present, jnp.take_along_axis(hidden, first[..., None], axis=1), 0.0)
 
-    def segment_max(s: jax.Array) -> jax.Array:  # [B, D], one segment at a time (bounded memory)
+    # one segment at a time (bounded memory)
+    def segment_max(s: Int[Array, ""]) -> Float[Array, "B D"]:
         return jnp.where(member[:, :, s, None], hidden, -jnp.inf).max(axis=1)
 
     return jnp.where(
@@ -86,13 +87,14 @@ def embed_rows(
     pooling: str = "mean",
     normalize: bool = True,
     attention_kernel: str | AttentionKernel = EXPLICIT,
-    dropout_key: jax.Array | None = None,
+    dropout_key: PRNGKeyArray | None = None,
 ) -> Float[Array, "B S D"]:
-    """The one sentence-embedding path: encoder -> pool each of a row's `num_segments` texts over `pool_mask`
-    -> L2 norm; one vector per (row, segment), zeros for empty segments.
+    """The one sentence-embedding path: encoder -> pool each of a row's `num_segments` texts over
+    `pool_mask` -> L2 norm; one vector per (row, segment), zeros for empty segments.
 
-    `segment_ids` say which text each token belongs to (0 = padding); with one text per row they are the
-    attention mask. A `dropout_key` switches the encoder to training mode (dropout at the config's rates).
+    `segment_ids` say which text each token belongs to (0 = padding); with one text per row they are
+    the attention mask. A `dropout_key` switches the encoder to training mode (dropout at the
+    config's rates).
     """
     packed = num_segments > 1
     hidden = model.forward(
@@ -118,10 +120,11 @@ def embed(
     *,
     pooling: str = "mean",
     normalize: bool = True,
-    dropout_key: jax.Array | None = None,
+    dropout_key: PRNGKeyArray | None = None,
 ) -> Float[Array, "B D"]:
-    """Sentence embeddings of one text per row: `embed_rows` with the attention mask as the segments, pooling
-    over `pool_mask` (positions within the attention mask; default: all of them)."""
+    """Sentence embeddings of one text per row: `embed_rows` with the attention mask as the
+    segments, pooling over `pool_mask` (positions within the attention mask; default: all of
+    them)."""
     segments = attention_mask.astype(bool).astype(jnp.int32)
     pool_mask = (attention_mask if pool_mask is None else pool_mask).astype(bool)
     return embed_rows(
@@ -140,16 +143,21 @@ def embed(
 def make_embed_fn(
     graphdef: nnx.GraphDef, *, pooling: str = "mean", normalize: bool = True
 ) -> Callable:
-    """A pure `fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None)
-    -> [B, D]`.
+    """A pure function of the parameters -> sentence embeddings `[B, D]`:
+    `fn(params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None)`.
 
-    `params` is the `nnx.State` from `nnx.split(model)`; pass it as an argument (not a closure) so jit does
-    not bake the weights into the program and grad can differentiate with respect to it.
+    `params` is the `nnx.State` from `nnx.split(model)`; pass it as an argument (not a closure) so
+    jit does not bake the weights into the program and grad can differentiate with respect to it.
     """
 
     def embed_fn(
-        params, input_ids, attention_mask, token_type_ids=None, pool_mask=None, dropout_key=None
-    ):
+        params: nnx.State,
+        input_ids: Int[Array, "B L"],
+        attention_mask: Int[Array, "B L"] | Bool[Array, "B L"],
+        token_type_ids: Int[Array, "B L"] | None = None,
+        pool_mask: Bool[Array, "B L"] | None = None,
+        dropout_key: PRNGKeyArray | None = None,
+    ) -> Float[Array, "B D"]:
         return embed(
             nnx.merge(graphdef, params),
             input_ids,
@@ -170,17 +178,28 @@ def make_hidden_fn(
     """A pure `fn(params, input_ids, attention_mask, token_type_ids=None)` -> the last hidden state
     `[B, L, D]`, or with `all_layers` the embeddings output and every layer's (N + 1 x `[B, L, D]`).
 
-    With `chunk_tokens`, a batch of more than that many tokens runs as a sequence of row chunks of about
-    that size (`lax.scan`): the same numbers, with cache-sized intermediates, which is faster on CPUs.
+    With `chunk_tokens`, a batch of more than that many tokens runs as a sequence of row chunks of
+    about that size (`lax.scan`): the same numbers, with cache-sized intermediates, which is faster
+    on CPUs.
     """
 
-    def forward(params, input_ids, attention_mask, token_type_ids):
+    def forward(
+        params: nnx.State,
+        input_ids: Int[Array, "B L"],
+        attention_mask: Int[Array, "B L"] | Bool[Array, "B L"],
+        token_type_ids: Int[Array, "B L"],
+    ) -> Float[Array, "B L D"] | tuple[Float[Array, "B L D"], ...]:
         out = nnx.merge(graphdef, params).forward(
             input_ids, attention_mask, token_type_ids, output_hidden_states=all_layers
         )
         return out.hidden_states if all_layers else out.last_hidden_state
 
-    def hidden_fn(params, input_ids, attention_mask, token_type_ids=None):
+    def hidden_fn(
+        params: nnx.State,
+        input_ids: Int[Array, "B L"],
+        attention_mask: Int[Array, "B L"] | Bool[Array, "B L"],
+        token_type_ids: Int[Array, "B L"] | None = None,
+    ) -> Float[Array, "B L D"] | tuple[Float[Array, "B L D"], ...]:
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         batch, length = input_ids.shape
@@ -192,9 +211,8 @@ def make_hidden_fn(
             for x in (input_ids, attention_mask, token_type_ids)
         )
 
-        def step(
-            carried, xs
-        ):  # the parameters travel as the carry: NNX merges them at the loop's trace level
+        # the parameters travel as the carry: NNX merges them at the loop's trace level
+        def step(carried: nnx.State, xs: tuple[Array, ...]) -> tuple[nnx.State, Array]:
             return carried, forward(carried, *xs)
 
         _, out = jax.lax.scan(step, params, chunks)  # [chunks, rows, L, D]
@@ -204,7 +222,7 @@ def make_hidden_fn(
 
 
 def chunk_rows(batch: int, length: int, chunk_tokens: int | None) -> int:
-    """The largest divisor of `batch` whose rows hold at most `chunk_tokens` tokens (at least 1 row)."""
+    """The largest divisor of `batch` whose rows hold at most `chunk_tokens` tokens (at least 1)."""
     if not chunk_tokens or batch * length <= chunk_tokens:
         return batch
     target = max(1, chunk_tokens // length)

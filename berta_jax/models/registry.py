@@ -1,7 +1,7 @@
-"""Model families by config.json's `model_type`: what berta-jax needs to read, build and name one family.
+"""Model families by config.json's `model_type`: what it takes to read, build and name a family.
 
-A sibling family (XLM-RoBERTa, say) is one folder beside `bert/` (its config, model and name table) and one
-row in `FAMILIES`; the loader, the converter and the encoder find it here.
+A sibling family (XLM-RoBERTa, say) is one folder beside `bert/` (its config, model and name table)
+and one row in `FAMILIES`; the loader, the converter and the encoder find it here.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from berta_jax.storage.model_files import ModelFiles
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-    """One model family: its config type (`from_dict(raw, source)`), its Hugging Face name table, and the
-    package whose `model` module builds it (`abstract_model(cfg, ...)`: imported on use, since it imports
-    JAX and reading a config must not)."""
+    """One model family: its config type (`from_dict(raw, source)`), its Hugging Face name table,
+    and the package whose `model` module builds it (`abstract_model(cfg, ...)`: imported on use,
+    since it imports JAX and reading a config must not)."""
 
     model_type: str
     config: type
@@ -51,7 +51,8 @@ def family_for(config: Any) -> Family:
 
 
 def family_of(model_type: str, source: str = "config.json") -> Family:
-    """The family for a `model_type`, or a ConfigError naming the file and the families berta-jax has."""
+    """The family for a `model_type`, or a ConfigError naming the file and the families berta-jax
+    implements."""
     if model_type not in FAMILIES:
         raise ConfigError(
             f"{source}: field model_type={model_type!r} is not a family berta-jax implements; "

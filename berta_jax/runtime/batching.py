@@ -23,7 +23,7 @@ LENGTH_BUCKETS = (16, 32, 64, 128, 192, 256, 384, 512)
 
 
 def length_buckets(max_seq_length: int) -> tuple[int, ...]:
-    """The padded lengths used for a context of `max_seq_length` (the context itself is always one)."""
+    """The padded lengths for a context of `max_seq_length` (the context itself is always one)."""
     return tuple(b for b in LENGTH_BUCKETS if b < max_seq_length) + (max_seq_length,)
 
 
@@ -43,7 +43,8 @@ def _positive_int(name: str, value) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlan:
-    """One batch of a plan: which texts go in which row, and the batch's shape. Both planners make these."""
+    """One batch of a plan: which texts go in which row, and the batch's shape. Both planners make
+    these."""
 
     rows: list[list[int]]  # input indices of the texts in each real row, in segment order
     n_rows: int  # rows of the batch shape (real rows, then empty ones)
@@ -58,7 +59,7 @@ class BatchPlan:
 
 @dataclasses.dataclass(frozen=True)
 class BatchPlanner:
-    """Decides batch shapes: a token budget per batch, a row cap, and a device count rows must divide by.
+    """Batch shapes: a token budget per batch, a row cap, and a device count rows must divide by.
 
     Args:
       max_seq_length: the context; the largest length bucket.
@@ -80,8 +81,9 @@ class BatchPlanner:
             _positive_int("batch_size", self.batch_size)
         if self.max_batch_tokens < self.max_seq_length:
             raise ValueError(
-                f"max_batch_tokens={self.max_batch_tokens} is smaller than max_seq_length={self.max_seq_length}: "
-                f"a full-length text would not fit in a batch; use at least {self.max_seq_length}"
+                f"max_batch_tokens={self.max_batch_tokens} is smaller than "
+                f"max_seq_length={self.max_seq_length}: a full-length text would not fit in a "
+                f"batch; use at least {self.max_seq_length}"
             )
 
     @property
@@ -121,9 +123,8 @@ class BatchPlanner:
             rows = self.full_rows(length)
             for start in range(0, len(members), rows):
                 take = members[start : start + rows]
-                short = (
-                    len(members) < rows
-                )  # the bucket never fills a batch: a small shape of its own
+                # the bucket never fills a batch: a small shape of its own
+                short = len(members) < rows
                 n_rows = min(rows, self.tail_rows(len(take))) if short else rows
                 plan.append(BatchPlan([[int(i)] for i in take], n_rows, length))
         return plan
@@ -133,9 +134,9 @@ class BatchPlanner:
 class Batch:
     """One batch of token rows and where each of its texts' vectors comes out.
 
-    A row holds one text, or several packed texts (`segment_ids` 1, 2, ... per text, 0 for padding, positions
-    restarting at 0 for each). The forward gives one vector per (row, segment) slot, `[rows * segments, D]`;
-    `texts[j]` (an input index) is read from slot `slots[j]`.
+    A row holds one text, or several packed texts (`segment_ids` 1, 2, ... per text, 0 for padding,
+    positions restarting at 0 for each). The forward gives one vector per (row, segment) slot,
+    `[rows * segments, D]`; `texts[j]` (an input index) is read from slot `slots[j]`.
     """
 
     texts: np.ndarray  # [n] int64 input indices
@@ -160,9 +161,9 @@ def make_batches(
     pad_token_id: int,
     exclude_prompt: bool = False,
 ) -> Iterator[Batch]:
-    """The planner's batches laid out, in its order: each row's texts side by side (segment ids 1, 2, ...,
-    positions restarting at 0 for each); `exclude_prompt` drops each text's [CLS] + prompt from pooling
-    (sentence-transformers' include_prompt=false)."""
+    """The planner's batches laid out, in its order: each row's texts side by side
+    (segment ids 1, 2, ..., positions restarting at 0 for each); `exclude_prompt` drops each text's
+    [CLS] + prompt from pooling (sentence-transformers' include_prompt=false)."""
     skip = tokens.prompt_length if exclude_prompt else 0
     for step in planner.plan(tokens.lengths):
         shape = (step.n_rows, step.length)

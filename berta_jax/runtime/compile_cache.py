@@ -35,13 +35,15 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
             pass
     except OSError as e:
         warnings.warn(
-            f"compilation cache directory {directory} is not writable ({e.strerror or e}); continuing without a "
-            f"persistent cache, so each process compiles again. Set {ENV_VAR} to a writable directory.",
+            f"compilation cache directory {directory} is not writable ({e.strerror or e}); "
+            "continuing without a persistent cache, so each process compiles again. "
+            f"Set {ENV_VAR} to a writable directory.",
             RuntimeWarning,
             stacklevel=3,
         )
         return None
-    compilation_cache.reset_cache()  # a cache JAX initialised earlier without a directory would stay off
+    # a cache JAX initialised earlier without a directory would stay off
+    compilation_cache.reset_cache()
     compilation_cache.set_cache_dir(str(directory))
     # Cache every program: a BERT forward on CPU can compile in under the default 1 s threshold.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

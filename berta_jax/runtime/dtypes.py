@@ -1,9 +1,11 @@
-"""The compute dtype `"auto"` stands for, and why: bfloat16 where the hardware multiplies it natively, else float32.
+"""The compute dtype `"auto"` stands for, and why: bfloat16 where the hardware multiplies it
+natively, else float32.
 
 bfloat16 pays where matrix units take it and accumulate in float32: TPUs, GPUs, and CPUs with AMX or
-AVX512-BF16 (XLA:CPU then runs the model's bf16 dots, which accumulate in float32, through oneDNN/AMX at
-several times its float32 rate). Without such a unit XLA:CPU upcasts bf16 dots to float32, which is slower than
-float32 itself. float32 stays the default everywhere: it is the PyTorch-parity mode.
+AVX512-BF16 (XLA:CPU then runs the model's bf16 dots, which accumulate in float32, through
+oneDNN/AMX at several times its float32 rate). Without such a unit XLA:CPU upcasts bf16 dots to
+float32, which is slower than float32 itself. float32 stays the default everywhere: it is the
+PyTorch-parity mode.
 """
 
 from __future__ import annotations

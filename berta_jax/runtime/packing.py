@@ -1,18 +1,18 @@
-"""Pack several texts into each row, so batches carry almost no padding, over a small fixed set of shapes.
+"""Pack several texts into each row, so batches carry almost no padding, over a few fixed shapes.
 
-Texts are packed best-fit-decreasing into rows of 128, 256 or 512 tokens (and the context itself), at most
-`length // 4` texts per row: a text opens a row of the shortest length that holds it, and shorter texts fill
-the space longer ones leave. Each text keeps its own
-segment id (attention stays inside it), positions restarting at 0, and its own pooled vector. Rows are cut
-into batches of `max_batch_tokens // length` rows; as with one text per row, each row length has one batch
-shape, and the last batch of a row length takes half as many rows when it fits in them (a call too small to
-fill one batch gets a power-of-two row count instead), so a run compiles at most two programs per row length
-it reaches: at most 6 for a 512-token context.
+Texts are packed best-fit-decreasing into rows of 128, 256 or 512 tokens (and the context itself),
+at most `length // 4` texts per row: a text opens a row of the shortest length that holds it, and
+shorter texts fill the space longer ones leave. Each text keeps its own segment id (attention stays
+inside it), positions restarting at 0, and its own pooled vector. Rows are cut into batches of
+`max_batch_tokens // length` rows; as with one text per row, each row length has one batch shape,
+and the last batch of a row length takes half as many rows when it fits in them (a call too small to
+fill one batch gets a power-of-two row count instead), so a run compiles at most two programs per
+row length it reaches: at most 6 for a 512-token context.
 
-Why these row lengths: attention over a packed row costs in proportion to the row's length for every token in
-it. For BERT-base a token's attention is 2.8% of its layer's matmul work in a 128-token row, 5.6% at 256 and
-11% at 512; padding wastes the whole cost of a token. Short texts share short rows, so packing removes the
-padding without paying long-row attention for them.
+Why these row lengths: attention over a packed row costs in proportion to the row's length for every
+token in it. For BERT-base a token's attention is 2.8% of its layer's matmul work in a 128-token
+row, 5.6% at 256 and 11% at 512; padding wastes the whole cost of a token. Short texts share short
+rows, so packing removes the padding without paying long-row attention for them.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import numpy as np
 from berta_jax.runtime.batching import BatchPlan, Batch, BatchPlanner
 
 PACKED_ROW_LENGTHS = (128, 256, 512)
-TOKENS_PER_SEGMENT = (
-    4  # a row of length L holds at most L // 4 texts: a bound on the pooled slots per row. At 8,
-)
-# 100,000 texts of 1-3 words padded 1.24x (MiniLM) and empty texts 4x; at 4, 1.03x and 2x. A smaller bound would
-# grow every batch's pooled output ([rows x L // bound, hidden]) for the few corpora of near-empty texts.
+# A row of length L holds at most L // 4 texts: a bound on the pooled slots per row. At 8, 100,000
+# texts of 1-3 words padded 1.24x (MiniLM) and empty texts 4x; at 4, 1.03x and 2x. A smaller bound
+# would grow every batch's pooled output ([rows x L // bound, hidden]) for the few corpora of
+# near-empty texts.
+TOKENS_PER_SEGMENT = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,21 +86,20 @@ class PackingPlanner(BatchPlanner):
         ]
 
     def half_rows(self, length: int) -> int:
-        """Rows of the one smaller shape a row length has: the last batch of a longer run, when it fits."""
+        """Rows of a row length's one smaller shape: a longer run's last batch, when it fits."""
         return self.device_rows(self.rows_per_batch(length) // 2)
 
 
 def pack(
     lengths: np.ndarray, row_lengths: tuple[int, ...], segments
 ) -> list[tuple[int, list[int]]]:
-    """Best-fit decreasing over all texts: each text (longest first) goes to the open row, of any length, whose free
-    space fits it most tightly; only when none fits does it open a row, of the shortest length that holds it.
-    So short texts fill what long texts leave, and padding is what no text could fill. Returns (row length,
-    input indices) per row."""
+    """Best-fit decreasing over all texts: each text (longest first) goes to the open row, of any
+    length, whose free space fits it most tightly; only when none fits does it open a row, of the
+    shortest length that holds it. So short texts fill what long texts leave, and padding is what no
+    text could fill. Returns (row length, input indices) per row."""
     rows: list[tuple[int, list[int]]] = []
-    free: list[
-        tuple[int, int]
-    ] = []  # (free tokens, row index) of rows that can take another text, sorted
+    # (free tokens, row index) of rows that can take another text, sorted
+    free: list[tuple[int, int]] = []
     for i in np.argsort(-lengths, kind="stable"):
         n = int(lengths[i])
         at = bisect.bisect_left(free, (n, -1))
@@ -117,8 +116,9 @@ def pack(
 
 
 def unpack_batch(batch: Batch) -> Batch:
-    """The texts of a packed batch one per row (same row length): how a non-finite packed batch is re-run, since a
-    text whose activations overflow would otherwise spread NaN to its row's other texts (0 x NaN is NaN)."""
+    """The texts of a packed batch one per row (same row length): how a non-finite packed batch is
+    re-run, since a text whose activations overflow would otherwise spread NaN to its row's other
+    texts (0 x NaN is NaN)."""
     n_rows, length = len(batch.texts), batch.input_ids.shape[1]
     shape = (n_rows, length)
     ids, types = np.zeros(shape, np.int32), np.zeros(shape, np.int32)

@@ -1,8 +1,9 @@
 """Typed access to the fields of a parsed JSON object, with errors that name the file and the field.
 
-Every config file berta-jax reads goes through `Fields`: a value of the wrong JSON type (a string where a
-boolean belongs, a list where an object belongs, `Infinity` where a finite number belongs) is a
-`ConfigError` naming the file and the field, never a TypeError or AttributeError deep in the loader.
+Every config file berta-jax reads goes through `Fields`: a value of the wrong JSON type (a string
+where a boolean belongs, a list where an object belongs, `Infinity` where a finite number belongs)
+is a `ConfigError` naming the file and the field, never a TypeError or AttributeError deep in the
+loader.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def json_kind(value: Any) -> str:
 
 
 class Fields:
-    """The fields of one JSON object read from `source` (a file name, or `file: field` for nested objects)."""
+    """The fields of one JSON object read from `source` (a file name, or `file: field` for nested
+    objects)."""
 
     def __init__(self, raw: Any, source: str):
         if not isinstance(raw, dict):

@@ -1,13 +1,14 @@
 """Read the files of a model folder safely: regular files inside the folder, of bounded size.
 
-A model folder is untrusted input. Before a file is opened, its path (as a config names it or as berta-jax
-expects it) must stay inside the folder, must resolve (through symlinks) to a regular file inside the
-folder's root, and must be below a size bound; otherwise the read is refused with the reason. So a
-`config.json` that is a symlink to `/dev/zero`, a FIFO that would block, `modules.json` naming
-`../elsewhere` or a shard index naming `/etc/passwd` are errors, never reads.
+A model folder is untrusted input. Before a file is opened, its path (as a config names it or as
+berta-jax expects it) must stay inside the folder, must resolve (through symlinks) to a regular file
+inside the folder's root, and must be below a size bound; otherwise the read is refused with the
+reason. So a `config.json` that is a symlink to `/dev/zero`, a FIFO that would block, `modules.json`
+naming `../elsewhere` or a shard index naming `/etc/passwd` are errors, never reads.
 
-The root is the folder itself, or for a Hugging Face hub snapshot (`.../models--owner--name/snapshots/REV`)
-the repository's cache folder, whose `blobs/` the snapshot's symlinks point into.
+The root is the folder itself, or for a Hugging Face hub snapshot
+(`.../models--owner--name/snapshots/REV`) the repository's cache folder, whose `blobs/` the
+snapshot's symlinks point into.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ TOKENIZER_LIMIT = 256 * 2**20
 
 
 def folder_root(folder: Path) -> Path:
-    """The folder symlinks may point into: the hub repository cache for a snapshot, else the folder."""
+    """The folder symlinks may point into: the hub repository cache for a snapshot, else the
+    folder."""
     resolved = folder.resolve()
     if resolved.parent.name == "snapshots" and resolved.parent.parent.name.startswith("models--"):
         return resolved.parent.parent
@@ -44,7 +46,8 @@ class ModelFiles:
         return f"ModelFiles({str(self.folder)!r})"
 
     def _inside(self, name: str) -> Path:
-        """The path of `name` (relative, '/'-separated) in the folder; refused if it could leave it."""
+        """The path of `name` (relative, '/'-separated) in the folder; refused if it could leave
+        it."""
         pure = PurePosixPath(name)
         if not name or pure.is_absolute() or ".." in pure.parts or "\\" in name or "\x00" in name:
             raise ConfigError(
@@ -54,11 +57,13 @@ class ModelFiles:
         return self.folder.joinpath(*pure.parts)
 
     def exists(self, name: str) -> bool:
-        """Whether anything (even a broken symlink) is at `name`; such entries are then checked by `path`."""
+        """Whether anything (even a broken symlink) is at `name`; such entries are then checked by
+        `path`."""
         return os.path.lexists(self._inside(name))
 
     def path(self, name: str, limit: int | None = JSON_LIMIT) -> Path:
-        """The checked path of a file that must exist: a regular file inside the folder's root, within `limit`."""
+        """The checked path of a file that must exist: a regular file inside the folder's root,
+        within `limit`."""
         path = self._inside(name)
         try:
             resolved = path.resolve(strict=True)

@@ -1,12 +1,12 @@
 """Texts -> token ids, with the checkpoint's own fast tokenizer, truncation reported.
 
 The tokenizer is asked explicitly for no padding and truncation at max_seq_length on every call, so
-settings stored in `tokenizer.json` (the all-MiniLM-L6-v2 one pads to 128) never leak in. Padding is the
-batcher's job. Lowercasing (`do_lower_case`) is done as sentence-transformers does it: the tokenizers
-library's `Lowercase` normalizer in front of the tokenizer's own normalizer.
+settings stored in `tokenizer.json` (the all-MiniLM-L6-v2 one pads to 128) never leak in. Padding is
+the batcher's job. Lowercasing (`do_lower_case`) is done as sentence-transformers does it: the
+tokenizers library's `Lowercase` normalizer in front of the tokenizer's own normalizer.
 
-Cost per text is bounded by the context, whatever the text: a text too long to matter is first reduced
-(`wordpiece.reduce`) to a prefix that tokenizes to exactly the same first tokens.
+Cost per text is bounded by the context, whatever the text: a text too long to matter is first
+reduced (`wordpiece.reduce`) to a prefix that tokenizes to exactly the same first tokens.
 """
 
 from __future__ import annotations
@@ -44,9 +44,8 @@ class TokenizedTexts:
     input_ids: list[np.ndarray]  # each [length], int32
     token_type_ids: list[np.ndarray]  # each [length], int32
     truncated: np.ndarray  # [n] bool: the text was cut to max_seq_length tokens
-    prompt_length: (
-        int  # tokens of [CLS] + prompt (0 without a prompt), as sentence-transformers counts them
-    )
+    # tokens of [CLS] + prompt (0 without a prompt), as sentence-transformers counts them
+    prompt_length: int
 
     @property
     def lengths(self) -> np.ndarray:
@@ -98,8 +97,8 @@ class TextTokenizer:
         )
 
     def prompt_length(self, prompt: str) -> int:
-        """[CLS] + prompt tokens after truncation to the context, without a trailing special token: the count
-        sentence-transformers excludes from pooling with include_prompt=false."""
+        """[CLS] + prompt tokens after truncation to the context, without a trailing special token:
+        the count sentence-transformers excludes from pooling with include_prompt=false."""
         if not prompt:
             return 0
         ids = self.hf(
@@ -134,8 +133,9 @@ class TextTokenizer:
 
 
 def with_lowercase(hf_tokenizer):
-    """A copy whose normalizer starts with tokenizers' `Lowercase`, exactly as sentence-transformers does for
-    do_lower_case (it maps a word-final capital sigma to σ, where Python's str.lower() gives ς)."""
+    """A copy whose normalizer starts with tokenizers' `Lowercase`, exactly as sentence-transformers
+    does for do_lower_case (it maps a word-final capital sigma to σ, where Python's str.lower()
+    gives ς)."""
     from tokenizers.normalizers import Lowercase, Sequence as NormalizerSequence
 
     tokenizer = copy.deepcopy(hf_tokenizer)
@@ -165,15 +165,17 @@ def _has_lowercase(normalizer) -> bool:
 
 def load_hf_tokenizer(files: ModelFiles):
     """The folder's fast tokenizer, after checking every file the transformers loader may open."""
-    # berta-jax needs only transformers' tokenizers: its advice that PyTorch is missing is noise here
+    # berta-jax needs only transformers' tokenizers: its advice that PyTorch is missing is noise
+    # here
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     from transformers import AutoTokenizer
 
     present = [name for name in TOKENIZER_FILES if files.exists(name)]
     if "tokenizer.json" not in present and "vocab.txt" not in present:
         raise ConfigError(
-            f"{files.folder}: no tokenizer.json or vocab.txt; the model folder must ship its tokenizer "
-            "(transformers would otherwise build an empty one and turn every word into [UNK])"
+            f"{files.folder}: no tokenizer.json or vocab.txt; the model folder must ship its "
+            "tokenizer (transformers would otherwise build an empty one and turn every word into "
+            "[UNK])"
         )
     for name in present:
         files.path(name, TOKENIZER_LIMIT)
@@ -191,9 +193,8 @@ def load_hf_tokenizer(files: ModelFiles):
         return AutoTokenizer.from_pretrained(
             str(files.folder), use_fast=True, trust_remote_code=False
         )
-    except (
-        Exception
-    ) as e:  # third-party parsing of untrusted files raises many types: name the files
+    except Exception as e:
+        # third-party parsing of untrusted files raises many types: name the files
         raise ConfigError(
             f"{files.folder}: cannot build the tokenizer from {', '.join(present)} "
             f"({type(e).__name__}: {e})"
@@ -224,11 +225,13 @@ def _check_tokenizer_config(f: Fields) -> None:
 
 
 def check_agreement(hf_tokenizer, model_vocab_size: int, source: str) -> None:
-    """The tokenizer must fit the model: every id inside the embedding table, the special tokens present."""
+    """The tokenizer must fit the model: every id inside the embedding table, the special tokens
+    present."""
     if len(hf_tokenizer) > model_vocab_size:
         raise ConfigError(
-            f"{source}: the tokenizer has {len(hf_tokenizer)} tokens but the model's embedding table has "
-            f"vocab_size={model_vocab_size} rows (config.json); ids past the table would read wrong rows"
+            f"{source}: the tokenizer has {len(hf_tokenizer)} tokens but the model's embedding "
+            f"table has vocab_size={model_vocab_size} rows (config.json); ids past the table would "
+            "read wrong rows"
         )
     top = max(hf_tokenizer.get_vocab().values(), default=-1)
     if top >= model_vocab_size:

@@ -1,9 +1,10 @@
 """Bound the cost of tokenizing a text by the context length, without changing its tokens.
 
-A corpus line can be megabytes long (a CJK page, `a.a.a.`, one giant word, a run of spaces). Only its first
-`max_seq_length` tokens are kept, so only a bounded prefix matters, but which prefix depends on the
-tokenizer. For BERT's pipeline (BertNormalizer, BertPreTokenizer, WordPiece) three rewrites never change
-the token sequence, and afterwards every token spans at most `max_input_chars_per_word + 2` characters:
+A corpus line can be megabytes long (a CJK page, `a.a.a.`, one giant word, a run of spaces). Only
+its first `max_seq_length` tokens are kept, so only a bounded prefix matters, but which prefix
+depends on the tokenizer. For BERT's pipeline (BertNormalizer, BertPreTokenizer, WordPiece) three
+rewrites never change the token sequence, and afterwards every token spans at most
+`max_input_chars_per_word + 2` characters:
 
 1. characters the normalizer deletes anyway (controls with `clean_text`, combining marks with
    `strip_accents`) are deleted;
@@ -11,9 +12,10 @@ the token sequence, and afterwards every token spans at most `max_input_chars_pe
 3. each word longer than `max_input_chars_per_word` characters (which WordPiece turns into one [UNK]
    token whatever its length) is cut to one character more than that limit.
 
-So `(max_seq_length + 2) * (max_input_chars_per_word + 2)` characters of the rewritten text hold at least
-`max_seq_length + 1` whole tokens, and cutting there changes nothing that is kept, including the
-"truncated" flag. Other tokenizer pipelines get the text unchanged (exact; cost grows with the text).
+So `(max_seq_length + 2) * (max_input_chars_per_word + 2)` characters of the rewritten text hold at
+least `max_seq_length + 1` whole tokens, and cutting there changes nothing that is kept, including
+the "truncated" flag. Other tokenizer pipelines get the text unchanged (exact; cost grows with the
+text).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import unicodedata
 
 import regex
 
-# Characters BertNormalizer's handle_chinese_chars surrounds with spaces (each becomes a word of its own).
+# Characters BertNormalizer's handle_chinese_chars surrounds with spaces (each becomes a word of its
+# own).
 _CJK = (
     r"\u4E00-\u9FFF\u3400-\u4DBF\U00020000-\U0002A6DF\U0002A700-\U0002B73F\U0002B740-\U0002B81F"
     r"\U0002B820-\U0002CEAF\uF900-\uFAFF\U0002F800-\U0002FA1F"
@@ -37,8 +40,9 @@ _SPACES = regex.compile(r"\p{White_Space}+")
 
 @functools.lru_cache(maxsize=None)
 def _decomposes_to_boundary() -> str:
-    """Characters whose canonical decomposition contains a word boundary (e.g. U+1FEF -> '`'), as a regex class
-    body: with strip_accents the normalizer decomposes them, so they must count as boundaries too."""
+    """Characters whose canonical decomposition contains a word boundary (e.g. U+1FEF -> '`'), as a
+    regex class body: with strip_accents the normalizer decomposes them, so they must count as
+    boundaries too."""
     boundary = regex.compile(rf"[\p{{White_Space}}\p{{P}}{_ASCII_PUNCT}{_CJK}]")
     found = [
         c
@@ -51,7 +55,8 @@ def _decomposes_to_boundary() -> str:
 
 
 class Reducer:
-    """Rewrites a text into a bounded string that tokenizes to the same first tokens (see the module)."""
+    """Rewrites a text into a bounded string that tokenizes to the same first tokens (see the
+    module)."""
 
     def __init__(
         self,
@@ -69,8 +74,8 @@ class Reducer:
 
     @classmethod
     def for_tokenizer(cls, spec: dict, max_seq_length: int) -> Reducer | Unchanged:
-        """The reducer for a tokenizer's JSON description (`tokenizer.json`), or `Unchanged` for pipelines
-        other than BERT's."""
+        """The reducer for a tokenizer's JSON description (`tokenizer.json`), or `Unchanged` for
+        pipelines other than BERT's."""
         normalizers = _normalizers(spec.get("normalizer"))
         model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
         bert = [n for n in normalizers if n.get("type") == "BertNormalizer"]

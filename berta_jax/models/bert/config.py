@@ -1,9 +1,9 @@
 """The BERT architecture config, read from a checkpoint's `config.json`.
 
-Every architectural number comes from the checkpoint; nothing is hard-coded except the `berta()` preset,
-which documents the sergeyzh/BERTA shape for tests and for `jax.eval_shape` checks. Every field is read
-with its JSON type checked (a string where a number belongs, `Infinity`, a list where an object belongs
-are errors naming the file and the field).
+Every architectural number comes from the checkpoint; nothing is hard-coded except the `berta()`
+preset, which documents the sergeyzh/BERTA shape for tests and for `jax.eval_shape` checks. Every
+field is read with its JSON type checked (a string where a number belongs, `Infinity`, a list where
+an object belongs are errors naming the file and the field).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from berta_jax.storage.json_fields import Fields
 
 
 MODEL_TYPE = "bert"  # config.json's model_type for this family (see models.registry)
-# transformers' ACT2FN names this model implements -> the jax.nn function and its arguments (the model builds
-# it; this table stays free of JAX so that reading a config imports none). "gelu" is BERT's exact erf GELU.
+# transformers' ACT2FN names this model implements -> the jax.nn function and its arguments (the
+# model builds it; this table stays free of JAX so that reading a config imports none). "gelu" is
+# BERT's exact erf GELU.
 ACTIVATIONS: dict[str, tuple[str, dict]] = {
     "gelu": ("gelu", {"approximate": False}),
     "gelu_new": ("gelu", {"approximate": True}),

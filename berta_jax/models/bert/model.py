@@ -1,18 +1,21 @@
 """The BERT encoder in Flax NNX, read top-down like the paper.
 
-embeddings -> N x (self-attention -> residual LayerNorm -> GELU feed-forward -> residual LayerNorm) ->
-last hidden state. The N layers are one `EncoderLayer` whose parameters carry a leading layer axis
-(created with `nnx.vmap`, applied with `nnx.scan`), so a 12-layer model compiles one layer body instead of
-twelve. Parameter names are the ones the converter's table (`berta_jax/models/bert/names.py`) maps to and from Hugging
-Face names, with the layer index in the path (`layers.3.ffn_in.kernel`); `weights.py` stacks and unstacks.
+embeddings -> N x (self-attention -> residual LayerNorm -> GELU feed-forward -> residual LayerNorm)
+-> last hidden state. The N layers are one `EncoderLayer` whose parameters carry a leading layer
+axis (created with `nnx.vmap`, applied with `nnx.scan`), so a 12-layer model compiles one layer body
+instead of twelve. Parameter names are the ones the converter's table
+(`berta_jax/models/bert/names.py`) maps to and from Hugging Face names, with the layer index in the
+path (`layers.3.ffn_in.kernel`); `weights.py` stacks and unstacks.
 
-Numerics, in one place (`Numerics`): parameters are stored in `param_dtype`; matmuls run in `dtype`
-(float32 or bfloat16); LayerNorm, softmax and everything after the last layer run in float32. In float32
-mode matmuls ask for `Precision.HIGHEST`, so TPUs and GPUs do not silently drop to bf16/TF32 passes.
-Dropout (the config's rates, `nnx.Dropout`) runs only in training mode; inference is deterministic.
+Numerics, in one place (`numerics.Numerics`): parameters are stored in `param_dtype`; matmuls run in
+`dtype` (float32 or bfloat16); LayerNorm, softmax and everything after the last layer run in
+float32. In float32 mode matmuls ask for `Precision.HIGHEST`, so TPUs and GPUs do not silently drop
+to bf16/TF32 passes. Dropout (the config's rates, `nnx.Dropout`) runs only in training mode;
+inference is deterministic.
 
-Packed rows: `segment_ids` (0 = padding, 1, 2, ... = the texts sharing a row) restrict attention to each
-text's own tokens, and `positions` restart at 0 for each text, so a packed text embeds as if alone.
+Packed rows: `segment_ids` (0 = padding, 1, 2, ... = the texts sharing a row) restrict attention to
+each text's own tokens, and `positions` restart at 0 for each text, so a packed text embeds as if
+alone.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Bool, Float, Int
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from berta_jax.models.attention import EXPLICIT, AttentionKernel, Mask, kernel_named
 from berta_jax.models.bert.config import ACTIVATIONS, BertConfig
+from berta_jax.models.bert.numerics import Numerics
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -37,66 +41,31 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Numerics:
-    """The dtype policy: compute dtype of the matmuls, storage dtype of the parameters, matmul precision."""
-
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
-
-    @property
-    def precision(self) -> jax.lax.Precision:
-        """HIGHEST for float32 compute (PyTorch parity on TPU/GPU), DEFAULT for bfloat16."""
-        return (
-            jax.lax.Precision.HIGHEST
-            if jnp.dtype(self.dtype) == jnp.float32
-            else jax.lax.Precision.DEFAULT
-        )
-
-    @property
-    def accumulate(self) -> jnp.dtype | None:
-        """What a 16-bit matmul returns: float32. Its products accumulate in float32 (what TPUs, GPUs and the
-        CPU's bf16 matrix units do natively; XLA:CPU reaches AMX only for such dots), and bias, GELU and the
-        residual sum see float32. None in float32 mode: the dots there stay exactly as they were."""
-        return None if jnp.dtype(self.dtype) == jnp.float32 else jnp.dtype(jnp.float32)
-
-    def linear(self, n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
-        return nnx.Linear(
-            n_in,
-            n_out,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            precision=self.precision,
-            preferred_element_type=self.accumulate,
-            rngs=rngs,
-        )
-
-    def layer_norm(self, cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
-        # BERT's eps (from the config; nnx defaults to 1e-6) and the two-pass variance torch uses;
-        # statistics and output in float32.
-        return nnx.LayerNorm(
-            cfg.hidden_size,
-            epsilon=cfg.layer_norm_eps,
-            use_fast_variance=False,
-            dtype=jnp.float32,
-            param_dtype=self.param_dtype,
-            rngs=rngs,
-        )
-
-    def embed(self, n: int, cfg: BertConfig, rngs: nnx.Rngs) -> nnx.Embed:
-        return nnx.Embed(
-            n, cfg.hidden_size, dtype=jnp.float32, param_dtype=self.param_dtype, rngs=rngs
-        )
-
-
-@dataclasses.dataclass(frozen=True)
 class BertOutput:
     """What `BertModel.forward` returns; the optional parts only when asked for."""
 
-    last_hidden_state: jax.Array  # [B, L, D] float32
-    hidden_states: tuple[jax.Array, ...] | None = (
-        None  # embeddings output + each layer's, N + 1 x [B, L, D]
-    )
-    attentions: tuple[jax.Array, ...] | None = None  # each layer's probabilities, N x [B, H, L, L]
+    last_hidden_state: Float[Array, "B L D"]  # float32
+    # the embeddings output and each layer's: N + 1 x [B, L, D]
+    hidden_states: tuple[Float[Array, "B L D"], ...] | None = None
+    # each layer's attention probabilities: N x [B, H, L, L]
+    attentions: tuple[Float[Array, "B H L L"], ...] | None = None
+
+    @classmethod
+    def of_layers(
+        cls,
+        embedded: Float[Array, "B L D"],
+        last: Float[Array, "B L D"],
+        hidden: Float[Array, "N B L D"] | None,
+        probs: Float[Array, "N B H L L"] | None,
+    ) -> BertOutput:
+        """The float32 output of the embeddings and the layer scan (`BertModel._run_layers`)."""
+        return cls(
+            last_hidden_state=last.astype(jnp.float32),
+            hidden_states=None
+            if hidden is None
+            else (embedded, *(h.astype(jnp.float32) for h in hidden)),
+            attentions=None if probs is None else tuple(probs),
+        )
 
 
 class Embeddings(nnx.Module):
@@ -135,9 +104,8 @@ class SelfAttention(nnx.Module):
 
     def _heads(self, projection: nnx.Linear, x: Float[Array, "B L D"]) -> Float[Array, "B L H K"]:
         batch, length, _ = x.shape
-        return (
-            projection(x).astype(self.dtype).reshape(batch, length, self.num_heads, self.head_dim)
-        )
+        heads = projection(x).astype(self.dtype)
+        return heads.reshape(batch, length, self.num_heads, self.head_dim)
 
     def __call__(
         self,
@@ -217,9 +185,8 @@ class BertModel(nnx.Module):
         def stacked(layer_rngs: nnx.Rngs) -> EncoderLayer:
             return EncoderLayer(cfg, numerics, rngs=layer_rngs)
 
-        self.layers = stacked(
-            rngs
-        )  # one EncoderLayer, every parameter with a leading [num_hidden_layers] axis
+        # one EncoderLayer, every parameter with a leading [num_hidden_layers] axis
+        self.layers = stacked(rngs)
 
     def forward(
         self,
@@ -230,7 +197,7 @@ class BertModel(nnx.Module):
         segment_ids: Int[Array, "B L"] | None = None,
         positions: Int[Array, "B L"] | None = None,
         deterministic: bool = True,
-        dropout_key: jax.Array | None = None,
+        dropout_key: PRNGKeyArray | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
         attention_kernel: str | AttentionKernel = EXPLICIT,
@@ -238,16 +205,18 @@ class BertModel(nnx.Module):
         """The encoder, with packed rows, training dropout and introspection when asked.
 
         Args:
-          segment_ids: for packed rows, which text each token belongs to (0 for padding); attention stays
-            within a text. Default: one text per row (`attention_mask`).
-          positions: position ids (restarting at 0 for each packed text); default 0, 1, 2, ... per row.
-          deterministic: True (inference) ignores dropout; False applies the config's dropout rates and
-            needs `dropout_key`, from which every layer and call site derives its own key.
+          segment_ids: for packed rows, which text each token belongs to (0 for padding); attention
+            stays within a text. Default: one text per row (`attention_mask`).
+          positions: position ids (restarting at 0 for each packed text); default 0, 1, 2, ... per
+            row.
+          deterministic: True (inference) ignores dropout; False applies the config's dropout rates
+            and needs `dropout_key`, from which every layer and call site derives its own key.
           output_hidden_states: also return the embeddings output and every layer's output.
           output_attentions: also return every layer's attention probabilities `[B, H, L, L]`.
-          attention_kernel: an `AttentionKernel` or its name: "xla" (explicit, every backend), "cudnn" (fused,
-            NVIDIA GPUs, 16-bit compute) or "splash" (fused, TPUs, 16-bit compute; the Pallas interpreter
-            elsewhere); see `attention.select_kernel`. Dropout and `output_attentions` always run the explicit kernel.
+          attention_kernel: an `AttentionKernel` or its name: "xla" (explicit, every backend),
+            "cudnn" (fused, NVIDIA GPUs, 16-bit compute) or "splash" (fused, TPUs, 16-bit compute;
+            the Pallas interpreter elsewhere); see `attention.select_kernel`. Dropout and
+            `output_attentions` always run the explicit kernel.
         """
         if not deterministic and dropout_key is None:
             raise ValueError(
@@ -258,42 +227,36 @@ class BertModel(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if positions is None:  # right padding, one text per row: position = index
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
-        kernel = (
-            EXPLICIT if key is not None or output_attentions else kernel_named(attention_kernel)
-        )
+        explicit = key is not None or output_attentions  # only it has dropout and probabilities
+        kernel = EXPLICIT if explicit else kernel_named(attention_kernel)
         mask = kernel.mask(attention_mask.astype(bool), segment_ids)
         rngs = None if key is None else nnx.Rngs(dropout=jax.random.fold_in(key, 0))
         embedded = self.embeddings(input_ids, token_type_ids, positions, rngs)
         last, hidden, probs = self._run_layers(
             embedded, mask, key, output_hidden_states, output_attentions, kernel
         )
-        return BertOutput(
-            last_hidden_state=last.astype(jnp.float32),
-            hidden_states=None
-            if hidden is None
-            else (embedded, *(h.astype(jnp.float32) for h in hidden)),
-            attentions=None if probs is None else tuple(probs),
-        )
+        return BertOutput.of_layers(embedded, last, hidden, probs)
 
     def _run_layers(
         self,
         x: Float[Array, "B L D"],
         mask: Mask,
-        key: jax.Array | None,
+        key: PRNGKeyArray | None,
         keep_hidden: bool,
         keep_probs: bool,
         kernel: AttentionKernel,
     ) -> tuple[
         Float[Array, "B L D"], Float[Array, "N B L D"] | None, Float[Array, "N B H L L"] | None
     ]:
-        """Scan the stacked layer over the layer axis: (last state, [N, B, L, D] states, [N, B, H, L, L] probs)."""
+        """Scan the stacked layer over the layer axis: (last state, [N, B, L, D] states,
+        [N, B, H, L, L] probs)."""
         keys = (
             None
             if key is None
             else jax.random.split(jax.random.fold_in(key, 1), self.cfg.num_hidden_layers)
         )
 
-        def body(x, layer: EncoderLayer, layer_key):
+        def body(x: Float[Array, "B L D"], layer: EncoderLayer, layer_key: PRNGKeyArray | None):
             rngs = None if layer_key is None else nnx.Rngs(dropout=layer_key)
             y, probs = layer(x, mask, rngs, with_probs=keep_probs, kernel=kernel)
             return y, (y if keep_hidden else None, probs)

@@ -1,9 +1,10 @@
 """The one table between Hugging Face BERT parameter names and the Flax tree.
 
-Each row pairs an HF `BertModel` name with a per-layer path of `berta_jax.models.bert.model.BertModel`
-(`berta_jax.models.bert.params` stacks the layers) and names the transform between them. `{i}` stands for the layer index. Both
-directions (HF -> Flax and Flax -> HF) are derived from this table; nothing else
-in the project spells a parameter name.
+Each row pairs an HF `BertModel` name with a per-layer path of
+`berta_jax.models.bert.model.BertModel` (`berta_jax.models.bert.params` stacks the layers) and names
+the transform between them. `{i}` stands for the layer index. Both directions
+(HF -> Flax and Flax -> HF) are derived from this table; nothing else in the project spells a
+parameter name.
 
 HF `nn.Linear` stores `weight` as [out, in]; `nnx.Linear` stores `kernel` as
 [in, out]: those rows are TRANSPOSE. Everything else is copied unchanged.
@@ -138,8 +139,9 @@ def strip_prefix(names: list[str], source: str) -> dict[str, str]:
     if len(found) + bool(bare) > 1:
         kinds = sorted(found | ({"<no prefix>"} if bare else set()))
         raise CheckpointError(
-            f"{source}: encoder weights are stored under more than one prefix ({', '.join(kinds)}); "
-            "cannot tell which set is the model. Keep one set of weights in the checkpoint."
+            f"{source}: encoder weights are stored under more than one prefix "
+            f"({', '.join(kinds)}); cannot tell which set is the model. "
+            "Keep one set of weights in the checkpoint."
         )
     prefix = found.pop() if found else ""
     return {

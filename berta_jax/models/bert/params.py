@@ -1,9 +1,9 @@
-"""The model's parameters as a flat dict with one entry per layer: the form checkpoints and the name table use.
+"""The model's parameters, one flat entry per layer: the form checkpoints and the name table use.
 
 Inside the model the N layers share one stacked parameter per kind (`layers.ffn_in.kernel`, shape
 `[N, D, I]`). Files, the HF <-> Flax name table and error messages speak of each layer's own tensor
-(`layers.3.ffn_in.kernel`, shape `[D, I]`). `flat_params` and `param_shapes` give that per-layer view;
-`stacked_tree` turns it back into the nested, stacked dict `nnx.replace_by_pure_dict` takes.
+(`layers.3.ffn_in.kernel`, shape `[D, I]`). `flat_params` and `param_shapes` give that per-layer
+view; `stacked_tree` turns it back into the nested, stacked dict `nnx.replace_by_pure_dict` takes.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _dotted(path: tuple) -> str:
 
 
 def _per_layer(state: nnx.State, value) -> dict:
-    """{per-layer dotted path: value(leaf, layer index or None)} for every parameter of a model state."""
+    """{per-layer dotted path: value(leaf, layer index or None)} for each parameter of a state."""
     out = {}
     for path, var in nnx.to_flat_state(state):
         name = _dotted(path)
@@ -49,8 +49,8 @@ def param_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
 
 
 def flat_params(model_or_state: BertModel | nnx.State) -> FlatParams:
-    """Parameters (of a model, or an `nnx.State` such as trained params or gradients) as a flat per-layer
-    dict of numpy arrays."""
+    """Parameters (of a model, or an `nnx.State` such as trained params or gradients) as a flat
+    per-layer dict of numpy arrays."""
     state = (
         model_or_state
         if isinstance(model_or_state, nnx.State)
@@ -60,7 +60,7 @@ def flat_params(model_or_state: BertModel | nnx.State) -> FlatParams:
 
 
 def stacked_tree(params: FlatParams, num_layers: int) -> dict:
-    """Per-layer flat params -> the nested dict of the model's state, layer tensors stacked on axis 0.
+    """Per-layer flat params -> the model state's nested dict, layer tensors stacked on axis 0.
 
     `params` must be complete (checked against `param_shapes` first)."""
     tree: dict = {}

@@ -1,0 +1,34 @@
+"""What one process of a run did: the counts and times `berta-jax encode` reports at the end."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class JobSummary:
+    output: str = ""
+    process: int = 0
+    rows: int = 0  # embedded by this process in this run (tokens: of the same rows)
+    tokens: int = 0
+    rows_resumed: int = 0  # in parts an earlier run committed
+    total_rows: int | None = None
+    splits_done: int = 0
+    splits_resumed: int = 0
+    skipped: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    already_complete: bool = False
+    # splits left without a part (for a resume)
+    pending: list[int] = dataclasses.field(default_factory=list)
+    fraction: float = 0.0  # of this process's share, by input bytes (an ETA needs no row count)
+    output_rows: int = 0
+    embed_seconds: float = 0.0  # this process's time embedding, compiles excluded
+    device_seconds: float = 0.0  # of which the device was computing (see runtime.RunStats)
+
+    @property
+    def device_busy(self) -> float:
+        """The fraction of the embedding time the device was computing (below 1: it waited on the
+        host)."""
+        return min(self.device_seconds / self.embed_seconds, 1.0) if self.embed_seconds > 0 else 0.0
