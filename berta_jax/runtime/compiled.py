@@ -156,13 +156,14 @@ class Runtime:
                     job.result()
             self.stats.wall_seconds += time.perf_counter() - start
 
-    def embed(self, batch: Batch, *, pooling: str, normalize: bool) -> jax.Array:
+    def embed(
+        self, batch: Batch, *, pooling: str, normalize: bool, params: nnx.State | None = None
+    ) -> jax.Array:
         """Start the forward of one batch (asynchronously): `[rows * segments, hidden]`, sharded by
-        rows."""
+        rows; `params` as `self.params` gave them (`run` reads them once per call)."""
         program = self.embed_program(batch, pooling=pooling, normalize=normalize)
-        return program(
-            self.params, *(jax.device_put(a, self.rows_sharding) for a in batch_args(batch))
-        )
+        params = self.params if params is None else params
+        return program(params, *(jax.device_put(a, self.rows_sharding) for a in batch_args(batch)))
 
     def _embed_key(self, batch: Batch, pooling: str, normalize: bool) -> tuple:
         return ("embed", self.kernel.name, pooling, normalize, *batch.shape)
@@ -206,10 +207,10 @@ class Runtime:
         batches = list(batches)
         self.precompile(batches, pooling=pooling, normalize=normalize)
         pending: deque[tuple[Batch, jax.Array]] = deque()
-        clock = DeviceClock(self.run_stats)
+        clock, params = DeviceClock(self.run_stats), self.params  # the model's weights, once a call
         try:
             for batch in batches:
-                out = self.embed(batch, pooling=pooling, normalize=normalize)
+                out = self.embed(batch, pooling=pooling, normalize=normalize, params=params)
                 clock.dispatched(out)
                 pending.append((batch, out))
                 if len(pending) > IN_FLIGHT:
