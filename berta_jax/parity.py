@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -22,6 +23,7 @@ from berta_jax.runtime.batching import bucket, length_buckets
 from berta_jax.convert.checkpoint import FLAX_WEIGHTS, HF_INDEX, HF_WEIGHTS
 from berta_jax.convert.folders import flax_folder_to_hf
 from berta_jax.runtime.encoder import Encoder
+from berta_jax.errors import TruncationWarning
 from berta_jax.storage.model_files import ModelFiles
 
 DEFAULT_TEXTS = (
@@ -47,6 +49,7 @@ class ParityReport:
     cosine_mean: float | None
     # SentenceTransformer.encode's vectors, to compare more runs with
     reference_embeddings: np.ndarray | None = None
+    truncated: int = 0  # texts longer than max_seq_length: both sides compare their first tokens
 
     def stages(self) -> list[tuple[str, float, str]]:
         """(stage name, max abs difference, which tolerance applies) in pipeline order."""
@@ -115,14 +118,17 @@ def compare(
 ) -> ParityReport:
     """Every stage of `encoder` against `reference` on `texts` with `prompt` prepended."""
     layers = _layer_max_abs(encoder, reference, texts, prompt, token_type_ids)
+    with warnings.catch_warnings():  # counted in the report instead
+        warnings.simplefilter("ignore", TruncationWarning)
+        result = encoder.encode_detailed(list(texts), prompt=prompt)
+        pooled = encoder.encode(
+            list(texts), prompt=prompt, normalize=False, truncate_dim=encoder.hidden_size
+        )
+    truncated, mine = int(result.truncated.sum()), result.embeddings
     st = reference.sentence_transformer
     if st is None:
-        return ParityReport(layers, None, None, None, None)
+        return ParityReport(layers, None, None, None, None, truncated=truncated)
     pooled_ref = _pooled(st, list(texts), prompt)
-    pooled = encoder.encode(
-        list(texts), prompt=prompt, normalize=False, truncate_dim=encoder.hidden_size
-    )
-    mine = encoder.encode(list(texts), prompt=prompt)
     ref = st.encode(list(texts), prompt=prompt, convert_to_numpy=True, batch_size=REFERENCE_BATCH)
     cos = np.sum(mine * ref, axis=1) / np.maximum(
         np.linalg.norm(mine, axis=1) * np.linalg.norm(ref, axis=1), 1e-12
@@ -134,6 +140,7 @@ def compare(
         float(cos.min()),
         float(cos.mean()),
         ref,
+        truncated,
     )
 
 

@@ -113,6 +113,14 @@ def test_parity_texts_file_errors_name_the_line(tiny_bert_dir, tmp_path):
     assert done.returncode == 2 and "texts.txt:3: not valid UTF-8" in done.stderr
 
 
+def test_parity_texts_longer_than_the_context_are_counted_not_warned_about(tiny_bert_dir, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("word " * 200 + "\nshort\n")
+    done = berta_jax("parity", "--model", str(tiny_bert_dir), "--texts", str(texts))
+    assert "1 of 2 texts are longer than the context: both sides compare their first tokens" in done.stdout
+    assert done.stdout.splitlines()[-1] == "PASS" and "Warning" not in done.stderr
+
+
 def test_convert_says_what_a_folder_is_and_which_command_to_use(tiny_bert_dir, tmp_path, capsys):
     assert main(["convert", str(tiny_bert_dir), str(tmp_path / "flax")]) == 0
     assert main(["convert", str(tmp_path / "flax"), str(tmp_path / "again")]) == 2

@@ -195,6 +195,11 @@ def _parity(args: argparse.Namespace) -> int:
         f"model: {args.model}; {len(texts)} texts; float32, CPU reference: transformers "
         "BertModel (eager)"
     )
+    if report.truncated:
+        print(
+            f"  {report.truncated} of {len(texts)} texts are longer than the context: both sides "
+            "compare their first tokens"
+        )
     limits = {"hidden": args.tolerance, "embedding": args.embedding_tolerance}
     for stage, diff, kind in report.stages():
         print(f"  {stage:<20} max abs diff {diff:.3e}  (tolerance {limits[kind]:g})")
