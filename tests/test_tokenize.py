@@ -117,6 +117,35 @@ def test_the_bounded_prefix_tokenizes_exactly_like_the_whole_text(small_context_
     assert bool(ours.truncated[0]) == (len(whole["input_ids"]) > 1)
 
 
+_PIECES = st.sampled_from(["word", " ", "   ", "\t\n", "\x00", "\u0301", "xxxxxxxxx", "a.", "中", "é", "\u200b"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pieces=st.lists(_PIECES, min_size=1, max_size=400), strip_accents=st.booleans())
+def test_the_reducer_reads_a_prefix_and_gives_what_rewriting_the_whole_text_gives(pieces, strip_accents):
+    """A tiny context (limit 48 characters, words cut past 5) so that every rewrite meets the ends of the prefixes
+    the reducer reads: its answer is the whole text's rewrite cut at the limit."""
+    from berta_jax.text.wordpiece import Reducer
+
+    reducer = Reducer(max_seq_length=6, max_word=4, clean_text=True, strip_accents=strip_accents, cjk=True)
+    text = "".join(pieces)
+    assert reducer(text) == (text if len(text) <= reducer.limit else reducer._rewrite(text)[: reducer.limit])
+
+
+def test_a_sixty_megabyte_line_is_rewritten_from_a_prefix_only(monkeypatch):
+    """The cost of a huge line is what its context needs: the rewrites see a few times the limit, not the line."""
+    from berta_jax.text.wordpiece import Reducer
+
+    reducer = Reducer(max_seq_length=256, max_word=100, clean_text=True, strip_accents=True, cjk=True)
+    seen, rewrite = [], Reducer._rewrite
+    monkeypatch.setattr(Reducer, "_rewrite", lambda self, text: seen.append(len(text)) or rewrite(self, text))
+    line = "слово word, " * 5_000_000  # 60 M characters
+    assert len(reducer(line)) == reducer.limit and max(seen) <= 4 * reducer.limit
+    deleted = "\x00" * 3_000_000 + "end"  # nothing survives until the end: read to it, in doubling prefixes
+    seen.clear()
+    assert reducer(deleted) == "end" and sum(seen) <= 4 * len(deleted)
+
+
 def test_a_multi_megabyte_line_costs_what_its_context_costs(minilm_dir, monkeypatch):
     """Whatever the line (CJK, a.a.a., one giant word, whitespace, combining marks), the tokenizer is handed at most
     the reducer's limit, and the first tokens are those of the whole text."""

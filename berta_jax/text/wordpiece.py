@@ -100,15 +100,26 @@ class Reducer:
         )
 
     def __call__(self, text: str) -> str:
+        """The rewritten text's first `limit` characters, from a prefix of the text only: each rewrite
+        is local, so a rewritten prefix agrees with the rewritten whole up to its last word, which
+        a margin of one word keeps beyond the cut. The prefix doubles until it holds enough (a
+        text of deleted characters is read to its end: the cost stays linear in what is read)."""
         if len(text) <= self.limit:
             return text
+        enough, read = self.limit + self.max_word + 2, 2 * self.limit
+        while True:
+            rewritten = self._rewrite(text[:read])
+            if len(rewritten) >= enough or read >= len(text):
+                return rewritten[: self.limit]
+            read *= 2
+
+    def _rewrite(self, text: str) -> str:
         if self.clean_text:
             text = _CONTROL.sub("", text)
         if self.strip_accents:
             text = _MARK.sub("", text)
         text = _SPACES.sub(" ", text)
-        text = self._words().sub(lambda m: m.group()[: self.max_word + 1], text)
-        return text[: self.limit]
+        return self._words().sub(lambda m: m.group()[: self.max_word + 1], text)
 
     def _words(self) -> regex.Pattern:
         if self._long_words is None:
