@@ -406,6 +406,23 @@ def test_the_next_split_is_read_and_tokenized_while_the_device_embeds_this_one(t
         assert when[("plan", k - 1)] < when[("plan", k)] < when[("done", k - 1)]
 
 
+def test_progress_inside_a_split_follows_its_tokens_not_its_texts(tmp_path, tiny):
+    """Batches run longest texts first: the first batches hold few texts and most of the work, so the progress
+    fraction (the ETA's base) counts tokens; with one split it is exactly the share of the tokens embedded."""
+    from berta_jax.job.run import JobOptions, run_job
+
+    source = tmp_path / "in.txt"
+    source.write_text("".join(("long text " * 12 if i < 8 else f"t{i}") + "\n" for i in range(200)))
+    seen = []
+    summary = run_job(tiny, [source], tmp_path / "out.npy", JobOptions(split_bytes=1 << 20, max_batch_tokens=64),
+                      progress=lambda s: seen.append((s.tokens, s.fraction, s.rows)))
+    total = summary.tokens
+    assert len(seen) >= 5 and seen[-1] == (total, 1.0, 200)
+    assert all(abs(fraction - tokens / total) < 1e-9 for tokens, fraction, _ in seen)
+    tokens, fraction, rows = seen[0]
+    assert fraction > 2 * rows / 200  # the long texts came first: a count of texts would say less than half
+
+
 def test_the_device_busy_fraction_shows_a_host_that_makes_the_device_wait(tiny):
     """A host that spends four times a batch's device time on each result leaves the device idle most of the
     time; the host's time is scaled by the device time measured first, so a slow machine changes nothing."""

@@ -97,6 +97,9 @@ def embed_split(
     progress fraction."""
     vectors = np.zeros((len(work.rows), plan.dim), np.float32)
     lengths, done, embedded = work.prepared.tokens.lengths, (summary.rows, summary.tokens), 0
+    # progress inside a split by tokens, not texts: batches run longest texts first, and a batch
+    # costs its tokens, so a count of texts would lag behind the work done (and inflate the ETA)
+    total = max(int(lengths.sum()), 1)
     for batch, out in encoder.run_batches(work.prepared.batches):
         offsets = [work.good[t] for t in batch.texts]
         try:
@@ -113,8 +116,8 @@ def embed_split(
         vectors[offsets] = encoder.finish(out, truncate_dim=plan.options.truncate_dim)
         summary.rows += len(offsets)
         summary.tokens += int(lengths[batch.texts].sum())
-        embedded += len(offsets)
-        summary.fraction = (share[0] + share[1] * embedded / max(len(work.good), 1)) / share[2]
+        embedded += int(lengths[batch.texts].sum())
+        summary.fraction = (share[0] + share[1] * embedded / total) / share[2]
         if progress:
             progress(summary)
         if stop and stop():
