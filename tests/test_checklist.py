@@ -66,6 +66,7 @@ CHECKLIST: dict[str, list[str]] = {
     "22": ["test_encoder::test_truncation_is_reported_never_silent",
            "test_encoder::test_multi_megabyte_text_is_cut_before_tokenizing_with_the_same_result",
            "test_tokenize::test_a_multi_megabyte_line_costs_what_its_context_costs",
+           "test_tokenize::test_a_sixty_megabyte_line_is_rewritten_from_a_prefix_only",
            "test_tokenize::test_the_bounded_prefix_tokenizes_exactly_like_the_whole_text"],
     "23": ["test_job::test_bad_rows_stop_with_file_and_line_or_are_skipped_and_listed",
            "test_inputs::test_lines_split_on_newline_only_with_bom_nul_and_crlf",

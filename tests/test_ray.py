@@ -92,6 +92,7 @@ class DiesOnce(BertaEmbedder):
         return super().__call__(batch)
 
 
+@pytest.mark.slow  # Ray's own retry, checked end to end: in the slow tier
 def test_a_killed_actor_is_replaced_and_every_row_comes_out_once(ray_cluster, tiny_bert_dir, tiny, tmp_path):
     rows = _rows(120)
     marker = tmp_path / "killed"

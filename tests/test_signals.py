@@ -38,7 +38,7 @@ def _started(source, out, common) -> subprocess.Popen:
     return proc
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_the_first_signal_stops_within_a_batch_and_resume_finishes(job, tmp_path, sig):
     """Signalled in the middle of split 1 (seen in the per-batch progress lines): the run stops within a batch,
     says so at once, exits 130 with split 0 committed and split 1 not, and the resume gives the reference bytes."""

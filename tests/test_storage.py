@@ -115,6 +115,7 @@ def _pair(args: list[str], **popen) -> list[subprocess.Popen]:
                             "--process-id", str(i), env=cli_env(), **popen) for i in range(2)]
 
 
+@pytest.mark.slow  # the same kill on local disk is in the default run (test_job); buckets here, in the slow tier
 def test_two_processes_write_shards_directly_and_survive_a_kill(stores, tiny_bert_dir, tmp_path, capsys):
     """Two jax.distributed processes against the Cloud Storage stand-in give the rows of a one-process local run;
     kill -9 of one process mid-run leaves the other to finish its share and say which splits are left (once JAX

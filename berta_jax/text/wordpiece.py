@@ -100,10 +100,10 @@ class Reducer:
         )
 
     def __call__(self, text: str) -> str:
-        """The rewritten text's first `limit` characters, from a prefix of the text only: each rewrite
-        is local, so a rewritten prefix agrees with the rewritten whole up to its last word, which
-        a margin of one word keeps beyond the cut. The prefix doubles until it holds enough (a
-        text of deleted characters is read to its end: the cost stays linear in what is read)."""
+        """The rewritten text's first `limit` characters, from a prefix of the text only: each
+        rewrite is local, so a rewritten prefix agrees with the rewritten whole up to its last
+        word, which a margin of one word keeps beyond the cut. The prefix doubles until it holds
+        enough (a text of deleted characters is read to its end: the cost stays linear)."""
         if len(text) <= self.limit:
             return text
         enough, read = self.limit + self.max_word + 2, 2 * self.limit
