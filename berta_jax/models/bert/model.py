@@ -5,7 +5,9 @@ embeddings -> N x (self-attention -> residual LayerNorm -> GELU feed-forward -> 
 axis (created with `nnx.vmap`, applied with `nnx.scan`), so a 12-layer model compiles one layer body
 instead of twelve. Parameter names are the ones the converter's table
 (`berta_jax/models/bert/names.py`) maps to and from Hugging Face names, with the layer index in the
-path (`layers.3.ffn_in.kernel`); `weights.py` stacks and unstacks.
+path (`layers.3.ffn_in.kernel`); `params.py` stacks and unstacks. q, k, v, the attention output and
+the feed-forward are `nnx.Linear` modules called as modules, so a quantised or LoRA Linear with the
+same call can take their place.
 
 Numerics, in one place (`numerics.Numerics`): parameters are stored in `param_dtype`; matmuls run in
 `dtype` (float32 or bfloat16); LayerNorm, softmax and everything after the last layer run in
