@@ -117,7 +117,7 @@ def overflowing_bert_dir(tiny_bert_dir, tmp_path_factory):
 
 def pytest_addoption(parser) -> None:
     parser.addoption("--slow", action="store_true",
-                     help="also run the slow tier (@pytest.mark.slow: extra subprocess and scale checks, about 3 min)")
+                     help="also run the slow tier (@pytest.mark.slow: extra subprocess and scale checks, about 4 min)")
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -358,6 +358,7 @@ def test_mapping_table_is_a_bijection_over_a_model(tiny_bert_dir):
         "pooler.dense.weight", "pooler.dense.bias"} | ({"embeddings.position_ids"} & set(load_file(str(tiny_bert_dir / "model.safetensors"))))
 
 
+@pytest.mark.slow  # the CLI in subprocesses; test_cli converts both ways in process in the default run
 def test_cli_convert_both_ways_and_clean_errors(tiny_bert_dir, tmp_path):
     cli = [sys.executable, "-m", "berta_jax.cli", "convert"]
     subprocess.run([*cli, str(tiny_bert_dir), str(tmp_path / "f")], check=True, capture_output=True)

@@ -165,7 +165,7 @@ def test_tokenizer_json_padding_is_not_inherited(minilm, minilm_dir):
 # --- batching must not change results ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["minilm", "tiny"])
+@pytest.mark.parametrize("which", [pytest.param("minilm", marks=pytest.mark.slow), "tiny"])
 def test_embedding_is_the_same_alone_beside_long_texts_and_at_any_batch_size(which, request):
     encoder = request.getfixturevalue(which)
     text = "Женщину спасают врачи."

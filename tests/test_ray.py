@@ -62,6 +62,7 @@ BAD = {1: (None, "is NoneType, not a string"), 2: (7, "is int, not a string"),
        3: ("a\ud800b", "holds a lone surrogate U+D800 at character 1")}
 
 
+@pytest.mark.slow  # Ray's error path end to end (Beam's is in the default run)
 def test_a_bad_element_fails_naming_it_or_is_a_zero_row_and_a_reason_with_skip(ray_cluster, tiny_bert_dir, tiny):
     texts = ["Кот", *(value for value, _ in BAD.values()), "A dog."]
     with pytest.raises(Exception, match=r"element 1 of this batch \(None\) is NoneType, not a string"):

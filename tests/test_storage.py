@@ -79,7 +79,7 @@ def tiny(tiny_bert_dir):
     return Encoder.from_pretrained(tiny_bert_dir)
 
 
-@pytest.mark.parametrize("scheme", ["gs", "s3"])
+@pytest.mark.parametrize("scheme", ["gs", pytest.param("s3", marks=pytest.mark.slow)])
 def test_a_bucket_in_and_out_with_the_model_in_the_bucket_too(stores, tiny, tiny_bert_dir, scheme, capsys):
     root = bucket(scheme)
     upload_folder(tiny_bert_dir, f"{root}/model")
