@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -67,9 +66,3 @@ def read_config(files: ModelFiles, name: str = "config.json"):
     raw = files.read_json(name)
     model_type = Fields(raw, source).str("model_type")
     return family_of(model_type, source).config.from_dict(raw, source=source)
-
-
-def config_from_json(path: str | Path):
-    """`read_config` of the folder holding `path`."""
-    path = Path(path)
-    return read_config(ModelFiles(path.parent), path.name)
