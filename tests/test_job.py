@@ -424,8 +424,9 @@ def test_progress_inside_a_split_follows_its_tokens_not_its_texts(tmp_path, tiny
 
 
 def test_the_device_busy_fraction_shows_a_host_that_makes_the_device_wait(tiny):
-    """A host that spends four times a batch's device time on each result leaves the device idle most of the
-    time; the host's time is scaled by the device time measured first, so a slow machine changes nothing."""
+    """A host that spends four times a batch's whole time on each result leaves the device idle most of the
+    time; the host's time is scaled by the time per batch measured first (wall, not device: the device keeps
+    computing the next batch while the host works on a result), so a slow machine changes nothing."""
     import time
 
     texts = [f"text number {i} " * (1 + i % 7) for i in range(24)]
@@ -440,7 +441,7 @@ def test_the_device_busy_fraction_shows_a_host_that_makes_the_device_wait(tiny):
         batches, busy, wall = (now - then for now, then in zip((stats.batches, stats.device_seconds,
                                                                 stats.wall_seconds), before))
         assert batches == len(prepared.batches) and 0 < busy <= wall
-        waits[host], per_batch = busy / wall, max(per_batch, busy / batches)
+        waits[host], per_batch = busy / wall, max(per_batch, wall / batches)
     assert waits[4.0] < 0.5 * waits[0.0] and 0 < stats.busy_fraction <= 1
 
 

@@ -159,13 +159,13 @@ def test_a_multi_megabyte_line_costs_what_its_context_costs(minilm_dir, monkeypa
         return real(self, texts, *args, **kwargs)
 
     monkeypatch.setattr(type(tokenizer.hf), "__call__", spy)
-    lines = ["中国" * 2_500_000, "a." * 2_500_000, "x" * 5_000_000, "слово " + " " * 5_000_000 + "конец",
-             "e\u0301" * 2_500_000, ("word " * 100 + "x" * 10_000) * 400]
+    lines = ["中国" * 500_000, "a." * 500_000, "x" * 1_000_000, "слово " + " " * 1_000_000 + "конец",
+             "e\u0301" * 500_000, ("word " * 100 + "x" * 10_000) * 100]  # 1 M characters, 3 MB of UTF-8 for CJK
     result = tokenizer(lines)
     assert max(seen) <= tokenizer.reducer.limit
     assert result.truncated.tolist() == [True, True, False, False, False, True]
     for i, line in enumerate(lines):
-        short = line[: 200_000]  # long enough to fill the context; cheap to tokenize whole
+        short = line[: 4 * tokenizer.reducer.limit]  # long enough to fill the context; cheap to tokenize whole
         if result.truncated[i]:
             expected = real(tokenizer.hf, [short], truncation=True, max_length=256)["input_ids"][0]
             assert result.input_ids[i].tolist() == expected, i
