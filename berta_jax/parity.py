@@ -6,6 +6,10 @@ and reports the max abs difference over real tokens of the embeddings output and
 hidden states; then, when sentence-transformers is installed, the pooled vectors against its own
 Transformer -> Pooling modules and the final sentence embeddings against its `encode`. A porting bug
 shows up at the stage where it starts. Needs torch; berta-jax itself never does.
+
+16-bit compute (`dtype="bfloat16"`, or "auto" where it picks bfloat16) cannot meet float32's max-abs
+tolerances, and is not asked to: its differences are reported, and it passes when every sentence
+embedding's cosine to sentence-transformers' float32 one is at least `tolerances.MIN_COSINE`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from berta_jax.convert.folders import flax_folder_to_hf
 from berta_jax.runtime.encoder import Encoder
 from berta_jax.errors import TruncationWarning
 from berta_jax.storage.model_files import ModelFiles
+from berta_jax.tolerances import EMBEDDING_TOLERANCE, HIDDEN_TOLERANCE, MIN_COSINE
 
 DEFAULT_TEXTS = (
     "В Ярославской области разрешили работу бань, но без посетителей",
@@ -33,8 +38,6 @@ DEFAULT_TEXTS = (
     "The quick brown fox jumps over the lazy dog.",
     "",
 )
-HIDDEN_TOLERANCE = 1e-4  # hidden states vs transformers
-EMBEDDING_TOLERANCE = 1e-5  # pooled and sentence embeddings vs sentence-transformers
 # sentence-transformers pads each batch to its longest text: small batches pad less
 REFERENCE_BATCH = 4
 
@@ -50,6 +53,14 @@ class ParityReport:
     # SentenceTransformer.encode's vectors, to compare more runs with
     reference_embeddings: np.ndarray | None = None
     truncated: int = 0  # texts longer than max_seq_length: both sides compare their first tokens
+    dtype: str = "float32"  # berta-jax's compute dtype (the reference is float32)
+    cosine_argmin: int | None = None  # the text with the lowest cosine (0-based)
+    dtype_choice: str = ""  # what chose the dtype (`CompileStats.dtype`), for the printed report
+
+    @property
+    def sixteen_bit(self) -> bool:
+        """16-bit compute: judged by the cosine bound, not by float32's max-abs tolerances."""
+        return self.dtype != "float32"
 
     def stages(self) -> list[tuple[str, float, str]]:
         """(stage name, max abs difference, which tolerance applies) in pipeline order."""
@@ -65,9 +76,22 @@ class ParityReport:
         return rows
 
     def first_failure(
-        self, hidden_tol: float = HIDDEN_TOLERANCE, embed_tol: float = EMBEDDING_TOLERANCE
+        self,
+        hidden_tol: float = HIDDEN_TOLERANCE,
+        embed_tol: float = EMBEDDING_TOLERANCE,
+        min_cosine: float = MIN_COSINE,
     ) -> str | None:
-        """The first stage above its tolerance, or None."""
+        """The first stage above its tolerance (float32), or the cosine below its bound (16-bit
+        compute), said with its figure; None when everything holds."""
+        if self.sixteen_bit:
+            if self.cosine_min is None:
+                raise ValueError("a 16-bit report needs sentence-transformers' embeddings")
+            if self.cosine_min >= min_cosine:
+                return None
+            return (
+                f"sentence embeddings in {self.dtype}: cosine {self.cosine_min:.7f} to float32 on "
+                f"text {self.cosine_argmin + 1}, below the bound {min_cosine}"
+            )
         limits = {"hidden": hidden_tol, "embedding": embed_tol}
         return next((name for name, diff, kind in self.stages() if diff > limits[kind]), None)
 
@@ -125,8 +149,14 @@ def compare(
             list(texts), prompt=prompt, normalize=False, truncate_dim=encoder.hidden_size
         )
     truncated, mine = int(result.truncated.sum()), result.embeddings
+    dtype = np.dtype(encoder.runtime.compute_dtype).name
     st = reference.sentence_transformer
     if st is None:
+        if dtype != "float32":
+            raise RuntimeError(
+                f"a {dtype} parity check compares the sentence embeddings with "
+                "sentence-transformers' float32 ones: pip install sentence-transformers"
+            )
         return ParityReport(layers, None, None, None, None, truncated=truncated)
     pooled_ref = _pooled(st, list(texts), prompt)
     ref = st.encode(list(texts), prompt=prompt, convert_to_numpy=True, batch_size=REFERENCE_BATCH)
@@ -141,6 +171,9 @@ def compare(
         float(cos.mean()),
         ref,
         truncated,
+        dtype,
+        int(cos.argmin()),
+        encoder.compile_stats.dtype,
     )
 
 
@@ -232,10 +265,16 @@ def hf_folder(folder: Path):
 
 
 def parity_report(
-    model: str, texts: Sequence[str], *, prompt: str | None = None, prompt_name: str | None = None
+    model: str,
+    texts: Sequence[str],
+    *,
+    prompt: str | None = None,
+    prompt_name: str | None = None,
+    dtype: str = "float32",
 ) -> ParityReport:
-    """Load `model` on both sides and compare them (`berta-jax parity`)."""
-    encoder = Encoder.from_pretrained(model)
+    """Load `model` on both sides and compare them (`berta-jax parity`); `dtype` is berta-jax's
+    compute dtype ("float32", "bfloat16", "float16" or "auto"), the reference's is float32."""
+    encoder = Encoder.from_pretrained(model, dtype=dtype)
     prefix = encoder.sentence.resolve_prompt(prompt_name, prompt)
     with hf_folder(Path(encoder.folder)) as folder:
         return compare(encoder, Reference.load(folder), texts, prompt=prefix)

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 # of lower layers (at any place in the file: a function-level import follows the same rule), so no import can form
 # a cycle, and no folder reaches up into a later one.
 LAYERS: list[list[str]] = [
-    ["berta_jax.errors", "berta_jax.version"],
+    ["berta_jax.errors", "berta_jax.version", "berta_jax.tolerances"],
     ["berta_jax.storage.json_fields", "berta_jax.storage.file_info"],
     ["berta_jax.storage.local", "berta_jax.storage.remote"],
     ["berta_jax.storage.stores"],

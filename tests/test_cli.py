@@ -106,6 +106,35 @@ def test_parity_command_on_a_berta_jax_only_folder(tiny_bert_dir, tmp_path, caps
     assert capsys.readouterr().out.splitlines()[-1] == "PASS"
 
 
+def test_parity_in_bfloat16_is_held_to_the_cosine_bound_and_fails_below_it_with_the_figure(tiny_bert_dir, capsys):
+    """16-bit compute is not held to float32's max-abs tolerances: it passes at a bound its lowest cosine reaches and
+    fails just above it, naming the figure and the text."""
+    from berta_jax.parity import parity_report
+
+    report = parity_report(str(tiny_bert_dir), ["один", "two words", "три слова тут", ""], dtype="bfloat16")
+    assert report.dtype == "bfloat16" and 0.999 <= report.cosine_min < 1.0
+    texts = tiny_bert_dir.parent / "parity-texts.txt"
+    texts.write_text("один\ntwo words\nтри слова тут\n\n", encoding="utf-8")
+    common = ["parity", "--model", str(tiny_bert_dir), "--texts", str(texts), "--dtype", "bfloat16"]
+    assert main([*common, "--min-cosine", repr(report.cosine_min)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "berta-jax bfloat16 (asked for)" in out[0] and out[-1] == "PASS"
+    assert all("bfloat16: not held to float32's tolerance" in line for line in out if "max abs diff" in line)
+    bound = (report.cosine_min + 1.0) / 2
+    assert main([*common, "--min-cosine", repr(bound)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"FAIL: sentence embeddings in bfloat16: cosine {report.cosine_min:.7f} to float32 on text "
+        f"{report.cosine_argmin + 1}, below the bound {bound!r}")
+
+
+def test_a_16_bit_parity_check_without_sentence_transformers_says_what_it_needs(tiny_bert_dir):
+    from berta_jax.parity import Reference, compare
+
+    encoder, bert = Encoder.from_pretrained(tiny_bert_dir, dtype="bfloat16"), Reference.load(tiny_bert_dir).bert
+    with pytest.raises(RuntimeError, match="bfloat16 parity check .* pip install sentence-transformers"):
+        compare(encoder, Reference(bert, None), ["x"])
+
+
 def test_parity_texts_file_errors_name_the_line(tiny_bert_dir, tmp_path):
     bad = tmp_path / "texts.txt"
     bad.write_bytes("ok\nтоже ok\n".encode() + b"bad \xff byte\n")
