@@ -124,3 +124,23 @@ def test_convert_refuses_an_existing_destination_and_the_source_itself(tiny_bert
     assert (dst / "keep.txt").read_text() == "mine" and (dst / "flax_model.safetensors").is_file()
     with pytest.raises(CheckpointError, match="is the source folder"):
         flax_folder_to_hf(dst, dst)
+
+
+@pytest.mark.parametrize("output", ["out.npy", "out/"])
+def test_a_work_folder_that_is_a_link_is_refused_before_any_write(tmp_path, corpus, tiny_bert_dir, capsys, output):
+    """The job writes and deletes part files in its work folder: a link there (to a folder of someone else's files,
+    named as parts are) would send them elsewhere. Refused, naming the link, with or without --overwrite."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "part-00000.parquet").write_bytes(b"someone else's file")
+    (elsewhere / "00000.json").write_text("{}")
+    out = tmp_path / output
+    state = tmp_path / "out.npy.parts" if output == "out.npy" else out / "_state"
+    state.parent.mkdir(exist_ok=True)
+    state.symlink_to(elsewhere, target_is_directory=True)
+    for overwrite in ([], ["--overwrite"], ["--resume"]):
+        err = refused([str(corpus), "-o", str(out) + ("/" if output.endswith("/") else ""), "--model",
+                       str(tiny_bert_dir), *overwrite], capsys, tmp_path)
+        assert f"the work folder {state} is a symbolic link (to {elsewhere})" in err
+    assert not (tmp_path / "out.npy").exists() and sorted(p.name for p in elsewhere.iterdir()) == [
+        "00000.json", "part-00000.parquet"]

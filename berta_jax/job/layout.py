@@ -115,7 +115,7 @@ def check_collisions(
 ) -> None:
     """Refuse, naming both paths, any written path that is an input, holds an input, lies in an
     input directory, is or holds or lies in the model folder or a file behind it (`model`:
-    `ModelFolder.protected()`), or is another written path."""
+    `ModelFolder.protected()`), or is another written path; and a work folder that is a link."""
     written = layout.written()
     for what, path in written:
         for i, file in enumerate(inputs, 1):
@@ -145,6 +145,18 @@ def check_collisions(
         raise JobError(
             f"the truncation report {layout.report} is inside the output's folder, whose files are "
             "the job's own; choose a path outside it"
+        )
+    _check_work_folder(layout.state)
+
+
+def _check_work_folder(state: str) -> None:
+    """The work folder is the job's own: it writes and deletes part files inside it, so a symbolic
+    link there would send them into whatever folder the link names."""
+    if not is_url(state) and os.path.islink(state):
+        raise JobError(
+            f"the work folder {state} is a symbolic link (to {os.readlink(state)}): the job writes "
+            "and deletes its part files inside it, so it must be a folder of its own. Remove the "
+            "link (the job creates the folder)"
         )
 
 
