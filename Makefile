@@ -12,8 +12,9 @@ demo:
 
 # Tests: torch 2.13.0 first (on CPU-only machines of this project it is a CPU build on local disk;
 # an unpinned torch would pull a multi-GB CUDA build; TORCH_INDEX=https://download.pytorch.org/whl/cpu
-# takes PyTorch's CPU build elsewhere), then the test extra, then pytest.
+# takes PyTorch's CPU build elsewhere), then the test extra, then pytest on every core (pytest-xdist; one
+# worker per test file, so a file's module fixtures are built once).
 test:
 	$(PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_ARGS)

@@ -36,9 +36,17 @@ def _cache_root(tmp_path_factory) -> Path:
 
 
 def _cached(root: Path, name: str, build) -> Path:
+    """The checkpoint `name` under `root`, built once; built aside and renamed into place, so test workers sharing
+    BERTA_JAX_TEST_CACHE never see a half-written one."""
     folder = root / name
     if not (folder / "model.safetensors").exists():
-        build(folder)
+        aside = root / f".{name}.{os.getpid()}"
+        shutil.rmtree(aside, ignore_errors=True)
+        build(aside)
+        try:
+            aside.rename(folder)
+        except OSError:  # another worker's copy arrived first
+            shutil.rmtree(aside)
     return folder
 
 

@@ -69,7 +69,7 @@ def test_berta_shaped_default_prompt_matches_at_every_stage(berta):
     assert encoder.sentence.default_prompt_name == "categorize_entailment"
     report = compare(encoder, reference, ALL, prompt="categorize_entailment: ")
     assert_parity(report)
-    ours = encoder.encode_detailed(ALL, batch_size=8)
+    ours = encoder.encode_detailed(ALL)  # the default prompt; batch-size invariance is test_fuzz's and test_encoder's
     ref = report.reference_embeddings  # SentenceTransformer.encode(ALL) with its default prompt, batches of 4
     assert ours.embeddings.shape == (len(ALL), 768) and np.abs(ours.embeddings - ref).max() <= EMBED_TOL
     assert np.abs(unpacked(encoder).encode(ALL, batch_size=8) - ref).max() <= EMBED_TOL  # both paths
