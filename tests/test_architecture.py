@@ -49,7 +49,7 @@ LAYERS: list[list[str]] = [
     ["berta_jax.job.settle"],
     ["berta_jax.job.run"],
     ["berta_jax.cli.signals", "berta_jax.cli.commands"],
-    ["berta_jax.cli.encode_args", "berta_jax.cli.progress"],
+    ["berta_jax.cli.encode_args", "berta_jax.cli.progress", "berta_jax.cli.parity_command"],
     ["berta_jax.cli.encode", "berta_jax.cli.engines"],
     ["berta_jax.cli.main"],
     ["berta_jax.cli", "berta_jax.cli.__main__", "berta_jax.__main__", "berta_jax", "berta_jax.convert", "berta_jax.job",

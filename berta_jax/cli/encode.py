@@ -98,8 +98,8 @@ def _busy(summary: JobSummary) -> str:
 
 
 def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
-    from berta_jax.loading.folder import ModelFolder
     from berta_jax.job.run import run_job
+    from berta_jax.loading.folder import ModelFolder
 
     model = ModelFolder.open(args.model)
     choice = _dtype_choice(args)

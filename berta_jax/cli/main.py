@@ -12,7 +12,7 @@ import difflib
 import signal
 import sys
 
-from berta_jax.cli import commands, encode, engines
+from berta_jax.cli import commands, encode, engines, parity_command
 from berta_jax.errors import BertaJaxError
 from berta_jax.version import __version__
 
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.commands = sub.choices
     commands.add_demo(sub)
     commands.add_convert(sub)
-    commands.add_parity(sub)
+    parity_command.add_parity(sub)
     encode.add_encode(sub)
     engines.add_beam(sub)
     return parser
