@@ -92,10 +92,12 @@ def add_parity(sub) -> None:
         description="Run transformers (PyTorch, float32, CPU) and berta-jax on the same texts; "
         "print the max abs difference of the embeddings output and of every layer's hidden "
         "states, of the pooled vectors and of the sentence embeddings against "
-        "sentence-transformers; exit 1 above the tolerances, naming the first stage that breaks. "
+        "sentence-transformers; exit 1 above the tolerances, naming the first stage that breaks "
+        "(in bfloat16/float16: below the cosine bound, with the figure). "
         "Needs torch.\n\n"
         "examples:\n  berta-jax parity --model ./my-finetuned-bert\n"
-        "  berta-jax parity --model sergeyzh/BERTA --texts sample.txt --prompt-name search_query",
+        "  berta-jax parity --model sergeyzh/BERTA --texts sample.txt --prompt-name search_query\n"
+        "  berta-jax parity --model sergeyzh/BERTA --dtype bfloat16",
     )
     par.add_argument("--model", required=True, help="model folder, URL or hub id")
     par.add_argument(
