@@ -55,7 +55,7 @@ class ParityReport:
     truncated: int = 0  # texts longer than max_seq_length: both sides compare their first tokens
     dtype: str = "float32"  # berta-jax's compute dtype (the reference is float32)
     cosine_argmin: int | None = None  # the text with the lowest cosine (0-based)
-    dtype_choice: str = ""  # what chose the dtype (`CompileStats.dtype`), for the printed report
+    dtype_choice: str = "float32"  # the dtype and what chose it (`CompileStats.dtype`), to print
 
     @property
     def sixteen_bit(self) -> bool:

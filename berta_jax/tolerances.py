@@ -1,5 +1,6 @@
-"""The bars berta-jax is held to against PyTorch, in one place: the parity command, its report and
-the tests read them from here (JAX-free, so the command line can show them without loading JAX).
+"""The bars berta-jax is held to against PyTorch, in one place for the library: the parity report
+and the command line read them from here (JAX-free, so the command line can show them without
+loading JAX). The tests state their own bars, the same numbers, as the specification.
 
 float32 compute is held to max-abs differences; 16-bit compute (bfloat16, float16) cannot meet
 those and is held to the cosine of every sentence embedding to the float32 reference instead.

@@ -45,8 +45,11 @@ def _cached(root: Path, name: str, build) -> Path:
         build(aside)
         try:
             aside.rename(folder)
-        except OSError:  # another worker's copy arrived first
+        except OSError:
             shutil.rmtree(aside)
+            if not (folder / "model.safetensors").exists():
+                raise  # not another worker's copy arriving first: a real failure
+            # another worker's copy arrived first
     return folder
 
 

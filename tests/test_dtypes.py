@@ -45,6 +45,13 @@ def test_a_named_dtype_is_kept_and_a_wrong_one_is_refused():
         choose_dtype("bf16", "cpu")
 
 
+def test_an_encoder_built_around_a_model_reports_the_model_s_own_dtype(tiny_bert_dir):
+    """Built from a bfloat16 model directly (no from_folder choice), compile_stats says bfloat16, not float32."""
+    fast = Encoder.from_pretrained(tiny_bert_dir, dtype="bfloat16")
+    rebuilt = Encoder(fast.model, fast.tokenizer, fast.sentence)
+    assert rebuilt.compile_stats.dtype == "bfloat16" and fast.compile_stats.dtype == "bfloat16 (asked for)"
+
+
 def test_the_encoder_and_the_job_report_say_what_auto_chose(tiny_bert_dir, tmp_path):
     want = choose_dtype("auto", "cpu")  # this machine's own answer
     encoder = Encoder.from_pretrained(tiny_bert_dir, dtype="auto")

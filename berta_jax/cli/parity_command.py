@@ -24,7 +24,7 @@ def _parity(args: argparse.Namespace) -> int:
         print(f"berta-jax parity: error: {e}", file=sys.stderr)
         return 2
     print(
-        f"model: {args.model}; {len(texts)} texts; berta-jax {report.dtype_choice or report.dtype}"
+        f"model: {args.model}; {len(texts)} texts; berta-jax {report.dtype_choice}"
         "; reference: transformers BertModel (eager), float32, CPU"
     )
     if report.truncated:

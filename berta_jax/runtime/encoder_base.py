@@ -69,7 +69,8 @@ class EncoderBase:
         self.max_batch_tokens = max_batch_tokens
         # several texts per row (see packing.py); False: one text per padded row
         self.packing = packing
-        self.compile_stats = CompileStats()
+        # what the model computes in; `from_folder` adds what chose it
+        self.compile_stats = CompileStats(dtype=np.dtype(model.layers.attention.dtype).name)
         kernel = select_kernel(attention, self.devices[0].platform, model.layers.attention.dtype)
         self.runtime = Runtime(
             model,
