@@ -141,6 +141,8 @@ def compare(
     token_type_ids: np.ndarray | None = None,
 ) -> ParityReport:
     """Every stage of `encoder` against `reference` on `texts` with `prompt` prepended."""
+    if not texts:
+        raise ValueError("parity needs at least one text to compare; got none")
     layers = _layer_max_abs(encoder, reference, texts, prompt, token_type_ids)
     with warnings.catch_warnings():  # counted in the report instead
         warnings.simplefilter("ignore", TruncationWarning)

@@ -136,6 +136,19 @@ def test_a_16_bit_parity_check_without_sentence_transformers_says_what_it_needs(
         compare(encoder, Reference(bert, None), ["x"])
 
 
+def test_parity_on_an_empty_texts_file_names_the_file(tiny_bert_dir, tmp_path, capsys):
+    """An empty file used to end in the tokenizer's IndexError; the API refuses no texts too."""
+    from berta_jax.parity import Reference, compare
+
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    assert main(["parity", "--model", str(tiny_bert_dir), "--texts", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert f"{empty}: holds no lines; give at least one text" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="at least one text"):
+        compare(Encoder.from_pretrained(tiny_bert_dir), Reference(None, None), [])
+
+
 def test_parity_texts_file_errors_name_the_line(tiny_bert_dir, tmp_path):
     bad = tmp_path / "texts.txt"
     bad.write_bytes("ok\nтоже ok\n".encode() + b"bad \xff byte\n")

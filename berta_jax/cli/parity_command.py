@@ -16,6 +16,12 @@ def _parity(args: argparse.Namespace) -> int:
     from berta_jax.parity import DEFAULT_TEXTS, parity_report
 
     texts = read_lines(args.texts) if args.texts else list(DEFAULT_TEXTS)
+    if not texts:
+        print(
+            f"berta-jax parity: error: {args.texts}: holds no lines; give at least one text",
+            file=sys.stderr,
+        )
+        return 2
     try:
         report = parity_report(
             args.model, texts, prompt=args.prompt, prompt_name=args.prompt_name, dtype=args.dtype
