@@ -47,3 +47,8 @@ class NonFiniteError(BertaJaxError, FloatingPointError):
 
 class TruncationWarning(UserWarning):
     """Some texts were longer than the context and were cut to max_seq_length tokens."""
+
+
+class TrainError(BertaJaxError, RuntimeError):
+    """A training run cannot start or continue (a held output folder, a changed config on resume,
+    a loss that became NaN...): names the key, file, step or checkpoint at fault."""

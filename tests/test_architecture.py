@@ -48,13 +48,18 @@ LAYERS: list[list[str]] = [
     ["berta_jax.job.finish", "berta_jax.job.embed", "berta_jax.beam"],
     ["berta_jax.job.settle"],
     ["berta_jax.job.run"],
+    ["berta_jax.train.config", "berta_jax.train.plan", "berta_jax.train.optim", "berta_jax.train.progress",
+     "berta_jax.train.checkpoint", "berta_jax.train.step", "berta_jax.train.data", "berta_jax.train.teacher",
+     "berta_jax.train.export", "berta_jax.train.batches", "berta_jax.train.metrics"],
+    ["berta_jax.train.run_folder", "berta_jax.train.setup", "berta_jax.train.pipeline"],
+    ["berta_jax.train.trainer"],
     ["berta_jax.cli.signals", "berta_jax.cli.commands"],
     ["berta_jax.cli.encode_args", "berta_jax.cli.progress", "berta_jax.cli.parity_command"],
     ["berta_jax.cli.encode", "berta_jax.cli.engines"],
     ["berta_jax.cli.main"],
     ["berta_jax.cli", "berta_jax.cli.__main__", "berta_jax.__main__", "berta_jax", "berta_jax.convert", "berta_jax.job",
      "berta_jax.data", "berta_jax.storage", "berta_jax.text", "berta_jax.models", "berta_jax.models.bert",
-     "berta_jax.loading", "berta_jax.runtime"],
+     "berta_jax.loading", "berta_jax.runtime", "berta_jax.train"],
 ]
 LAYER = {module: i for i, names in enumerate(LAYERS) for module in names}
 MAX_FUNCTION_LINES = 50
