@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from berta_jax.errors import TrainError
@@ -78,6 +79,13 @@ class Checkpoints:
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
         )
         return restored["state"]
+
+    def restore_saved(self, step: int) -> Any:
+        """The state saved at `step` as it was saved (host arrays): for exporting, not training."""
+        restored = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+        )
+        return jax.tree.map(np.asarray, restored["state"])
 
     def close(self) -> None:
         self.manager.close()

@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from berta_jax.errors import ConfigError, TrainError
+from berta_jax.loading.folder import ModelFolder
 from berta_jax.train import setup
 from berta_jax.train.batches import Batcher, bucket_ladder
 from berta_jax.train.checkpoint import Checkpoints
@@ -42,18 +43,52 @@ class TrainResult:
     steps: int
     losses: list[float]  # this call's steps' losses, in order
     seconds: float
+    stopped_at: int | None = None  # a stop asked for: the step whose checkpoint was saved
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = True):
-    """Run `cfg`; with `resume`, continue the run in its output_dir from its latest checkpoint."""
+def train(
+    cfg: TrainConfig, *, resume: bool = False, log=print, progress: bool = True, stop=None
+) -> TrainResult:
+    """Run `cfg`; with `resume`, continue the run in its output_dir from its latest checkpoint.
+
+    `stop()` is asked after every step (with several processes, JAX's preemption sync point is
+    asked instead, so every process stops at the same step): when true, the state is saved at that
+    step and the run returns with `stopped_at` set.
+    """
     folder = RunFolder(cfg["output_dir"])
     lead = jax.process_index() == 0
     continuing = folder.open(cfg, resume) if lead else resume
     try:
-        return Run(cfg, folder, log if lead else (lambda *a: None)).go(continuing, progress)
+        run = Run(cfg, folder, log if lead else (lambda *a: None))
+        return run.go(continuing, progress, stop or (lambda: False))
     finally:
         if lead:
             folder.close()
+
+
+def _stop_now(step: int, stop) -> bool:
+    """Whether to stop after `step`: every process answers alike."""
+    if jax.process_count() > 1:
+        return multihost_utils.reached_preemption_sync_point(step)
+    return bool(stop())
+
+
+def export_checkpoint(cfg: TrainConfig, step: int) -> str:
+    """The checkpoint of `step` of the run `cfg` names, as `OUTPUT_DIR/model-STEP/`."""
+    folder = RunFolder(cfg["output_dir"])
+    checkpoints = Checkpoints(folder.file("checkpoints"), keep=cfg["checkpoint.keep"], every=1)
+    try:
+        if step not in checkpoints.steps():
+            raise TrainError(
+                f"{checkpoints.folder}: no checkpoint of step {step}; there are "
+                f"{', '.join(map(str, checkpoints.steps())) or 'none'}"
+            )
+        saved = checkpoints.restore_saved(step)
+    finally:
+        checkpoints.close()
+    student = ModelFolder.open(cfg["model"])
+    return export_model(saved["params"], student.config, student.folder,
+                        folder.file(f"model-{step}"), saved.get("aux") or None)
 
 
 def chunk_rows(local_rows: int, mini_batch: int | None) -> int | None:
@@ -113,7 +148,7 @@ class Run:
             shardings,
         )
 
-    def go(self, continuing: bool, progress: bool) -> TrainResult:
+    def go(self, continuing: bool, progress: bool, stop) -> TrainResult:
         cfg, start_time = self.cfg, time.monotonic()
         graphdef, params = nnx.split(self.student.model)
         params = nnx.to_pure_dict(params)
@@ -139,12 +174,12 @@ class Run:
         spec = self._spec(graphdef)
         step_fn = jax.jit(make_step(spec, tx, rate), donate_argnums=0)
         try:
-            losses = self._loop(state, step_fn, start, checkpoints, progress)
+            losses, stopped = self._loop(state, step_fn, start, checkpoints, progress, stop)
         finally:
             checkpoints.wait()
             checkpoints.close()
         return TrainResult(self.folder.file("model"), cfg["steps"], losses,
-                           time.monotonic() - start_time)
+                           time.monotonic() - start_time, stopped)
 
     def _batcher(self) -> Batcher:
         student = self.student
@@ -152,7 +187,7 @@ class Run:
         return Batcher(student.tokenizer, ladder, student.folder.config.pad_token_id,
                        exclude_prompt=not student.folder.sentence.include_prompt)
 
-    def _loop(self, state, step_fn, start: int, checkpoints: Checkpoints, progress: bool):
+    def _loop(self, state, step_fn, start: int, checkpoints: Checkpoints, progress: bool, stop):
         cfg = self.cfg
         source = StepSource(
             self.sets, self.prompts, self.plan, self._batcher(), cfg["optim.accumulate"],
@@ -168,6 +203,7 @@ class Run:
                             enabled=progress and lead)
         base_key = jax.random.key(cfg["seed"])
         losses: list[float] = []
+        getattr(stop, "arm", lambda: None)()  # from now on a signal stops at a step's end
         try:
             for step, host in zip(range(start, cfg["steps"]), step_iterator(source, start)):
                 batch = self._place(host)
@@ -183,15 +219,19 @@ class Run:
                 rates = bar.update(step + 1, values, int(host["real_tokens"]))
                 if metrics is not None and (step + 1) % cfg["log.every"] == 0:
                     metrics.write(step + 1, {**values, **rates})
+                stopping = _stop_now(step + 1, stop) and step + 1 < cfg["steps"]
                 checkpoints.save(step + 1, state, self._record(step + 1),
-                                 force=step + 1 == cfg["steps"])
+                                 force=step + 1 == cfg["steps"] or stopping)
+                if stopping:
+                    checkpoints.wait()
+                    return losses, step + 1
             self._finish(state, checkpoints, lead)
             self.log(f"trained {cfg['steps'] - start} steps: {bar.summary()}")
         finally:
             bar.close()
             if metrics is not None:
                 metrics.close()
-        return losses
+        return losses, None
 
     def _record(self, step: int) -> dict:
         return {"step": step, "seed": self.cfg["seed"], "data": {"next_step": step},
