@@ -12,11 +12,11 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from berta_jax.data.files import InputFile, expand_inputs, open_input
@@ -45,18 +45,18 @@ class TrainSet:
         return f"{name} row {row - first + 1}"
 
 
-def _read_table(file: InputFile) -> pa.Table:
+def _read_columns(file: InputFile) -> dict[str, list]:
     with open_input(file) as raw:
         data = raw.read()
     if file.format.endswith(".gz"):
         data = gzip.decompress(data)
     try:
         if file.format == ".parquet":
-            return pq.read_table(io.BytesIO(data))
+            return pq.read_table(io.BytesIO(data)).to_pydict()
         if file.format.startswith(".jsonl"):
-            return pa_json.read_json(io.BytesIO(data))
+            return _jsonl_columns(file.url, data)
         if file.format == ".csv":
-            return pa_csv.read_csv(io.BytesIO(data))
+            return pa_csv.read_csv(io.BytesIO(data)).to_pydict()
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as e:
         raise InputError(f"{file.url}: cannot be read as {file.format[1:]} ({e})") from None
     raise InputError(
@@ -64,8 +64,31 @@ def _read_table(file: InputFile) -> pa.Table:
     )
 
 
-def _pick_columns(table: pa.Table, file: str, columns: list[str] | None) -> list[str]:
-    names = table.column_names
+def _jsonl_columns(url: str, data: bytes) -> dict[str, list]:
+    """jsonl -> columns, each row checked as an object with the first row's fields; the row
+    numbers of errors are the file's line numbers."""
+    columns: dict[str, list] = {}
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InputError(f"{url} row {number}: not JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise InputError(f"{url} row {number}: a JSON object is expected")
+        if not columns:
+            columns = {name: [] for name in row}
+        if set(row) - set(columns):
+            extra = sorted(set(row) - set(columns))
+            raise InputError(f"{url} row {number}: fields {extra} are not in the first row")
+        for name, values in columns.items():
+            values.append(row.get(name))
+    return columns
+
+
+def _pick_columns(table: dict[str, list], file: str, columns: list[str] | None) -> list[str]:
+    names = list(table)
     wanted = columns if columns is not None else names
     missing = [c for c in wanted if c not in names]
     if missing:
@@ -127,7 +150,7 @@ def read_train_set(name: str, specs: list[str], columns: list[str] | None) -> Tr
     starts: list[tuple[str, int]] = []
     total = 0
     for file in files:
-        table = _read_table(file)
+        table = _read_columns(file)
         picked = _pick_columns(table, file.url, columns if columns is not None else chosen)
         if chosen is not None and picked != chosen:
             raise InputError(f"{file.url}: columns {picked} differ from the first file's {chosen}")
@@ -135,11 +158,11 @@ def read_train_set(name: str, specs: list[str], columns: list[str] | None) -> Tr
         text_cols = [c for c in picked if c not in LABEL_COLUMNS]
         texts = texts or [[] for _ in text_cols]
         for column, out in zip(text_cols, texts):
-            out += _texts(table.column(column).to_pylist(), file.url, column, 0)
+            out += _texts(table[column], file.url, column, 0)
         if len(text_cols) < len(picked):
-            labels.append(_labels(table.column(picked[-1]).to_pylist(), file.url, picked[-1]))
+            labels.append(_labels(table[picked[-1]], file.url, picked[-1]))
         starts.append((file.url, total))
-        total += table.num_rows
+        total += len(table[picked[0]]) if picked else 0
     if not chosen or total == 0:
         raise InputError(f"{', '.join(specs)}: the dataset {name!r} has no rows")
     text_cols = [c for c in chosen if c not in LABEL_COLUMNS]
