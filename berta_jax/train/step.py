@@ -85,14 +85,25 @@ def _embed_column(spec: StepSpec, params, column: dict, key) -> jax.Array:
     return out.reshape(n, devices, chunk, dim).transpose(1, 0, 2, 3).reshape(rows, dim)
 
 
+def embed_columns(spec: StepSpec, params, batch: dict, key) -> jax.Array:
+    """Every text column of a micro-batch, `[C, B, L]` -> `[C, B, D]`: one forward mapped over the
+    columns (one program body, however many columns), each column its own dropout key."""
+    names = ("input_ids", "attention_mask", "token_type_ids", "pool_mask")
+    inputs = tuple(batch[name] for name in names)
+    if key is None:
+        return jax.vmap(lambda *xs: _embed_column(spec, params, dict(zip(names, xs)), None))(
+            *inputs
+        )
+    keys = jax.random.split(key, inputs[0].shape[0])
+    return jax.vmap(lambda *xs: _embed_column(spec, params, dict(zip(names, xs[:-1])), xs[-1]))(
+        *inputs, keys
+    )
+
+
 def batch_loss(spec: StepSpec, trainable: dict, batch: dict, key) -> jax.Array:
     """The loss of one micro-batch (`batch` arrays `[C, B, ...]`, labels `[B, ...]`)."""
-    columns = batch["input_ids"].shape[0]
-    embeddings = []
-    for c in range(columns):
-        column = {name: value[c] for name, value in batch.items() if name != "labels"}
-        column_key = None if key is None else jax.random.fold_in(key, c)
-        embeddings.append(_embed_column(spec, trainable["params"], column, column_key))
+    stacked = embed_columns(spec, trainable["params"], batch, key)
+    embeddings = [stacked[c] for c in range(stacked.shape[0])]
     labels, aux = batch["labels"], trainable.get("aux") or None
     if spec.gather or spec.devices == 1:
         return spec.loss(embeddings, labels, aux)

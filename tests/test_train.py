@@ -1,0 +1,210 @@
+"""Training runs end to end: a sentence-transformers folder out that embeds as berta-jax does, the
+same losses on 4 devices as on one, bit-identical parameters after kill -9 and --resume, GradCache
+equal to the plain loss, and each refusal a one-line error naming what is at fault.
+
+Bars: the exported folder embeds within 1e-5 of berta-jax (max abs, float32, as the inference
+parity); 4 devices vs 1: the loss of every step within 1e-5; a resumed run: the same bytes of
+model.safetensors and the same logged losses as the run that was never stopped (same device count,
+CPU); the cached loss: value within 1e-6, every gradient within 1e-5 relative (Frobenius, per
+tensor) of the plain form's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from berta_jax import Encoder
+from berta_jax.errors import ConfigError, JobError, TrainError
+from berta_jax.job.lock import LocalLock
+from berta_jax.train import setup
+from berta_jax.train.config import TrainConfig
+from berta_jax.train.step import StepSpec, batch_loss
+from berta_jax.train.trainer import train
+from tests.helpers import berta_jax, cli_env, start_berta_jax, wait_for
+
+STEPS = 6
+TOPICS = ["кошки", "собаки", "поезда", "погода", "музыка", "футбол", "chess", "coffee", "rivers", "tea",
+          "bread", "clouds"]
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("train_data") / "pairs.jsonl"
+    rows = [{"anchor": f"что нового про {t} {i}?", "positive": f"{t}: новость номер {i} about {t}"}
+            for i in range(4) for t in TOPICS]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n")
+    return path
+
+
+def settings(model, data, out, **extra) -> dict:
+    tree = {
+        "model": str(model), "output_dir": str(out), "steps": STEPS, "seed": 3,
+        "data": {"train": [str(data)], "batch_size": 8},
+        "prompts": {"anchor": "search_query", "positive": "search_document"},
+        "optim": {"lr": 1e-3, "warmup_steps": 2, "weight_decay": 0.01},
+        "checkpoint": {"every": 2, "keep": 2}, "log": {"tensorboard": True},
+    }
+    for key, value in extra.items():
+        section, _, name = key.partition("__")
+        if name:
+            tree.setdefault(section, {})[name] = value
+        else:
+            tree[key] = value
+    return tree
+
+
+def toml_file(path, tree) -> str:
+    lines = []
+    for key, value in tree.items():
+        if not isinstance(value, dict):
+            lines.append(f"{key} = {json.dumps(value)}")
+    for section, values in tree.items():
+        if isinstance(values, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_bert_dir, pairs, tmp_path_factory):
+    """A whole run, dropout on (the tiny model's 0.1): the reference the other runs must equal."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    tree = settings(tiny_bert_dir, pairs, out)
+    result = train(TrainConfig.from_dict(tree), progress=False, log=lambda m: None)
+    return tree, result
+
+
+def test_a_run_writes_metrics_checkpoints_and_a_sentence_transformers_folder(finished, tiny_bert_dir):
+    from sentence_transformers import SentenceTransformer
+
+    tree, result = finished
+    out = tree["output_dir"]
+    logged = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert [m["step"] for m in logged] == list(range(1, STEPS + 1))
+    assert [m["loss"] for m in logged] == result.losses and all(np.isfinite(result.losses))
+    assert logged[0]["lr"] == 0.0 and logged[2]["lr"] == pytest.approx(1e-3)  # warmup, then the peak
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["4", "6"]  # checkpoint.keep = 2
+    assert any(name.startswith("events") for name in os.listdir(os.path.join(out, "tensorboard")))
+    assert json.load(open(os.path.join(out, "train_config.json")))["optim.lr"] == 1e-3
+
+    texts = ["search_query: что нового про кошки?", "search_document: chess: новость", ""]
+    ours = Encoder.from_pretrained(result.model_dir).encode(texts, prompt="")
+    theirs = SentenceTransformer(result.model_dir, device="cpu").encode(texts, prompt="")
+    assert np.abs(ours - theirs).max() <= 1e-5
+    before = Encoder.from_pretrained(tiny_bert_dir).encode(texts, prompt="")
+    assert np.abs(ours - before).max() > 1e-3  # the weights moved
+
+
+def test_kill_9_then_resume_gives_the_same_bytes(finished, tmp_path):
+    tree, result = finished
+    out = tmp_path / "out"
+    config = toml_file(tmp_path / "run.toml", {**tree, "output_dir": str(out)})
+    env = cli_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "xla"),
+                  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    proc = start_berta_jax("train", config, "--quiet", env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    assert wait_for(lambda: (out / "checkpoints" / "2").is_dir(), proc, timeout=300)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists()
+    berta_jax("train", config, "--resume", "--quiet", env=env)
+    reference = os.path.join(tree["output_dir"], "model", "model.safetensors")
+    assert open(out / "model" / "model.safetensors", "rb").read() == open(reference, "rb").read()
+    logged = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
+    assert logged == result.losses
+
+
+@pytest.mark.parametrize("fsdp", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_four_devices_give_one_devices_losses(finished, tmp_path, fsdp):
+    tree, result = finished
+    sharding = {"fsdp": fsdp}  # fsdp: parameters and optimizer state split over the 4 devices too
+    config = toml_file(tmp_path / "run.toml", {**tree, "output_dir": str(tmp_path / "out"), "sharding": sharding})
+    env = cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    berta_jax("train", config, "--quiet", env=env)
+    logged = [json.loads(line)["loss"] for line in open(tmp_path / "out" / "metrics.jsonl")]
+    assert np.abs(np.array(logged) - np.array(result.losses)).max() <= 1e-5
+
+
+def test_the_cached_loss_equals_the_plain_one(tiny_bert_dir):
+    cfg = TrainConfig.from_dict({"model": str(tiny_bert_dir), "output_dir": "unused", "steps": 1})
+    student = setup.load_student(cfg, jnp.float32)
+    graphdef, params = nnx.split(student.model)
+    params = nnx.to_pure_dict(params)
+    texts = [[f"вопрос {i} про {t}" for i, t in enumerate(TOPICS[:8])],
+             [f"{t} ответ номер {i}" for i, t in enumerate(TOPICS[:8])]]
+    from berta_jax.train.batches import Batcher
+
+    host = Batcher(student.tokenizer, (32,), 0, exclude_prompt=False)(texts, ["", ""], None).arrays()
+    batch = {k: jnp.asarray(v) for k, v in host.items()}
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+
+    def value_and_grads(loss_name, chunk):
+        loss = setup.build_loss(TrainConfig.from_dict(
+            {"model": "m", "output_dir": "o", "steps": 1, "loss": {"name": loss_name}}))
+        spec = StepSpec(graphdef, loss, "mean", True, False, mesh, True, chunk)
+        return jax.jit(jax.value_and_grad(lambda t: batch_loss(spec, t, batch, None)))(
+            {"params": params, "aux": {}})
+
+    plain, plain_grads = value_and_grads("mnrl", None)
+    cached, cached_grads = value_and_grads("cached_mnrl", 2)
+    assert abs(float(plain) - float(cached)) <= 1e-6
+    for a, b in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(cached_grads)):
+        assert np.linalg.norm(a - b) <= 1e-5 * max(np.linalg.norm(a), 1e-6)
+
+
+def test_refusals_name_what_is_at_fault(tiny_bert_dir, pairs, tmp_path):
+    out = tmp_path / "out"
+    holder = LocalLock(str(out / ".lock"), "another-run")
+    holder.acquire()
+    try:
+        with pytest.raises(JobError, match="lock"):
+            train(TrainConfig.from_dict(settings(tiny_bert_dir, pairs, out)), progress=False)
+    finally:
+        holder.release()
+    cases = [
+        ({"loss__name": "mnlr"}, ConfigError, "unknown loss 'mnlr'; did you mean 'mnrl'"),
+        ({"loss__name": "mse"}, ConfigError, "needs labels: dataset 'train'"),
+        ({"data__batch_size": 64}, ConfigError, "data.batch_size=64 leaves no full batch"),
+        ({"prompts": {"query": "search_query"}}, ConfigError, "prompts.query: no such column"),
+        ({"data__columns": ["anchor", "negative"]}, Exception, "no column 'negative'"),
+    ]
+    for i, (extra, error, message) in enumerate(cases):
+        with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+            train(TrainConfig.from_dict(settings(tiny_bert_dir, pairs, tmp_path / f"o{i}", **extra)),
+                  progress=False, log=lambda m: None)
+
+
+def test_resume_refuses_changed_settings_and_a_second_start(finished):
+    tree, _ = finished
+    with pytest.raises(TrainError, match=r"optim.lr: 0.001 -> 0.01"):
+        train(TrainConfig.from_dict(tree, ["optim.lr=0.01"]), resume=True, progress=False)
+    with pytest.raises(TrainError, match="holds a run already; pass --resume"):
+        train(TrainConfig.from_dict(tree), progress=False)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step(tiny_bert_dir, pairs, tmp_path, monkeypatch):
+    from berta_jax.train import trainer
+
+    def nan_after_two(spec, tx, rate):  # the loop's check, without compiling a real step
+        def step(state, batch, key):
+            loss = jnp.where(state["step"] >= 2, jnp.nan, 1.0)
+            return {**state, "step": state["step"] + 1}, {"loss": loss, "grad_norm": 0.0, "lr": 0.0}
+        return step
+
+    monkeypatch.setattr(trainer, "make_step", nan_after_two)
+    out = tmp_path / "out"
+    tree = settings(tiny_bert_dir, pairs, out, checkpoint__every=1)
+    with pytest.raises(TrainError, match=r"step 3: the loss is nan; stopped. The last good checkpoint is step 2"):
+        train(TrainConfig.from_dict(tree), progress=False, log=lambda m: None)
+    assert not (out / "model").exists()
+    assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2]
