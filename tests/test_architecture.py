@@ -39,6 +39,10 @@ LAYERS: list[list[str]] = [
     ["berta_jax.runtime.compiled"],
     ["berta_jax.runtime.encoder_base"],
     ["berta_jax.runtime.encoder"],
+    ["berta_jax.train.base"],
+    ["berta_jax.train.ranking", "berta_jax.train.distill", "berta_jax.train.scored"],
+    ["berta_jax.train.matryoshka"],
+    ["berta_jax.train.losses"],
     ["berta_jax.data.files", "berta_jax.data.rows"],
     ["berta_jax.data.parquet_rows"],
     ["berta_jax.parity", "berta_jax.engine", "berta_jax.data.outputs", "berta_jax.data.inputs"],
@@ -54,7 +58,7 @@ LAYERS: list[list[str]] = [
     ["berta_jax.cli.main"],
     ["berta_jax.cli", "berta_jax.cli.__main__", "berta_jax.__main__", "berta_jax", "berta_jax.convert", "berta_jax.job",
      "berta_jax.data", "berta_jax.storage", "berta_jax.text", "berta_jax.models", "berta_jax.models.bert",
-     "berta_jax.loading", "berta_jax.runtime"],
+     "berta_jax.loading", "berta_jax.runtime", "berta_jax.train"],
 ]
 LAYER = {module: i for i, names in enumerate(LAYERS) for module in names}
 MAX_FUNCTION_LINES = 50

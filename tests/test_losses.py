@@ -1,0 +1,173 @@
+"""The training losses against sentence-transformers' own loss classes, value and gradient.
+
+Bars. Float32, as the trainer runs them: every gradient (each embedding column, and the projection's
+kernel and bias) within 1e-6 max-abs of sentence-transformers', and the value within 1e-6 x max(1,
+|loss|): at a loss near 7, one float32 step is 4.8e-7, and torch's own float32 value is up to 6e-7
+from the exact one (ours up to 1.3e-6), so an absolute 1e-6 would fail on rounding alone. Float64
+(the slow tier): the same definitions to 1e-9 absolute, value and gradients, which leaves no room for
+a differing formula. A zero embedding gives gradients of order 1/eps on both sides: relative 1e-5.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from sentence_transformers import util
+from sentence_transformers.sentence_transformer import losses as st
+
+from berta_jax.errors import ConfigError
+from berta_jax.train.losses import LOSS_NAMES, make_loss, matryoshka, options
+
+B, D, T = 6, 16, 24  # batch, student width, a wider teacher's width
+BARS = {"float32": 1e-6, "float64": 1e-9}
+slow = pytest.mark.slow
+PRECISIONS = ["float32", pytest.param("float64", marks=slow)]
+
+
+class FakeModel(torch.nn.Module):
+    """What sentence-transformers' losses need of a model: it returns the column's given embeddings."""
+
+    def __init__(self, dim: int = D):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, features):
+        return {"sentence_embedding": features["embedding"]}
+
+    def get_embedding_dimension(self):
+        return self.dim
+
+    def _get_untruncated_embedding_dimension(self):
+        return self.dim
+
+    @property
+    def device(self):
+        return torch.device("cpu")
+
+
+def _columns(n: int, normalised: bool = False, seed: int = 0, dim: int = D) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    columns = [rng.standard_normal((B, dim)).astype(np.float32) for _ in range(n)]
+    return [c / np.linalg.norm(c, axis=1, keepdims=True) for c in columns] if normalised else columns
+
+
+def _torch_run(st_loss, columns, labels, params=(), call=None):
+    """sentence-transformers' value and its gradients w.r.t. every column and then every param."""
+    tensors = [torch.tensor(c, requires_grad=True) for c in columns]
+    torch_labels = None if labels is None else torch.tensor(labels)
+    if call is None:
+        value = st_loss([{"embedding": t} for t in tensors], torch_labels)
+    else:
+        value = call(tensors, torch_labels)
+    inputs = [*tensors, *params]
+    grads = torch.autograd.grad(value, inputs, allow_unused=True)  # an unused column's gradient is 0
+    return float(value.detach()), [(torch.zeros_like(x) if g is None else g).detach().numpy()
+                                   for x, g in zip(inputs, grads)]
+
+
+def _jax_run(loss, columns, labels, aux=None):
+    fn = jax.jit(jax.value_and_grad(lambda cols, y, a: loss(cols, y, a), argnums=(0, 2)))
+    value, (grads, aux_grads) = fn([jnp.asarray(c) for c in columns], labels, aux)
+    assert all(g.dtype == c.dtype for g, c in zip(grads, columns))
+    return float(value), [np.asarray(g) for g in grads], aux_grads
+
+
+def _assert_close(precision, jax_value, jax_grads, torch_value, torch_grads):
+    bar = BARS[precision]
+    value_bar = bar * max(1.0, abs(torch_value)) if precision == "float32" else bar
+    assert np.isfinite(jax_value) and abs(jax_value - torch_value) <= value_bar, (jax_value, torch_value)
+    assert len(jax_grads) == len(torch_grads)
+    for i, (g, ref) in enumerate(zip(jax_grads, torch_grads)):
+        assert g.shape == ref.shape, (i, g.shape, ref.shape)
+        assert np.max(np.abs(g - ref)) <= bar, (i, np.max(np.abs(g - ref)))
+
+
+def _compare(precision, loss, st_loss, columns, labels=None, call=None, aux=None):
+    """`loss` against `st_loss` (or `call`) in `precision`; with `aux`, also the projection's gradients,
+    its values copied into `st_loss.projection` first."""
+    dtype = np.dtype(precision)
+    columns = [c.astype(dtype) for c in columns]
+    labels = None if labels is None else np.asarray(labels).astype(dtype)
+    params = ()
+    if aux is not None:
+        aux = jax.tree.map(lambda x: np.asarray(x, dtype), aux)
+        projection = st_loss.projection.to(getattr(torch, precision))
+        projection.weight.data = torch.tensor(aux["projection"]["kernel"].T.copy())
+        projection.bias.data = torch.tensor(aux["projection"]["bias"])
+        params = (projection.weight, projection.bias)
+    with jax.enable_x64(precision == "float64"):
+        value, grads, aux_grads = _jax_run(loss, columns, labels, aux)
+    torch_value, torch_grads = _torch_run(st_loss, columns, labels, params, call)
+    if aux is not None:
+        torch_grads[-2] = torch_grads[-2].T
+        grads += [np.asarray(aux_grads["projection"]["kernel"]),
+                  np.asarray(aux_grads["projection"]["bias"])]
+    _assert_close(precision, value, grads, torch_value, torch_grads)
+
+
+# --- in-batch negatives
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("negatives, normalised", [
+    (1, False), pytest.param(0, False, marks=slow), pytest.param(2, False, marks=slow),
+    pytest.param(0, True, marks=slow), pytest.param(1, True, marks=slow),
+    pytest.param(2, True, marks=slow)])
+def test_mnrl_matches_with_0_1_2_hard_negatives(negatives, normalised, precision):
+    columns = _columns(2 + negatives, normalised)
+    _compare(precision, make_loss("mnrl"), st.MultipleNegativesRankingLoss(FakeModel()), columns)
+
+
+MNRL_OPTIONS = {
+    "dot": (dict(similarity="dot", scale=1.0), dict(similarity_fct=util.dot_score, scale=1.0)),
+    "scale10": (dict(scale=10.0), dict(scale=10.0)),
+    "symmetric": (dict(directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction"),) * 2,
+    "gte": (dict(directions=("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")),) * 2,
+    **{f"hardness_{m}": (dict(hardness_mode=m, hardness_strength=5.0),) * 2
+       for m in ("in_batch_negatives", "hard_negatives", "all_negatives")},
+}
+DEFAULT_TIER = ("dot", "symmetric")
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("case", [c if c in DEFAULT_TIER else pytest.param(c, marks=slow)
+                                  for c in MNRL_OPTIONS])
+def test_mnrl_options_match(case, precision):
+    ours, theirs = MNRL_OPTIONS[case]
+    _compare(precision, make_loss("mnrl", **ours),
+             st.MultipleNegativesRankingLoss(FakeModel(), **theirs), _columns(4))
+
+
+@slow
+def test_mnrl_symmetric_equals_the_deprecated_symmetric_class():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        reference = st.MultipleNegativesSymmetricRankingLoss(FakeModel())
+    loss = make_loss("mnrl", directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction")
+    _compare("float32", loss, reference, _columns(2))
+
+
+class _ChunkedModel(FakeModel):
+    """Indexable as a SentenceTransformer is (the cached loss looks at its first module)."""
+
+    def __getitem__(self, index):
+        return torch.nn.Identity()
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("negatives", [2, pytest.param(0, marks=slow)])
+def test_cached_mnrl_matches_sentence_transformers_cached_loss(negatives, precision):
+    reference = st.CachedMultipleNegativesRankingLoss(_ChunkedModel(), mini_batch_size=4)
+    loss = make_loss("cached_mnrl", mini_batch_size=4)
+    assert loss.mini_batch_size == 4 and not loss.needs_labels
+
+    def chunked(tensors, labels):  # the embeddings in mini-batches, as its forward caches them
+        return reference.calculate_loss([list(t.split(4)) for t in tensors], labels)
+
+    columns = _columns(2 + negatives)
+    _compare(precision, loss, reference, columns, call=chunked)
+    assert float(loss(columns, None)) == float(make_loss("mnrl")(columns, None))
