@@ -98,7 +98,8 @@ def _compare(precision, loss, st_loss, columns, labels=None, call=None, aux=None
     params = ()
     if aux is not None:
         aux = jax.tree.map(lambda x: np.asarray(x, dtype), aux)
-        projection = st_loss.projection.to(getattr(torch, precision))
+        owner = st_loss.loss if isinstance(st_loss, st.MatryoshkaLoss) else st_loss
+        projection = owner.projection.to(getattr(torch, precision))
         projection.weight.data = torch.tensor(aux["projection"]["kernel"].T.copy())
         projection.bias.data = torch.tensor(aux["projection"]["bias"])
         params = (projection.weight, projection.bias)
@@ -273,3 +274,71 @@ def test_cosent_matches(case, precision):
         dict(similarity="dot", scale=1.0), dict(similarity_fct=util.pairwise_dot_score, scale=1.0))
     _compare(precision, make_loss("cosent", **ours), st.CoSENTLoss(FakeModel(), **theirs),
              _columns(2, case == "normalised"), COSENT_LABELS)
+
+
+# --- matryoshka
+
+def _st_matryoshka(st_inner, dims, weights=None):
+    """sentence-transformers' MatryoshkaLoss around `st_inner`, on the same model (it cuts that
+    model's output)."""
+    return st.MatryoshkaLoss(st_inner.model, st_inner, dims, weights)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_matryoshka_over_mnrl_matches_with_unsorted_dims_and_weights(precision):
+    dims, weights = [4, 16, 8], [0.25, 1.0, 0.5]  # sentence-transformers sorts them, largest first
+    reference = _st_matryoshka(st.MultipleNegativesRankingLoss(FakeModel()), dims, weights)
+    loss = matryoshka(make_loss("mnrl"), dims, weights)
+    assert loss.dims == (16, 8, 4) and loss.weights == (1.0, 0.5, 0.25) and not loss.needs_labels
+    _compare(precision, loss, reference, _columns(3))
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_matryoshka_over_mse_cuts_teacher_vectors_as_wide_as_the_student(precision):
+    columns, teacher = _columns(2), _columns(1, seed=1)[0]  # teacher as wide as the student: cut too
+    reference = _st_matryoshka(st.MSELoss(FakeModel()), [16, 8, 4])
+    _compare(precision, matryoshka(make_loss("mse"), [16, 8, 4]), reference, columns, teacher)
+
+
+@slow
+@pytest.mark.parametrize("inner, st_inner, labels", [
+    ("cosent", st.CoSENTLoss, COSENT_LABELS),
+    ("margin_mse", st.MarginMSELoss, _margin_labels("margins", 1)),
+])
+def test_matryoshka_over_score_losses_matches(inner, st_inner, labels):
+    columns = _columns(3 if inner == "margin_mse" else 2)
+    reference = _st_matryoshka(st_inner(FakeModel()), [16, 8], [1.0, 2.0])
+    _compare("float32", matryoshka(make_loss(inner), [16, 8], [1.0, 2.0]), reference, columns,
+             labels)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_matryoshka_over_embed_distill_with_a_projection(precision):
+    """At the full width, sentence-transformers' own MatryoshkaLoss; cut narrower, where its projection
+    would fail on the shape, its EmbedDistillLoss on the cut vectors padded with zeros."""
+    from sentence_transformers.sentence_transformer.losses.matryoshka import shrink
+
+    columns, teacher = _columns(2), _columns(1, seed=1, dim=T)[0]
+    inner = make_loss("embed_distill")
+    aux = inner.init_aux(jax.random.key(7), D, T)
+    reference = st.EmbedDistillLoss(FakeModel(), projection_dim=T)
+    full = _st_matryoshka(reference, [16])
+    _compare(precision, matryoshka(inner, [16]), full, columns, teacher, aux=aux)
+
+    def padded(tensors, labels):  # the cuts chained as ST's forward makes them, then padded
+        total, cut = 0.0, tensors
+        for dim, weight in ((16, 1.0), (8, 0.5)):
+            cut = [shrink(t, dim) for t in cut]
+            wide = [torch.nn.functional.pad(t, (0, D - dim)) for t in cut]
+            total = total + weight * reference.compute_loss_from_embeddings(wide, [labels] * 2)
+        return total
+
+    loss = matryoshka(inner, [16, 8], [1.0, 0.5])
+    _compare(precision, loss, reference, columns, teacher, call=padded, aux=aux)
+
+
+def test_matryoshka_over_cached_mnrl_carries_its_mini_batch_size():
+    columns = _columns(2)
+    cached = matryoshka(make_loss("cached_mnrl", mini_batch_size=2), [16, 8])
+    assert cached.mini_batch_size == 2 and matryoshka(make_loss("mnrl"), [8]).mini_batch_size is None
+    assert float(cached(columns, None)) == float(matryoshka(make_loss("mnrl"), [16, 8])(columns, None))
