@@ -9,7 +9,7 @@ from berta_jax.cli.commands import command
 from berta_jax.cli.signals import StopSignals
 from berta_jax.job.cluster import join
 
-DESCRIPTION = """Train a sentence encoder (sentence-transformers' losses, in JAX) from a TOML config.
+DESCRIPTION = """Train a sentence encoder (sentence-transformers' losses, in JAX) from a TOML file.
 
   berta-jax train run.toml                          the settings of run.toml
   berta-jax train run.toml optim.lr=2e-5 steps=2000  any key overridden with a dotted name
@@ -29,16 +29,21 @@ def add_train(sub) -> None:
     parser.add_argument("config", nargs="?", help="the run's TOML file")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     parser.add_argument("--resume", action="store_true", help="continue the run in output_dir")
-    parser.add_argument("--export", type=_step, metavar="STEP",
-                        help="write the checkpoint of STEP as OUTPUT_DIR/model-STEP/")
+    parser.add_argument(
+        "--export",
+        type=_step,
+        metavar="STEP",
+        help="write the checkpoint of STEP as OUTPUT_DIR/model-STEP/",
+    )
     parser.add_argument("--keys", action="store_true", help="list every setting and exit")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     multi = parser.add_argument_group("several processes (jax.distributed)")
     multi.add_argument("--coordinator", help="HOST:PORT of process 0")
     multi.add_argument("--num-processes", type=_step, help="with --coordinator")
     multi.add_argument("--process-id", type=int, help="with --coordinator")
-    multi.add_argument("--distributed", action="store_true",
-                       help="join the cluster JAX detects (TPU pods, SLURM)")
+    multi.add_argument(
+        "--distributed", action="store_true", help="join the cluster JAX detects (TPU pods, SLURM)"
+    )
     parser.set_defaults(func=_train)
 
 
@@ -73,8 +78,14 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig.from_toml(args.config, args.overrides)
     stop = StopSignals()
-    join(args.coordinator, args.num_processes, args.process_id, detect=args.distributed,
-         heartbeat_timeout=100, stop=stop)
+    join(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        detect=args.distributed,
+        heartbeat_timeout=100,
+        stop=stop,
+    )
     stop.install()
     from berta_jax.train.trainer import export_checkpoint, train
 
@@ -82,11 +93,19 @@ def _train(args: argparse.Namespace) -> int:
         print(export_checkpoint(cfg, args.export))
         return 0
     print(cfg.to_json(), file=sys.stderr)
-    result = train(cfg, resume=args.resume, progress=not args.quiet, stop=stop,
-                   log=lambda m: print(m, file=sys.stderr))
+    result = train(
+        cfg,
+        resume=args.resume,
+        progress=not args.quiet,
+        stop=stop,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     if result.stopped_at is not None:
-        print(f"berta-jax train: stopped at step {result.stopped_at}; its checkpoint is saved: "
-              "the same command with --resume continues", file=sys.stderr)
+        print(
+            f"berta-jax train: stopped at step {result.stopped_at}; its checkpoint is saved: "
+            "the same command with --resume continues",
+            file=sys.stderr,
+        )
         return 130
     print(result.model_dir)
     return 0

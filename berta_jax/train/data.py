@@ -169,7 +169,9 @@ def read_train_set(name: str, specs: list[str], columns: list[str] | None) -> Tr
     if not text_cols:
         raise InputError(f"{files[0].url}: no text column among {chosen}")
     label = chosen[-1] if len(text_cols) < len(chosen) else None
-    return TrainSet(name, text_cols, texts, label, _stack(labels, files) if labels else None, starts)
+    return TrainSet(
+        name, text_cols, texts, label, _stack(labels, files) if labels else None, starts
+    )
 
 
 def _stack(parts: list[np.ndarray], files: list[InputFile]) -> np.ndarray:

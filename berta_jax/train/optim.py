@@ -20,10 +20,9 @@ NO_DECAY_LEAVES = ("bias",)
 LAYER_NORMS = ("norm", "ln_attn", "ln_ffn")
 
 
-def learning_rate(
-    lr: float, schedule: str, warmup_steps: int, total_steps: int
-) -> optax.Schedule:
-    """The rate at optimizer step t: transformers' `get_{constant,linear,cosine}_schedule_with_warmup`."""
+def learning_rate(lr: float, schedule: str, warmup_steps: int, total_steps: int) -> optax.Schedule:
+    """The rate at optimizer step t, as transformers'
+    `get_{constant,linear,cosine}_schedule_with_warmup` give it."""
 
     def rate(step):
         step = jnp.asarray(step, jnp.float32)
@@ -53,7 +52,9 @@ def decay_mask(params) -> object:
 def make_optimizer(settings, total_steps: int) -> optax.GradientTransformation:
     """Clip by global norm (when max_grad_norm > 0), then AdamW on the schedule."""
     rate = learning_rate(
-        settings["optim.lr"], settings["optim.schedule"], settings["optim.warmup_steps"],
+        settings["optim.lr"],
+        settings["optim.schedule"],
+        settings["optim.warmup_steps"],
         total_steps,
     )
     adamw = optax.adamw(

@@ -66,8 +66,11 @@ class StepSource:
             for name, value in part.arrays().items():
                 if name != "labels":  # pad every micro-batch of the step to one length
                     pad = [(0, 0)] * (value.ndim - 1) + [(0, length - value.shape[-1])]
-                    value = np.pad(value, pad, constant_values=self.batcher.pad_token_id
-                                   if name == "input_ids" else 0)
+                    value = np.pad(
+                        value,
+                        pad,
+                        constant_values=self.batcher.pad_token_id if name == "input_ids" else 0,
+                    )
                     value = value[:, rows]
                 else:
                     value = value[rows]

@@ -28,7 +28,9 @@ class PlannedBatch:
 
 
 def dataset_batches(
-    texts: Sequence[Sequence[str]], batch_size: int, rng: np.random.Generator | None,
+    texts: Sequence[Sequence[str]],
+    batch_size: int,
+    rng: np.random.Generator | None,
     no_duplicates: bool,
 ) -> list[np.ndarray]:
     """One epoch of one dataset: row indices in batches of `batch_size` (the rest dropped)."""
@@ -86,7 +88,12 @@ class BatchPlan:
     """Micro-step k -> its batch, walking epochs as needed (each epoch planned once, on demand)."""
 
     def __init__(self, datasets, names: Sequence[str], batch_size: int, seed: int, **options):
-        self.datasets, self.batch_size, self.seed, self.options = datasets, batch_size, seed, options
+        self.datasets, self.batch_size, self.seed, self.options = (
+            datasets,
+            batch_size,
+            seed,
+            options,
+        )
         self._epochs: dict[int, list[PlannedBatch]] = {}
         self._starts = [0]  # micro-step at which each planned epoch starts
         self._lock = threading.Lock()  # the data pipeline's threads ask at once

@@ -14,8 +14,14 @@ from tqdm import tqdm
 
 class TrainProgress:
     def __init__(self, steps: int, start: int, examples_per_step: int, enabled: bool = True):
-        self.bar = tqdm(total=steps, initial=start, unit="step", disable=not enabled,
-                        dynamic_ncols=True, desc="train")
+        self.bar = tqdm(
+            total=steps,
+            initial=start,
+            unit="step",
+            disable=not enabled,
+            dynamic_ncols=True,
+            desc="train",
+        )
         self.examples_per_step = examples_per_step
         self.started: float | None = None  # after the first (compiling) step
         self.first_step = start

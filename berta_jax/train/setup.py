@@ -113,7 +113,9 @@ def column_prompts(cfg: TrainConfig, student: Student, sets: list[TrainSet]) -> 
     }
     for key in given:
         if key not in known:
-            raise ConfigError(f"prompts.{key}: no such column (columns: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"prompts.{key}: no such column (columns: {', '.join(sorted(known))})"
+            )
     named = student.folder.sentence.prompts
     out = []
     for data in sets:
@@ -141,4 +143,3 @@ def check_columns(sets: list[TrainSet], accumulate: int) -> None:
             "optim.accumulate > 1 needs datasets with one column count "
             f"({', '.join(f'{s.name}: {len(s.text_columns)}' for s in sets)})"
         )
-

@@ -58,8 +58,12 @@ def _constrain(spec: StepSpec, x: jax.Array) -> jax.Array:
 def _embed_column(spec: StepSpec, params, column: dict, key) -> jax.Array:
     """One text column `[B, L]` -> `[B, D]`, in one pass or in per-device chunks."""
     embed = make_embed_fn(spec.graphdef, pooling=spec.pooling, normalize=spec.normalize)
-    inputs = (column["input_ids"], column["attention_mask"], column["token_type_ids"],
-              column["pool_mask"])
+    inputs = (
+        column["input_ids"],
+        column["attention_mask"],
+        column["token_type_ids"],
+        column["pool_mask"],
+    )
     if spec.chunk_rows is None:
         return embed(params, *inputs, dropout_key=key)
     rows, length = inputs[0].shape
@@ -131,6 +135,7 @@ def make_step(spec: StepSpec, tx: optax.GradientTransformation, rate: optax.Sche
         if micro == 1:
             loss, grads = one(0)
         else:
+
             def accumulate(carry, i):
                 loss, grads = one(i)
                 return jax.tree.map(jnp.add, carry, (loss, grads)), None

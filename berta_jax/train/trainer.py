@@ -11,14 +11,12 @@ is saved and exported to `OUTPUT_DIR/model/`.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from berta_jax.errors import ConfigError, TrainError
@@ -28,13 +26,15 @@ from berta_jax.train.batches import Batcher, bucket_ladder
 from berta_jax.train.checkpoint import Checkpoints
 from berta_jax.train.config import TrainConfig
 from berta_jax.train.export import export_model
+from berta_jax.train.evaluation import TrainEval
+from berta_jax.train.loop import StepLoop, write_model
 from berta_jax.train.metrics import MetricsLog
 from berta_jax.train.optim import learning_rate, make_optimizer
-from berta_jax.train.pipeline import Shard, StepSource, step_iterator
+from berta_jax.train.pipeline import Shard, StepSource
 from berta_jax.train.plan import BatchPlan
 from berta_jax.train.progress import TrainProgress
 from berta_jax.train.run_folder import RunFolder
-from berta_jax.train.step import DATA, StepSpec, batch_sharding, make_step, state_sharding
+from berta_jax.train.step import DATA, StepSpec, make_step, state_sharding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +66,6 @@ def train(
             folder.close()
 
 
-def _stop_now(step: int, stop) -> bool:
-    """Whether to stop after `step`: every process answers alike."""
-    if jax.process_count() > 1:
-        return multihost_utils.reached_preemption_sync_point(step)
-    return bool(stop())
-
-
 def export_checkpoint(cfg: TrainConfig, step: int) -> str:
     """The checkpoint of `step` of the run `cfg` names, as `OUTPUT_DIR/model-STEP/`."""
     folder = RunFolder(cfg["output_dir"])
@@ -87,8 +80,13 @@ def export_checkpoint(cfg: TrainConfig, step: int) -> str:
     finally:
         checkpoints.close()
     student = ModelFolder.open(cfg["model"])
-    return export_model(saved["params"], student.config, student.folder,
-                        folder.file(f"model-{step}"), saved.get("aux") or None)
+    return export_model(
+        saved["params"],
+        student.config,
+        student.folder,
+        folder.file(f"model-{step}"),
+        saved.get("aux") or None,
+    )
 
 
 def chunk_rows(local_rows: int, mini_batch: int | None) -> int | None:
@@ -114,11 +112,19 @@ class Run:
         self.sets = setup.read_datasets(cfg, self.loss, folder.file("teacher"), log)
         setup.check_columns(self.sets, cfg["optim.accumulate"])
         self.prompts = setup.column_prompts(cfg, self.student, self.sets)
+        self.identity = self.student.folder.identity()
+        self.evaluation = TrainEval(cfg, self.student, folder.file("best.json"))
         no_dup = cfg["data.no_duplicates"]
         self.plan = BatchPlan(
-            [s.texts for s in self.sets], [s.name for s in self.sets], batch, cfg["seed"],
-            shuffle=cfg["data.shuffle"], sampler=cfg["data.sampler"],
-            no_duplicates=cfg["loss.name"] in setup.IN_BATCH_NEGATIVES if no_dup is None else no_dup,
+            [s.texts for s in self.sets],
+            [s.name for s in self.sets],
+            batch,
+            cfg["seed"],
+            shuffle=cfg["data.shuffle"],
+            sampler=cfg["data.sampler"],
+            no_duplicates=cfg["loss.name"] in setup.IN_BATCH_NEGATIVES
+            if no_dup is None
+            else no_dup,
         )
 
     def _spec(self, graphdef) -> StepSpec:
@@ -158,106 +164,80 @@ class Run:
         )
         state = self._initial_state(params, tx)
         checkpoints = Checkpoints(
-            self.folder.file("checkpoints"), keep=cfg["checkpoint.keep"], every=cfg["checkpoint.every"]
+            self.folder.file("checkpoints"),
+            keep=cfg["checkpoint.keep"],
+            every=cfg["checkpoint.every"],
         )
         start = 0
         latest = checkpoints.latest() if continuing else None
         if latest is not None:
             record = checkpoints.record(latest)
-            if record.get("model") != self.student.folder.identity():
+            if record.get("model") != self.identity:
                 raise TrainError(
                     f"{checkpoints.folder}/{latest}: the checkpoint was made from another model "
                     f"than model={cfg['model']!r} (its files differ); resume with that model"
                 )
             state, start = checkpoints.restore(latest, state), latest
             self.log(f"resuming {self.folder.path} from the checkpoint of step {start}")
-        spec = self._spec(graphdef)
-        step_fn = jax.jit(make_step(spec, tx, rate), donate_argnums=0)
+        step_fn = jax.jit(make_step(self._spec(graphdef), tx, rate), donate_argnums=0)
+        loop = self._loop(graphdef, checkpoints, start, progress)
         try:
-            losses, stopped = self._loop(state, step_fn, start, checkpoints, progress, stop)
+            losses, stopped = loop.run(state, step_fn, start, stop)
         finally:
+            loop.bar.close()
+            if loop.metrics is not None:
+                loop.metrics.close()
             checkpoints.wait()
             checkpoints.close()
-        return TrainResult(self.folder.file("model"), cfg["steps"], losses,
-                           time.monotonic() - start_time, stopped)
+        return TrainResult(
+            self.folder.file("model"), cfg["steps"], losses, time.monotonic() - start_time, stopped
+        )
 
     def _batcher(self) -> Batcher:
         student = self.student
         ladder = bucket_ladder(student.folder.sentence.max_seq_length, self.cfg["data.buckets"])
-        return Batcher(student.tokenizer, ladder, student.folder.config.pad_token_id,
-                       exclude_prompt=not student.folder.sentence.include_prompt)
-
-    def _loop(self, state, step_fn, start: int, checkpoints: Checkpoints, progress: bool, stop):
-        cfg = self.cfg
-        source = StepSource(
-            self.sets, self.prompts, self.plan, self._batcher(), cfg["optim.accumulate"],
-            cfg["steps"], Shard(jax.process_index(), jax.process_count()),
+        return Batcher(
+            student.tokenizer,
+            ladder,
+            student.folder.config.pad_token_id,
+            exclude_prompt=not student.folder.sentence.include_prompt,
         )
-        lead = jax.process_index() == 0
-        metrics = MetricsLog(
-            self.folder.file("metrics.jsonl"),
-            self.folder.file("tensorboard") if cfg["log.tensorboard"] and lead else None,
-            after_step=start,
-        ) if lead else None
-        bar = TrainProgress(cfg["steps"], start, cfg["data.batch_size"] * cfg["optim.accumulate"],
-                            enabled=progress and lead)
-        base_key = jax.random.key(cfg["seed"])
-        losses: list[float] = []
-        getattr(stop, "arm", lambda: None)()  # from now on a signal stops at a step's end
-        try:
-            for step, host in zip(range(start, cfg["steps"]), step_iterator(source, start)):
-                batch = self._place(host)
-                state, out = step_fn(state, batch, jax.random.fold_in(base_key, step))
-                values = {k: float(v) for k, v in out.items()}
-                if not math.isfinite(values["loss"]):
-                    raise TrainError(
-                        f"step {step + 1}: the loss is {values['loss']}; stopped. The last good "
-                        f"checkpoint is step {checkpoints.latest()} in {checkpoints.folder}; "
-                        "lower optim.lr or check the data, then --resume"
-                    )
-                losses.append(values["loss"])
-                rates = bar.update(step + 1, values, int(host["real_tokens"]))
-                if metrics is not None and (step + 1) % cfg["log.every"] == 0:
-                    metrics.write(step + 1, {**values, **rates})
-                stopping = _stop_now(step + 1, stop) and step + 1 < cfg["steps"]
-                checkpoints.save(step + 1, state, self._record(step + 1),
-                                 force=step + 1 == cfg["steps"] or stopping)
-                if stopping:
-                    checkpoints.wait()
-                    return losses, step + 1
-            self._finish(state, checkpoints, lead)
-            self.log(f"trained {cfg['steps'] - start} steps: {bar.summary()}")
-        finally:
-            bar.close()
-            if metrics is not None:
-                metrics.close()
-        return losses, None
+
+    def _loop(self, graphdef, checkpoints: Checkpoints, start: int, progress: bool) -> StepLoop:
+        cfg, lead = self.cfg, jax.process_index() == 0
+        source = StepSource(
+            self.sets,
+            self.prompts,
+            self.plan,
+            self._batcher(),
+            cfg["optim.accumulate"],
+            cfg["steps"],
+            Shard(jax.process_index(), jax.process_count()),
+        )
+        metrics = None
+        if lead:
+            tensorboard = self.folder.file("tensorboard") if cfg["log.tensorboard"] else None
+            metrics = MetricsLog(self.folder.file("metrics.jsonl"), tensorboard, after_step=start)
+        examples = cfg["data.batch_size"] * cfg["optim.accumulate"]
+        folder = self.student.folder
+        return StepLoop(
+            cfg=cfg,
+            mesh=self.mesh,
+            source=source,
+            checkpoints=checkpoints,
+            metrics=metrics,
+            bar=TrainProgress(cfg["steps"], start, examples, enabled=progress and lead),
+            evaluation=self.evaluation,
+            record=self._record,
+            export=write_model(folder.folder, folder.config, self.folder, lead),
+            graphdef=graphdef,
+            log=self.log,
+        )
 
     def _record(self, step: int) -> dict:
-        return {"step": step, "seed": self.cfg["seed"], "data": {"next_step": step},
-                "model": self.student.folder.identity()}
-
-    def _place(self, host: dict) -> dict:
-        arrays = {k: v for k, v in host.items() if k not in ("real_tokens", "dataset")}
-        shardings = batch_sharding(self.mesh, arrays)
-        rows = self.cfg["data.batch_size"]
-
-        def global_array(name, local):
-            shape = list(local.shape)
-            shape[1 if name == "labels" else 2] = rows
-            return jax.make_array_from_process_local_data(shardings[name], local, tuple(shape))
-
-        return {name: global_array(name, value) for name, value in arrays.items()}
-
-    def _finish(self, state, checkpoints: Checkpoints, lead: bool) -> None:
-        checkpoints.wait()
-        trained = {"params": state["params"], "aux": state["aux"]}
-        if jax.process_count() > 1:  # every process takes part in gathering the shards
-            trained = multihost_utils.process_allgather(trained, tiled=True)
-        if not lead:
-            return
-        params = jax.tree.map(np.asarray, trained["params"])
-        aux = jax.tree.map(np.asarray, trained["aux"]) or None
-        out = export_model(params, self.student.folder.config, self.student.folder.folder,
-                           self.folder.file("model"), aux)
-        self.log(f"saved the sentence-transformers folder {out}")
+        return {
+            "step": step,
+            "seed": self.cfg["seed"],
+            "data": {"next_step": step},
+            "model": self.identity,
+        }
