@@ -12,7 +12,7 @@ import difflib
 import signal
 import sys
 
-from berta_jax.cli import commands, encode, engines, parity_command
+from berta_jax.cli import commands, encode, engines, evaluate_command, parity_command
 from berta_jax.errors import BertaJaxError
 from berta_jax.version import __version__
 
@@ -40,6 +40,9 @@ USAGE = """berta-jax: BERT sentence encoders (sergeyzh/BERTA first of all) in JA
                                        resumable
   berta-jax beam IN... -o DIR --model M [-- BEAM_OPTIONS]
                                        the same on Apache Beam (Dataflow, in-process)
+  berta-jax evaluate --model M [--retrieval DIR] [--sts F] [--classification F] [--clustering F]
+                                       retrieval / STS / classification / clustering metrics,
+                                       sentence-transformers' and MTEB's, as a table and JSON
 """
 
 
@@ -55,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity_command.add_parity(sub)
     encode.add_encode(sub)
     engines.add_beam(sub)
+    evaluate_command.add_evaluate(sub)
     return parser
 
 

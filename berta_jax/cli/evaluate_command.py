@@ -1,0 +1,116 @@
+"""The evaluate command: a model measured on retrieval (a BEIR folder), STS, classification and
+clustering files; a table on stdout and, with -o, the metrics as JSON (written atomically)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from berta_jax.cli.commands import command
+from berta_jax.storage.stores import is_url, store_for
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a positive integer")
+    return value
+
+
+def _existing(kind: str):
+    """An argparse type: a local path that is a `kind` ("folder" or "file"); URLs pass as given."""
+
+    def check(text: str) -> str:
+        if is_url(text):
+            return text
+        if not os.path.exists(text):
+            raise argparse.ArgumentTypeError(f"{text}: no such {kind}")
+        if (kind == "folder") != os.path.isdir(text):
+            raise argparse.ArgumentTypeError(f"{text}: not a {kind}")
+        return text
+
+    return check
+
+
+def _output(text: str) -> str:
+    """-o: a JSON file whose folder exists (local), not a folder itself."""
+    if not is_url(text):
+        if os.path.isdir(text):
+            raise argparse.ArgumentTypeError(f"{text}: is a folder; give a file name (.json)")
+        folder = os.path.dirname(os.path.abspath(text))
+        if not os.path.isdir(folder):
+            raise argparse.ArgumentTypeError(f"{text}: the folder {folder} does not exist")
+    return text
+
+
+def spec_from_args(args: argparse.Namespace) -> dict:
+    """The options as `build_evaluators`' table (options not given are left out)."""
+    names = (
+        "retrieval", "sts", "classification", "clustering", "qrels_split", "query_prompt",
+        "corpus_prompt", "prompt", "batch_size", "corpus_chunk_size",
+    )  # fmt: skip
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from berta_jax.evaluate import build_evaluators, run_evaluators
+    from berta_jax.runtime.encoder import Encoder
+
+    evaluators = build_evaluators(spec_from_args(args))  # data read and checked before the model
+    encoder = Encoder.from_pretrained(args.model, max_batch_tokens=args.max_batch_tokens)
+    metrics = run_evaluators(evaluators, encoder)
+    counts = {e.name: e.counts() for e in evaluators}
+    print(f"model: {args.model}")
+    for name, sizes in counts.items():
+        print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    width = max(len(name) for name in metrics)
+    print(f"{'metric':<{width}}  value")
+    for name, value in metrics.items():
+        print(f"{name:<{width}}  {value:.6f}")
+    if args.output:
+        result = {"model": args.model, "metrics": metrics, "counts": counts}
+        store_for(args.output).write(args.output, (json.dumps(result, indent=2) + "\n").encode())
+        print(f"wrote {args.output}")
+    return 0
+
+
+def add_evaluate(sub) -> None:
+    ev = command(
+        sub,
+        "evaluate",
+        help="measure a model on retrieval, STS, classification and clustering sets",
+        description="Embed evaluation sets with the model and print each metric under "
+        "sentence-transformers' names (retrieval: cosine_ndcg@10, cosine_mrr@10, "
+        "cosine_map@100, cosine_accuracy@k, cosine_precision@k, cosine_recall@k; STS: "
+        "pearson_cosine, spearman_cosine) and MTEB's (classification: accuracy, f1, "
+        "f1_weighted; clustering: v_measure), each prefixed by its set ('retrieval/...').\n\n"
+        "examples:\n  berta-jax evaluate --model sergeyzh/BERTA --retrieval ./scifact "
+        "-o results.json\n  berta-jax evaluate --model ./ckpt --sts sts.jsonl "
+        "--classification reviews.csv --prompt categorize_sentiment",
+    )
+    ev.add_argument("--model", required=True, help="model folder, URL or hub id")
+    ev.add_argument("--retrieval", type=_existing("folder"), help="a BEIR folder: corpus.jsonl, "
+                    "queries.jsonl, qrels/test.tsv")  # fmt: skip
+    ev.add_argument("--qrels-split", help="the qrels file in qrels/ (default: test)")
+    ev.add_argument("--sts", type=_existing("file"), help="jsonl/csv/parquet: sentence1, "
+                    "sentence2, score")  # fmt: skip
+    ev.add_argument("--classification", type=_existing("file"), help="jsonl/csv/parquet: text, "
+                    "label, split (train or test)")  # fmt: skip
+    ev.add_argument("--clustering", type=_existing("file"), help="jsonl/csv/parquet: text, label")
+    ev.add_argument("--query-prompt", help="queries' prompt: text or a model prompt name "
+                    "(default: the model's query prompt)")  # fmt: skip
+    ev.add_argument("--corpus-prompt", help="documents' prompt (default: the model's document "
+                    "prompt)")  # fmt: skip
+    ev.add_argument("--prompt", help="STS, classification and clustering texts' prompt "
+                    "(default: the model's default prompt)")  # fmt: skip
+    ev.add_argument("--batch-size", type=_positive_int, help="at most this many texts a batch")
+    ev.add_argument("--corpus-chunk-size", type=_positive_int,
+                    help="documents embedded and ranked at a time (default 50000)")  # fmt: skip
+    ev.add_argument("--max-batch-tokens", type=_positive_int,
+                    help="padded tokens a batch (default: sized to the device)")  # fmt: skip
+    ev.add_argument("-o", "--output", type=_output, help="write the metrics here as JSON")
+    ev.set_defaults(func=_evaluate)
