@@ -4,7 +4,7 @@ embeddings; `build_evaluators` makes them from a config table, `run_evaluators` 
 
 from berta_jax.evaluate.base import EvaluationError, Evaluator
 from berta_jax.evaluate.beir import RetrievalSet, read_beir
-from berta_jax.evaluate.builder import KEYS, build_evaluators, run_evaluators
+from berta_jax.evaluate.builder import KEYS, build_evaluators, metric_names, run_evaluators
 from berta_jax.evaluate.labelled import (
     ClassificationEvaluator,
     ClusteringEvaluator,
@@ -27,6 +27,7 @@ __all__ = [
     "build_evaluators",
     "classification_scores_from_embeddings",
     "clustering_scores_from_embeddings",
+    "metric_names",
     "read_beir",
     "read_labelled",
     "read_sts",

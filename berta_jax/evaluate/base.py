@@ -27,6 +27,7 @@ class EvaluationError(BertaJaxError, ValueError):
 class Evaluator(Protocol):
     name: str  # the prefix `run_evaluators` puts before its metrics ("retrieval", "sts", ...)
     primary_metric: str  # the metric a trainer watches (e.g. "cosine_ndcg@10")
+    metric_names: tuple[str, ...]  # every metric `__call__` returns, in its order
 
     def __call__(self, encoder: Encoder) -> dict[str, float]: ...
 

@@ -107,6 +107,12 @@ def build_evaluators(
     return evaluators
 
 
+def metric_names(evaluators: Sequence[Evaluator]) -> list[str]:
+    """The names `run_evaluators` will return, known before any run (a trainer checks its
+    `eval.metric` against them at start-up)."""
+    return [f"{e.name}/{name}" for e in evaluators for name in e.metric_names]
+
+
 def run_evaluators(evaluators: Sequence[Evaluator], encoder: Encoder) -> dict[str, float]:
     """Every evaluator's metrics, each named `<evaluator name>/<metric>`, in order."""
     metrics: dict[str, float] = {}

@@ -21,6 +21,19 @@ MRR_AT_K = (10,)
 NDCG_AT_K = (10,)
 MAP_AT_K = (100,)
 MAX_K = max(ACCURACY_AT_K + PRECISION_RECALL_AT_K + MRR_AT_K + NDCG_AT_K + MAP_AT_K)
+# every name `retrieval_metrics` returns, in its order (sentence-transformers')
+METRIC_NAMES = tuple(
+    f"cosine_{name}@{k}"
+    for name, ks in (
+        ("accuracy", ACCURACY_AT_K),
+        ("precision", PRECISION_RECALL_AT_K),
+        ("recall", PRECISION_RECALL_AT_K),
+        ("ndcg", NDCG_AT_K),
+        ("mrr", MRR_AT_K),
+        ("map", MAP_AT_K),
+    )
+    for k in ks
+)
 
 
 def _dcg(relevances: Sequence[int], k: int) -> float:

@@ -109,6 +109,7 @@ class ClassificationEvaluator:
     `f1_weighted` (see the module docstring)."""
 
     primary_metric = "accuracy"
+    metric_names = ("accuracy", "f1", "f1_weighted")
 
     def __init__(self, splits, *, prompt=None, batch_size=None, name="classification"):
         self.splits, self.prompt, self.batch_size, self.name = splits, prompt, batch_size, name
@@ -127,6 +128,7 @@ class ClusteringEvaluator:
     """Texts with labels. `__call__(encoder)` -> `v_measure` (see the module docstring)."""
 
     primary_metric = "v_measure"
+    metric_names = ("v_measure",)
 
     def __init__(self, texts, labels, *, prompt=None, batch_size=None, name="clustering"):
         self.texts, self.labels = list(texts), list(labels)

@@ -40,7 +40,7 @@ def read_records(path: str, fields: tuple[str, ...]) -> Iterator[tuple[int, dict
 
 def _jsonl_records(file: InputFile, fields: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
     with open_input(file) as raw:
-        for number, line in enumerate(_raw_lines(file, raw), 1):
+        for number, line in enumerate(_raw_lines(raw), 1):
             text = decode_line(file.url, number, line, "raise")
             if not text.strip():
                 continue  # a blank line (the last one, often) is no record
@@ -59,7 +59,7 @@ def _jsonl_records(file: InputFile, fields: tuple[str, ...]) -> Iterator[tuple[i
             yield number, record
 
 
-def _raw_lines(file: InputFile, raw) -> Iterator[bytes | None]:
+def _raw_lines(raw) -> Iterator[bytes | None]:
     """Each line without its ending; None for a line over MAX_LINE_BYTES (an error where read)."""
     stream = io.BufferedReader(raw, 1 << 20)
     while line := stream.readline(MAX_LINE_BYTES + 1):
@@ -73,7 +73,7 @@ def _raw_lines(file: InputFile, raw) -> Iterator[bytes | None]:
 
 def _csv_records(file: InputFile, fields: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
     with open_input(file) as raw:
-        lines = (_csv_line(file.url, n, line) for n, line in enumerate(_raw_lines(file, raw), 1))
+        lines = (_csv_line(file.url, n, line) for n, line in enumerate(_raw_lines(raw), 1))
         reader = csv.DictReader(lines, strict=True)
         names = reader.fieldnames or []
         for name in fields:

@@ -16,7 +16,7 @@ import numpy as np
 
 from berta_jax.evaluate.base import embed, finite
 from berta_jax.evaluate.beir import RetrievalSet
-from berta_jax.evaluate.ir_metrics import MAX_K, retrieval_metrics
+from berta_jax.evaluate.ir_metrics import MAX_K, METRIC_NAMES, retrieval_metrics
 
 if TYPE_CHECKING:
     from berta_jax.runtime.encoder import Encoder
@@ -34,6 +34,8 @@ def retrieval_scores_from_embeddings(
 ) -> dict[str, float]:
     """The metrics of embeddings already made: `query_embeddings[i]` is the query whose relevant
     ids are `relevant[i]`, `corpus_embeddings[j]` the document `corpus_ids[j]` (any order)."""
+    if len(set(corpus_ids)) != len(corpus_ids):
+        raise ValueError("corpus_ids must be unique: a ranking by id needs one document an id")
     order = sorted(range(len(corpus_ids)), key=corpus_ids.__getitem__)
     sorted_ids = [corpus_ids[j] for j in order]
     corpus = np.asarray(corpus_embeddings)[order]
@@ -69,6 +71,7 @@ class RetrievalEvaluator:
     """
 
     primary_metric = "cosine_ndcg@10"
+    metric_names = METRIC_NAMES
 
     def __init__(
         self,

@@ -78,6 +78,7 @@ class STSEvaluator:
     """
 
     primary_metric = "spearman_cosine"
+    metric_names = ("pearson_cosine", "spearman_cosine")
 
     def __init__(
         self,
