@@ -304,7 +304,7 @@ def test_sts_scores_of_one_value_and_single_class_labels_are_refused(tmp_path):
     ("classification", [{"text": "a", "label": 1, "split": "dev"}], r"cls.jsonl:1: 'split' is 'dev'"),
     ("classification", [{"text": "a", "label": 1, "split": "train"}, {"text": "b", "label": 2, "split": "train"}],
      r"cls.jsonl: no rows of the test split"),
-    ("clustering", [{"text": "a", "label": 1.5}], r"clu.jsonl:1: 'label' is 1.5; ids are"),
+    ("clustering", [{"text": "a", "label": 1.5}], r"clu.jsonl:1: 'label' is 1.5; labels are non-empty strings or integers"),
 ])
 def test_bad_rows_are_named_by_file_line_and_field(tmp_path, kind, records, message):
     name = {"sts": "sts.jsonl", "classification": "cls.jsonl", "clustering": "clu.jsonl"}[kind]
@@ -346,3 +346,24 @@ def test_a_model_with_prompts_but_none_for_queries_names_the_option_to_give():
     encoder = types.SimpleNamespace(sentence=SentenceConfig(prompts={"paraphrase": "paraphrase: "}))
     with pytest.raises(ConfigError, match=r"defines no query prompt.*\(evaluation: give query_prompt"):
         embed(encoder, ["a question"], None, role="query")
+
+
+def test_labelled_sets_read_from_csv_and_parquet_alike(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = {"text": ["a", "b", "c", "d"], "label": ["1", "2", "1", "2"], "split": ["train", "train", "test", "test"]}
+    pq.write_table(pa.table(rows), tmp_path / "cls.parquet")
+    (tmp_path / "cls.csv").write_text("text,label,split\n" + "".join(
+        f"{t},{y},{s}\n" for t, y, s in zip(*rows.values())))
+    expected = {"train": (["a", "b"], ["1", "2"]), "test": (["c", "d"], ["1", "2"])}
+    for name in ("cls.parquet", "cls.csv"):
+        assert build_evaluators({"classification": str(tmp_path / name)})[0].splits == expected
+
+
+def test_a_bad_input_ends_the_command_in_one_line_before_the_model_loads(tmp_path, capsys):
+    beir = write_beir(tmp_path / "beir", qrels=[("q1", "d9", 1)])
+    assert main(["evaluate", "--model", str(tmp_path / "no-model"), "--retrieval", str(beir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "berta-jax evaluate: error: " in err and "test.tsv:2: 'corpus-id' 'd9' is not in corpus.jsonl" in err

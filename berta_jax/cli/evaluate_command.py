@@ -47,13 +47,50 @@ def _output(text: str) -> str:
     return text
 
 
+# (option, argparse type, help): every option but --model and -o, in --help's order
+OPTIONS = (
+    (
+        "--retrieval",
+        _existing("folder"),
+        "a BEIR folder: corpus.jsonl, queries.jsonl, qrels/test.tsv",
+    ),
+    ("--qrels-split", str, "the qrels file in qrels/ (default: test)"),
+    ("--sts", _existing("file"), "jsonl/csv/parquet: sentence1, sentence2, score"),
+    (
+        "--classification",
+        _existing("file"),
+        "jsonl/csv/parquet: text, label, split (train or test)",
+    ),
+    ("--clustering", _existing("file"), "jsonl/csv/parquet: text, label"),
+    (
+        "--query-prompt",
+        str,
+        "queries' prompt: a model prompt name or text (default: the model's query prompt)",
+    ),
+    ("--corpus-prompt", str, "documents' prompt (default: the model's document prompt)"),
+    (
+        "--prompt",
+        str,
+        "STS, classification and clustering texts' prompt (default: the model's default)",
+    ),
+    ("--batch-size", _positive_int, "at most this many texts a batch"),
+    (
+        "--corpus-chunk-size",
+        _positive_int,
+        "documents embedded and ranked at a time (default 50000)",
+    ),
+    ("--max-batch-tokens", _positive_int, "padded tokens a batch (default: sized to the device)"),
+)
+
+
 def spec_from_args(args: argparse.Namespace) -> dict:
     """The options as `build_evaluators`' table (options not given are left out)."""
-    names = (
-        "retrieval", "sts", "classification", "clustering", "qrels_split", "query_prompt",
-        "corpus_prompt", "prompt", "batch_size", "corpus_chunk_size",
-    )  # fmt: skip
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    names = [option[2:].replace("-", "_") for option, _, _ in OPTIONS]
+    return {
+        name: getattr(args, name)
+        for name in names
+        if name != "max_batch_tokens" and getattr(args, name) is not None
+    }
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -93,24 +130,7 @@ def add_evaluate(sub) -> None:
         "--classification reviews.csv --prompt categorize_sentiment",
     )
     ev.add_argument("--model", required=True, help="model folder, URL or hub id")
-    ev.add_argument("--retrieval", type=_existing("folder"), help="a BEIR folder: corpus.jsonl, "
-                    "queries.jsonl, qrels/test.tsv")  # fmt: skip
-    ev.add_argument("--qrels-split", help="the qrels file in qrels/ (default: test)")
-    ev.add_argument("--sts", type=_existing("file"), help="jsonl/csv/parquet: sentence1, "
-                    "sentence2, score")  # fmt: skip
-    ev.add_argument("--classification", type=_existing("file"), help="jsonl/csv/parquet: text, "
-                    "label, split (train or test)")  # fmt: skip
-    ev.add_argument("--clustering", type=_existing("file"), help="jsonl/csv/parquet: text, label")
-    ev.add_argument("--query-prompt", help="queries' prompt: text or a model prompt name "
-                    "(default: the model's query prompt)")  # fmt: skip
-    ev.add_argument("--corpus-prompt", help="documents' prompt (default: the model's document "
-                    "prompt)")  # fmt: skip
-    ev.add_argument("--prompt", help="STS, classification and clustering texts' prompt "
-                    "(default: the model's default prompt)")  # fmt: skip
-    ev.add_argument("--batch-size", type=_positive_int, help="at most this many texts a batch")
-    ev.add_argument("--corpus-chunk-size", type=_positive_int,
-                    help="documents embedded and ranked at a time (default 50000)")  # fmt: skip
-    ev.add_argument("--max-batch-tokens", type=_positive_int,
-                    help="padded tokens a batch (default: sized to the device)")  # fmt: skip
+    for option, kind, text in OPTIONS:
+        ev.add_argument(option, type=kind, help=text)
     ev.add_argument("-o", "--output", type=_output, help="write the metrics here as JSON")
     ev.set_defaults(func=_evaluate)

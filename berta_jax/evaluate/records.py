@@ -120,12 +120,12 @@ def text_field(source: str, line: int, record: dict, name: str) -> str:
     return value
 
 
-def id_field(source: str, line: int, record: dict, name: str) -> str:
+def id_field(source: str, line: int, record: dict, name: str, what: str = "ids") -> str:
     """An id: a non-empty string or an integer (as text)."""
     value = record.get(name)
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise InputError(
-            f"{source}:{line}: {name!r} is {value!r}; ids are non-empty strings or integers"
+            f"{source}:{line}: {name!r} is {value!r}; {what} are non-empty strings or integers"
         )
     return str(value)
 
@@ -143,5 +143,6 @@ def number_field(source: str, line: int, record: dict, name: str) -> float:
 
 
 def label_field(source: str, line: int, record: dict, name: str) -> str:
-    """A class label: a non-empty string or an integer (compared as text)."""
-    return id_field(source, line, record, name)
+    """A class label: a non-empty string or an integer, compared as text (a jsonl 1 and a csv "1"
+    are one class)."""
+    return id_field(source, line, record, name, "labels")
