@@ -205,7 +205,7 @@ def test_beir_folder_joins_title_and_text_as_mteb_and_keeps_judged_queries(tmp_p
 
 
 def test_evaluate_command_end_to_end(tmp_path, tiny_bert_dir, capsys, monkeypatch):
-    original = Encoder.from_pretrained
+    original = Encoder.from_folder
     beir = write_beir(tmp_path / "beir")
     sts = tmp_path / "sts.csv"
     sts.write_text("sentence1,sentence2,score\nкот спит,кошка спит,4.5\nкот спит,курс валют,0.5\n"
@@ -217,7 +217,7 @@ def test_evaluate_command_end_to_end(tmp_path, tiny_bert_dir, capsys, monkeypatc
                                                       for i, t in enumerate(texts)])
     out = tmp_path / "results.json"
     made = []
-    monkeypatch.setattr(Encoder, "from_pretrained", classmethod(
+    monkeypatch.setattr(Encoder, "from_folder", classmethod(
         lambda cls, *a, **k: made.append(original(*a, **k)) or made[-1]))
     code = main(["evaluate", "--model", str(tiny_bert_dir), "--retrieval", str(beir), "--sts", str(sts),
                  "--classification", str(classification), "--clustering", str(clustering),
@@ -367,3 +367,13 @@ def test_a_bad_input_ends_the_command_in_one_line_before_the_model_loads(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "berta-jax evaluate: error: " in err and "test.tsv:2: 'corpus-id' 'd9' is not in corpus.jsonl" in err
+
+
+def test_evaluate_help_shows_examples_and_a_small_batch_budget_is_one_line(tmp_path, tiny_bert_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "examples:" in capsys.readouterr().out
+    beir = write_beir(tmp_path / "beir")
+    assert main(["evaluate", "--model", str(tiny_bert_dir), "--retrieval", str(beir), "--max-batch-tokens", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-batch-tokens 8 is smaller than the model's max_seq_length 32" in err

@@ -7,7 +7,8 @@ import argparse
 import json
 import os
 
-from berta_jax.cli.commands import command
+from berta_jax.cli.commands import check_batch_tokens, command
+from berta_jax.errors import ConfigError
 from berta_jax.storage.stores import is_url, store_for
 
 
@@ -95,10 +96,16 @@ def spec_from_args(args: argparse.Namespace) -> dict:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from berta_jax.evaluate import build_evaluators, run_evaluators
+    from berta_jax.loading.folder import ModelFolder
     from berta_jax.runtime.encoder import Encoder
 
     evaluators = build_evaluators(spec_from_args(args))  # data read and checked before the model
-    encoder = Encoder.from_pretrained(args.model, max_batch_tokens=args.max_batch_tokens)
+    folder = ModelFolder.open(args.model)
+    try:
+        check_batch_tokens(args.max_batch_tokens, folder.sentence.max_seq_length)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    encoder = Encoder.from_folder(folder, max_batch_tokens=args.max_batch_tokens)
     metrics = run_evaluators(evaluators, encoder)
     counts = {e.name: e.counts() for e in evaluators}
     print(f"model: {args.model}")
