@@ -12,7 +12,7 @@ import difflib
 import signal
 import sys
 
-from berta_jax.cli import commands, encode, engines, parity_command, train_command
+from berta_jax.cli import commands, encode, engines, evaluate_command, parity_command, train_command
 from berta_jax.errors import BertaJaxError
 from berta_jax.version import __version__
 
@@ -42,6 +42,9 @@ USAGE = """berta-jax: BERT sentence encoders (sergeyzh/BERTA first of all) in JA
                                        the same on Apache Beam (Dataflow, in-process)
   berta-jax train CONFIG.toml [KEY=VALUE ...] [--resume]
                                        train or fine-tune (sentence-transformers' losses)
+  berta-jax evaluate --model M [--retrieval DIR] [--sts F] [--classification F] [--clustering F]
+                                       retrieval / STS / classification / clustering metrics,
+                                       sentence-transformers' and MTEB's, as a table and JSON
 """
 
 
@@ -58,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_encode(sub)
     engines.add_beam(sub)
     train_command.add_train(sub)
+    evaluate_command.add_evaluate(sub)
     return parser
 
 
