@@ -439,6 +439,8 @@ def test_an_unknown_option_is_refused_with_the_closest():
     ("mnrl", dict(directions=("doc_to_query",)),
      "loss.mnrl.directions: must include 'query_to_doc' (it holds the positive pair)"),
     ("mnrl", dict(directions=()), "loss.mnrl.directions: give at least one (of query_to_doc, "),
+    ("mnrl", dict(directions="query_to_doc"), "loss.mnrl.directions: must be a list of directions, "
+     "got the string 'query_to_doc'; write ['query_to_doc']"),
     ("mnrl", dict(directions=("query_to_doc", "query_to_query"), partition_mode="per_direction"),
      "loss.mnrl.partition_mode: 'per_direction' needs every direction to hold the positive pair"),
     ("mnrl", dict(hardness_mode="hard"), "loss.mnrl.hardness_mode: unknown value 'hard'"),
