@@ -91,6 +91,9 @@ class MultipleNegativesRankingLoss:
         field = f"loss.{self.name}"
         check_positive(f"{field}.scale", self.scale)
         check_choice(f"{field}.similarity", self.similarity, tuple(SIMILARITIES))
+        if isinstance(self.directions, str):
+            raise ConfigError(f"{field}.directions: must be a list of directions, got the string "
+                              f"{self.directions!r}; write [{self.directions!r}]")
         object.__setattr__(self, "directions", tuple(self.directions))
         _check_directions(field, self.directions, self.partition_mode)
         if self.hardness_mode is not None:
