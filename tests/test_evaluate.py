@@ -253,6 +253,13 @@ def test_evaluate_command_end_to_end(tmp_path, tiny_bert_dir, capsys, monkeypatc
     evaluators = build_evaluators(spec, tmp_path)
     assert metric_names(evaluators) == [f"retrieval/{n}" for n in ST_IR_NAMES]
     assert_same({n.removeprefix("retrieval/"): v for n, v in run_evaluators(evaluators, encoder).items()}, expected)
+    # no prompts given: the model's own query and document prompts, as encode_query / encode_document
+    defaults = build_evaluators({"retrieval": "beir"}, tmp_path)
+    assert_same({n.removeprefix("retrieval/"): v for n, v in run_evaluators(defaults, encoder).items()},
+                retrieval_scores_from_embeddings(
+                    encoder.encode_query(list(data.queries.values())),
+                    encoder.encode_document([data.corpus[c] for c in ids]), ids,
+                    [data.relevant[q] for q in data.queries]))
 
 
 @pytest.mark.parametrize("spec, message", [

@@ -36,14 +36,12 @@ SEED = 42  # MTEB's default seed
 SPLITS = ("train", "test")
 
 
-def require_sklearn(what: str):
-    """scikit-learn, or a ConfigError saying how to install it."""
+def require_sklearn(what: str) -> None:
+    """Nothing if scikit-learn imports; else a ConfigError saying how to install it."""
     try:
         import sklearn  # noqa: F401
     except ImportError:
-        raise ConfigError(
-            f"{what} needs scikit-learn: pip install 'berta-jax[eval]'"
-        ) from None
+        raise ConfigError(f"{what} needs scikit-learn: pip install 'berta-jax[eval]'") from None
 
 
 def read_labelled(path: str, with_split: bool) -> dict[str, tuple[list[str], list[str]]]:

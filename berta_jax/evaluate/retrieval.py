@@ -17,6 +17,7 @@ import numpy as np
 from berta_jax.evaluate.base import embed, finite
 from berta_jax.evaluate.beir import RetrievalSet
 from berta_jax.evaluate.ir_metrics import MAX_K, METRIC_NAMES, retrieval_metrics
+from berta_jax.evaluate.topk import running_top_k
 
 if TYPE_CHECKING:
     from berta_jax.runtime.encoder import Encoder
@@ -49,9 +50,6 @@ def _rank(
     sorted_ids: Sequence[str],
     relevant: Sequence[set[str]],
 ) -> dict[str, float]:
-    # imported here: building an evaluator (and the CLI's option checks) needs no JAX
-    from berta_jax.evaluate.topk import running_top_k
-
     _, index = running_top_k(query_embeddings, chunks, len(sorted_ids), MAX_K)
     rankings = [[sorted_ids[j] for j in row] for row in index.tolist()]
     return finite(retrieval_metrics(rankings, relevant), "retrieval")
