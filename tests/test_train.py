@@ -224,3 +224,73 @@ def test_a_nan_loss_stops_the_run_naming_the_step(tiny_bert_dir, pairs, tmp_path
         train(TrainConfig.from_dict(tree), progress=False, log=lambda m: None)
     assert not (out / "model").exists()
     assert [json.loads(line)["step"] for line in open(out / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.slow
+def test_two_processes_give_one_processes_losses(finished, tmp_path):
+    from tests.emulators import free_port
+
+    tree, result = finished
+    out = tmp_path / "out"
+    config = toml_file(tmp_path / "run.toml", without_eval(tree, out))
+    port = free_port()
+    procs = [start_berta_jax("train", config, "--quiet", "--coordinator", f"127.0.0.1:{port}",
+                             "--num-processes", "2", "--process-id", str(i),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-2000:]
+    logged = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
+    assert np.abs(np.array(logged) - np.array(result.losses)).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_resume_finishes(finished, tmp_path):
+    tree, result = finished
+    out = tmp_path / "out"
+    config = toml_file(tmp_path / "run.toml", {**without_eval(tree, out), "checkpoint": {"every": 100, "keep": 2}})
+    proc = start_berta_jax("train", config, "--quiet", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert wait_for(lambda: (out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().count("\n") >= 2,
+                    proc, timeout=600)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    saved = sorted(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] >= 2 and f"stopped at step {saved[-1]}" in err.decode()
+    berta_jax("train", config, "--resume", "--quiet")
+    logged = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
+    assert np.abs(np.array(logged) - np.array(result.losses)).max() <= 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["bf16_remat", "teacher_model", "projection", "datasets_accumulate"])
+def test_other_paths_train_and_export(case, tiny_bert_dir, pairs, tmp_path):
+    mono = tmp_path / "mono.jsonl"
+    rng = np.random.default_rng(0)
+    mono.write_text("\n".join(json.dumps({"text": f"строка {i} про {t}", "other": f"{t} line {i}",
+                                           "label": rng.normal(size=24).tolist()})
+                              for i, t in enumerate(TOPICS * 3)) + "\n")
+    extra = {
+        "bf16_remat": {"dtype": "bfloat16", "remat": True},
+        "teacher_model": {"data": {"columns": ["text"]}, "teacher": {"model": str(tiny_bert_dir)},
+                          "loss": {"name": "mse"}},
+        "projection": {"data": {"columns": ["text", "label"]}, "loss": {"name": "embed_distill"}},
+        "datasets_accumulate": {"data": {"datasets": {"pairs": {"train": str(pairs)},
+                                                      "mono": {"train": str(mono), "columns": ["text", "other"]}},
+                                         "sampler": "round_robin"},
+                                "optim": {"accumulate": 2}},
+    }[case]
+    tree = settings(tiny_bert_dir, pairs, tmp_path / "out", steps=3)
+    if case != "bf16_remat":
+        tree["prompts"] = {}
+        tree["data"] = {"batch_size": 8} if case == "datasets_accumulate" else {"train": [str(mono)], "batch_size": 8}
+    for key, value in extra.items():
+        tree[key] = {**tree.get(key, {}), **value} if isinstance(value, dict) else value
+    result = train(TrainConfig.from_dict(tree), progress=False, log=lambda m: None)
+    assert len(result.losses) == 3 and all(np.isfinite(result.losses))
+    assert np.isfinite(Encoder.from_pretrained(result.model_dir).encode(["проверка"])).all()
+    if case == "projection":  # the student's 16 dimensions -> the teacher's 24, saved beside the model
+        from safetensors.numpy import load_file
+
+        projection = load_file(result.model_dir + ".projection.safetensors")
+        assert projection["projection.kernel"].shape == (16, 24)
