@@ -198,6 +198,8 @@ def test_refusals_name_what_is_at_fault(tiny_bert_dir, pairs, tmp_path):
         with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
             train(TrainConfig.from_dict(settings(tiny_bert_dir, pairs, tmp_path / f"o{i}", **extra)),
                   progress=False, log=lambda m: None)
+        # a start that failed stores no settings: the corrected command runs as a new run
+        assert not (tmp_path / f"o{i}" / "train_config.json").exists()
 
 
 def test_resume_refuses_changed_settings_and_a_second_start(finished):

@@ -46,8 +46,7 @@ class RunFolder:
         self.lock.acquire()  # a second run on the folder stops here, naming the holder
         stored_path = self.file(CONFIG)
         if not os.path.exists(stored_path):
-            LocalStore().write(stored_path, cfg.to_json().encode())
-            return False
+            return False  # the settings are stored when the first step starts (`commit`)
         if not resume:
             self.lock.release()
             raise TrainError(
@@ -64,8 +63,12 @@ class RunFolder:
                 f"{stored_path}: --resume with changed settings ({diffs}); a resumed run must "
                 "compute what the first would have. Restore them, or start another output_dir"
             )
-        LocalStore().write(stored_path, cfg.to_json().encode())  # the keys that may change
         return True
+
+    def commit(self, cfg: TrainConfig) -> None:
+        """Store the settings the run goes on with (a start that failed before its first step
+        leaves none, so the same command runs again as a new run)."""
+        LocalStore().write(self.file(CONFIG), cfg.to_json().encode())
 
     def close(self) -> None:
         self.lock.release()

@@ -181,6 +181,8 @@ class Run:
             self.log(f"resuming {self.folder.path} from the checkpoint of step {start}")
         step_fn = jax.jit(make_step(self._spec(graphdef), tx, rate), donate_argnums=0)
         loop = self._loop(graphdef, checkpoints, start, progress)
+        if jax.process_index() == 0:
+            self.folder.commit(cfg)
         try:
             losses, stopped = loop.run(state, step_fn, start, stop)
         finally:
