@@ -296,3 +296,18 @@ def test_other_paths_train_and_export(case, tiny_bert_dir, pairs, tmp_path):
 
         projection = load_file(result.model_dir + ".projection.safetensors")
         assert projection["projection.kernel"].shape == (16, 24)
+
+
+@pytest.mark.slow
+def test_resume_on_another_device_count(finished, tmp_path):
+    """Checkpoints of one device restored onto four (the restore target carries the new shardings)."""
+    tree, result = finished
+    out = tmp_path / "out"
+    config = toml_file(tmp_path / "run.toml", without_eval(tree, out))
+    proc = start_berta_jax("train", config, "--quiet", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert wait_for(lambda: (out / "checkpoints" / "2").is_dir(), proc, timeout=600)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    berta_jax("train", config, "--resume", "--quiet", env=cli_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    logged = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl")]
+    assert len(logged) == STEPS and np.abs(np.array(logged) - np.array(result.losses)).max() <= 1e-5
