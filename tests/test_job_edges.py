@@ -141,6 +141,34 @@ def test_the_model_is_identified_by_content_not_by_place_or_time(tiny_bert_dir, 
     assert ModelFolder.open(copy).identity() != ModelFolder.open(tiny_bert_dir).identity()
 
 
+def test_the_model_is_identified_by_the_files_the_loader_reads_and_nothing_else(tiny_bert_dir, tmp_path):
+    """A compilation cache inside the model folder, a training checkpoint beside it or a link to a 20 GB file
+    elsewhere is no part of the model: not read (the link would cost every run a full read), not counted."""
+    import time
+
+    from berta_jax.loading.folder import ModelFolder
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bert_dir, copy)
+    before = ModelFolder.open(copy).identity()
+    big = tmp_path / "elsewhere.bin"
+    with open(big, "wb") as f:
+        f.truncate(20 * 2**30)  # sparse: reading it would still take many seconds
+    (copy / "big.bin").symlink_to(big)
+    (copy / "jax_cache").mkdir()
+    (copy / "jax_cache" / "jit_encode-abc123").write_bytes(b"compiled" * 100)
+    (copy / "checkpoint-500").mkdir()
+    (copy / "checkpoint-500" / "model.safetensors").write_bytes(b"old weights")
+    started = time.monotonic()
+    assert ModelFolder.open(copy).identity() == before
+    assert time.monotonic() - started < 5
+    for name in ["tokenizer.json", "1_Pooling/config.json", "sentence_bert_config.json"]:  # each is read
+        original = (copy / name).read_bytes()
+        (copy / name).write_bytes(original + b" ")
+        assert ModelFolder.open(copy).identity() != before, name
+        (copy / name).write_bytes(original)
+
+
 def test_a_stop_during_splits_with_nothing_to_embed_is_honoured(tmp_path, tiny_bert_dir, monkeypatch):
     source = tmp_path / "in.txt"
     source.write_bytes(b"\xff\n" * 3000)  # every row skipped: no batch, so the stop is polled between splits
