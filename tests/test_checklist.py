@@ -120,6 +120,7 @@ CHECKLIST: dict[str, list[str]] = {
           "test_storage::test_a_remote_model_folder_tells_apart_objects_whose_names_once_shared_a_stamp"],
     "C": ["test_lock::test_a_second_run_single_or_multi_process_is_refused_while_the_first_works",
           "test_lock::test_a_live_holder_on_this_host_refuses_and_a_dead_one_loses_the_lock_at_once",
+          "test_lock::test_a_release_removes_only_the_lock_file_its_run_holds",
           "test_lock::test_a_lease_in_a_bucket_is_honoured_until_the_store_says_it_expired",
           "test_lock::test_of_runs_racing_for_an_expired_lease_exactly_one_takes_it",
           "test_lock::test_a_host_with_a_slow_clock_does_not_take_over_a_live_lease",
