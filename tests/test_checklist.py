@@ -79,6 +79,7 @@ CHECKLIST: dict[str, list[str]] = {
     "25": ["test_job::test_existing_output_and_changed_inputs_are_refused",
            "test_job::test_a_finished_run_leaves_the_output_its_record_and_nothing_else"],
     "26": ["test_job::test_disk_full_keeps_committed_chunks_and_the_earlier_output",
+           "test_job::test_a_finished_output_in_a_read_only_folder_is_verified_not_refused",
            "test_job::test_unwritable_output_folder_and_a_directory_output_are_clear_errors"],
     "27": ["test_lock::test_a_second_run_single_or_multi_process_is_refused_while_the_first_works"],
     "28": ["test_job::test_every_input_format_gives_the_embeddings_in_input_order",

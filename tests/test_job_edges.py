@@ -113,17 +113,24 @@ def test_huge_integers_and_tampered_fingerprints_are_one_line_errors(tmp_path, c
 
 
 def test_a_record_with_a_shifted_first_row_is_embedded_again_by_the_next_resume(tmp_path, corpus, tiny_bert_dir,
-                                                                                monkeypatch):
+                                                                                monkeypatch, capsys):
+    """Settling checks each kept record's first row against the counts before it: the resume embeds that split
+    again, names the record and finishes (it used to stop at the finish blaming a stopped process)."""
     args = [str(corpus), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir), "--split-size", "600"]
     assert encode(*args[:2], str(tmp_path / "reference.npy"), *args[3:]) == 0
     stop_after(monkeypatch, tmp_path, 3)
     assert encode(*args) == 130
     monkeypatch.undo()
-    record = tmp_path / "out.npy.parts" / "00001.json"
-    record.write_text(json.dumps({**json.loads(record.read_text()), "first_row": 1 + json.loads(
-        record.read_text())["first_row"]}))
-    assert encode(*args, "--resume") in (0, 3)  # found at the finish, which drops the record
+    for name, shift in [("00000.json", 1), ("00001.json", -1)]:
+        record = tmp_path / "out.npy.parts" / name
+        record.write_text(json.dumps({**json.loads(record.read_text()), "first_row": shift + json.loads(
+            record.read_text())["first_row"]}))
+    capsys.readouterr()
     assert encode(*args, "--resume") == 0
+    err = capsys.readouterr().err
+    for name in ["00000.json", "00001.json"]:
+        assert f"{tmp_path / 'out.npy.parts' / name}: it holds rows " in err and "embedded again" in err
+    assert "a process of this run stopped" not in err
     assert (tmp_path / "out.npy").read_bytes() == (tmp_path / "reference.npy").read_bytes()
 
 
