@@ -134,6 +134,31 @@ def test_a_record_with_a_shifted_first_row_is_embedded_again_by_the_next_resume(
     assert (tmp_path / "out.npy").read_bytes() == (tmp_path / "reference.npy").read_bytes()
 
 
+def test_a_failed_overwrite_leaves_the_finished_output_complete_and_a_resume_replaces_it(tmp_path, tiny_bert_dir,
+                                                                                          monkeypatch, capsys):
+    """--overwrite touches nothing of a finished output until its own output is ready: a run that fails on a bad
+    row (or stops) leaves the earlier output verified and complete; the stopped one's resume goes on replacing."""
+    source = tmp_path / "in.txt"
+    source.write_bytes("".join(f"строка {i} line\n" for i in range(120)).encode() + b"\xff\n")
+    args = [str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir), "--split-size", "600"]
+    assert encode(*args, "--on-error", "skip") == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("out.npy")}
+    assert encode(*args, "--overwrite") == 2  # the bad row stops it: no skip this time
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("out.npy")
+            and not p.name.endswith(".parts")} == before
+    capsys.readouterr()
+    assert encode(*args, "--on-error", "skip") == 0 and "already complete" in capsys.readouterr().out
+    source.write_bytes(source.read_bytes()[:-3])  # the bad row mended: the overwrite stops midway, then resumes
+    stop_after(monkeypatch, tmp_path, 1)
+    assert encode(*args, "--overwrite") == 130
+    assert (tmp_path / "out.npy").read_bytes() == before["out.npy"]
+    monkeypatch.undo()
+    assert encode(*args, "--resume") == 0
+    assert encode(*args[:2], str(tmp_path / "reference.npy"), *args[3:]) == 0
+    assert (tmp_path / "out.npy").read_bytes() == (tmp_path / "reference.npy").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out.npy")) == ["out.npy", "out.npy.manifest.json"]
+
+
 def test_the_model_is_identified_by_content_not_by_place_or_time(tiny_bert_dir, tmp_path):
     from berta_jax.loading.folder import ModelFolder
 

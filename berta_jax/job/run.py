@@ -242,6 +242,8 @@ def _finish(plan: Plan, parts: Parts, counts: list[int], starts, summary: JobSum
             f"ids are strings in {plan.splits[s]} and integers in {plan.splits[i]}; ids of one run "
             'must be of one kind (1 and "1" would collide)'
         )
+    if plan.replaces is not None:  # the earlier output's record and sidecars go only now
+        finish.remove_recorded(plan.layout, plan.store, plan.replaces)
     manifest = (
         finish.assemble(plan, parts, committed)
         if not plan.layout.dataset

@@ -128,15 +128,28 @@ def _settle_manifest(plan: Plan, overwrite: bool) -> dict | None:
     problem = None if changed else finish.verify_complete(layout, store, manifest)
     if not changed and problem is None:
         return manifest
-    if not overwrite:
+    if not (overwrite or _replacing(plan)):
         why = f"an earlier run with different {', '.join(changed)} wrote it" if changed else problem
         raise JobError(f"{layout.output}: {why}; pass --overwrite to embed it again")
+    if not layout.dataset:  # untouched until this run's own output is ready (see run._finish)
+        plan.replaces = manifest
+        return None
     try:
         finish.remove_recorded(layout, store, manifest)
     except JobError:
         # it names files that are not the job's: none of them is deleted
         store.delete(layout.manifest)
     return None
+
+
+def _replacing(plan: Plan) -> bool:
+    """Whether the work folder holds this very job's unfinished run (an --overwrite that stopped
+    before its finish): its resume goes on replacing the earlier output."""
+    try:
+        work = read_work(plan)
+    except JobError:
+        return False
+    return work is not None and not changed_fields(work["fingerprint"], plan.fingerprint)
 
 
 def _output_present(plan: Plan) -> bool:
