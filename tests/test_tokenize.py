@@ -160,6 +160,37 @@ def test_a_long_text_with_a_broken_special_token_keeps_it_broken(small_context_t
     assert tokenizer([text]).input_ids[0].tolist() == whole
 
 
+@pytest.fixture(scope="module")
+def stripping_tokenizer(minilm_dir):
+    """MiniLM's tokenizer with [MASK] taking the spaces on both sides (lstrip, rstrip) and a plain added token that
+    is a word's piece ("zz", matched inside words on the raw text)."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads((minilm_dir / "tokenizer.json").read_text())
+    spec["added_tokens"] = [{**t, "lstrip": t["content"] == "[MASK]", "rstrip": t["content"] == "[MASK]"}
+                            for t in spec["added_tokens"]]
+    spec["added_tokens"].append({"id": 30521, "content": "zz", "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": False})
+    return spec, Tokenizer.from_str(json.dumps(spec))
+
+
+@settings(max_examples=int(os.environ.get("BERTA_JAX_REDUCER_EXAMPLES", 25)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_added_tokens_that_strip_spaces_or_split_words_tokenize_like_the_whole_text(stripping_tokenizer, data):
+    from berta_jax.text.wordpiece import Reducer
+
+    spec, tokenizer = stripping_tokenizer
+    reducer = Reducer.for_tokenizer(spec, 8)
+    assert isinstance(reducer, Reducer)
+    pieces = st.sampled_from(_spelled_with_deleted_characters(["[MASK]", "zz", "[SEP]"]) + _ORDINARY_PIECES
+                             + ["xzzx", "z", "  \u00ad  ", "x" * 99])
+    head = "".join(data.draw(st.lists(pieces, min_size=1, max_size=100)))
+    text = head * (reducer.limit // len(head) + 1) + "".join(data.draw(st.lists(pieces, max_size=100)))
+    whole = tokenizer.encode(text, add_special_tokens=False).ids[:9]
+    assert tokenizer.encode(reducer(text), add_special_tokens=False).ids[:9] == whole
+
+
 def test_added_tokens_the_reducer_cannot_keep_apart_leave_the_text_unchanged(minilm_dir):
     """Tokens matched on normalized text (what add_tokens makes), whole words only, or holding a space or a deleted
     character: the reducer does not model their split, so the text goes to the tokenizer unchanged."""
