@@ -5,11 +5,11 @@ its first `max_seq_length` tokens are kept, so only a bounded prefix matters, bu
 depends on the tokenizer. BERT's pipeline first splits the raw text on its added tokens ([CLS],
 [SEP], ...: leftmost-longest matches, kept whole), then runs BertNormalizer, BertPreTokenizer and
 WordPiece on each piece between them. The reducer does the same split and rewrites only the
-pieces, by three rewrites that never change a piece's tokens:
+pieces, by two rewrites that never change a piece's tokens:
 
-1. each run of characters the normalizer deletes anyway (controls with `clean_text`, combining
-   marks with `strip_accents`) becomes one such character (`neutral`), or one space where the run
-   holds whitespace (the pre-tokenizer drops whitespace);
+1. each run of whitespace and characters the normalizer deletes anyway (controls with
+   `clean_text`, combining marks with `strip_accents`) becomes one space where it holds
+   whitespace (the pre-tokenizer drops whitespace), else one deleted character (`neutral`);
 2. each word with more than `max_input_chars_per_word + 1` characters that the normalizer keeps
    (WordPiece turns it into one [UNK] token whatever its length) is cut after that many and
    followed by a space.
