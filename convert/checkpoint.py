@@ -256,6 +256,18 @@ def read_flax_file(files: ModelFiles) -> tuple[FlatParams, dict[str, np.ndarray]
     return params, extras
 
 
+def weight_files(files: ModelFiles) -> list[str]:
+    """The names of the weight files `read_checkpoint` reads, in the order it prefers them: the
+    converted file, else the sharded index and its shards, else the single file (none: no
+    weights)."""
+    if files.exists(FLAX_WEIGHTS):
+        return [FLAX_WEIGHTS]
+    if files.exists(HF_INDEX):
+        index = Fields(files.read_json(HF_INDEX), str(files.folder / HF_INDEX))
+        return [HF_INDEX, *sorted(set(index.str_map("weight_map").values()))]
+    return [HF_WEIGHTS] if files.exists(HF_WEIGHTS) else []
+
+
 def read_checkpoint(files: ModelFiles) -> tuple[FlatParams, dict[str, np.ndarray], str]:
     """(Flax parameters, extra HF tensors, source) of a model folder, converted or HF layout (the
     converted file wins)."""

@@ -174,6 +174,8 @@ def flax_folder_to_hf(
         )
     _copy_side_files(files, dst)
     _write_and_verify(dst / HF_WEIGHTS, {**flax_to_hf(params), **extras}, {"format": "pt"})
+    # an earlier conversion's file, which berta-jax would load instead of the weights written now
+    (dst / FLAX_WEIGHTS).unlink(missing_ok=True)
     return dst / HF_WEIGHTS
 
 

@@ -49,7 +49,7 @@ LAYERS: list[list[str]] = [
     ["berta_jax.data.splits", "berta_jax.beam.handler", "berta_jax.ray", "berta_jax.job.layout", "berta_jax.job.lock",
      "berta_jax.job.cluster", "berta_jax.job.parts", "berta_jax.job.summary"],
     ["berta_jax.job.plan", "berta_jax.beam.pipeline"],
-    ["berta_jax.job.finish", "berta_jax.job.embed", "berta_jax.beam"],
+    ["berta_jax.job.finish", "berta_jax.job.embed", "berta_jax.job.work", "berta_jax.beam"],
     ["berta_jax.job.settle"],
     ["berta_jax.job.run"],
     ["berta_jax.evaluate.records", "berta_jax.evaluate.base", "berta_jax.evaluate.ir_metrics",

@@ -347,6 +347,24 @@ def test_sharded_index_problems_are_caught_before_loading(tiny_bert_dir, tmp_pat
     assert f"{key} is in both a.safetensors and b.safetensors" in _load_error(src)
 
 
+def test_an_overwrite_into_a_converted_folder_leaves_no_stale_weights_file(tiny_bert_dir, tmp_path):
+    """--to hf --overwrite into a berta-jax folder: its flax_model.safetensors would be loaded instead of the new
+    model.safetensors (transformers reads the new one): the two loaders must see the same weights."""
+    from berta_jax.convert.checkpoint import read_params
+    from berta_jax.storage.model_files import ModelFiles
+    from tests.checkpoints import make_random_bert
+
+    other = tmp_path / "other"
+    make_random_bert(other, seed=11, hidden_size=16, num_attention_heads=2, num_hidden_layers=2, intermediate_size=24,
+                     max_position_embeddings=32)
+    hf_folder_to_flax(tiny_bert_dir, tmp_path / "dst")
+    hf_folder_to_flax(other, tmp_path / "other_flax")
+    flax_folder_to_hf(tmp_path / "other_flax", tmp_path / "dst", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "dst").glob("*.safetensors")) == ["model.safetensors"]
+    ours, expected = read_params(ModelFiles(tmp_path / "dst"))[0], read_params(ModelFiles(other))[0]
+    assert sorted(ours) == sorted(expected) and all(np.array_equal(ours[k], expected[k]) for k in ours)
+
+
 def test_mapping_table_is_a_bijection_over_a_model(tiny_bert_dir):
     from berta_jax import BertConfig, param_shapes
 

@@ -20,12 +20,24 @@ def _cpuinfo(tmp_path: Path, flags: str) -> Path:
 @pytest.mark.parametrize("flags, dtype, reason", [
     ("avx512f amx_tile amx_bf16 amx_int8", "bfloat16", "CPU flag amx_bf16"),
     ("avx512f avx512_bf16", "bfloat16", "CPU flag avx512_bf16"),
-    ("avx512f avx512_vnni", "float32", "no amx_bf16 or avx512_bf16 in"),
+    ("avx512f avx512_vnni", "float32", "no amx_bf16 or avx512_bf16 on every processor in"),
     ("", "float32", "would run slower than float32"),
 ])
 def test_auto_on_a_cpu_follows_its_bf16_flags(tmp_path, flags, dtype, reason):
     choice = choose_dtype("auto", "cpu", _cpuinfo(tmp_path, flags))
     assert choice.name == dtype and reason in choice.reason and choice.reason.startswith("auto: ")
+
+
+def test_auto_needs_the_bf16_flag_on_every_processor_not_on_any_line(tmp_path):
+    """A process may run on any processor: one processor's flag (or the word in a model name or a bugs line) is not
+    a bf16 unit for all of them."""
+    block = "processor\t: {i}\nmodel name\t: avx512_bf16 edition\nflags\t\t: fpu avx2 {flags}\nbugs\t\t: amx_bf16\n\n"
+    path = tmp_path / "cpuinfo"
+    path.write_text(block.format(i=0, flags="avx512_bf16") + block.format(i=1, flags="avx512f"))
+    assert choose_dtype("auto", "cpu", path).name == "float32"
+    path.write_text("".join(block.format(i=i, flags="avx512f avx512_bf16") for i in range(4)))
+    choice = choose_dtype("auto", "cpu", path)
+    assert choice.name == "bfloat16" and "avx512_bf16 on all 4 processors" in choice.reason
 
 
 def test_auto_falls_back_to_float32_saying_why_when_the_cpu_cannot_be_read(tmp_path):

@@ -57,6 +57,22 @@ def test_non_string_item_names_its_index(tiny):
         tiny.encode(42)
 
 
+def test_a_numpy_array_of_strings_embeds_like_the_list(tiny):
+    """sentence-transformers accepts a 1-D numpy array of str; other dtypes are refused naming the index."""
+    texts = ["один", "two", ""]
+    expected = tiny.encode(texts)
+    np.testing.assert_array_equal(tiny.encode(np.array(texts)), expected)
+    np.testing.assert_array_equal(tiny.encode(np.array(texts, dtype=object)), expected)
+    with pytest.raises(TypeError, match=r"texts\[1\] is int, not str"):
+        tiny.encode(np.array(["a", 3], dtype=object))
+    with pytest.raises(TypeError, match=r"texts\[0\] is bytes_, not str"):
+        tiny.encode(np.array([b"raw"]))
+    with pytest.raises(TypeError, match=r"texts\[0\] is float64, not str"):
+        tiny.encode(np.array([1.5]))
+    with pytest.raises(TypeError, match=r"1-D array of strings, got shape \(1, 2\)"):
+        tiny.encode(np.array([["a", "b"]]))
+
+
 def test_single_string_gives_one_vector(tiny):
     np.testing.assert_array_equal(tiny.encode("один"), tiny.encode(["один"])[0])
     assert tiny.encode("один").shape == (16,)

@@ -445,10 +445,13 @@ def test_the_device_busy_fraction_shows_a_host_that_makes_the_device_wait(tiny):
     assert waits[4.0] < 0.5 * waits[0.0] and 0 < stats.busy_fraction <= 1
 
 
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(30, "Read-only file system")],
+                         ids=["EACCES", "EROFS"])
 def test_a_finished_output_in_a_read_only_folder_is_verified_not_refused(tmp_path, tiny_bert_dir, monkeypatch,
-                                                                        capsys):
-    """Taking the lock needs a writable folder; a finished, verified output there still answers "complete" (the
-    folder's permissions are simulated: this suite may run as root, whom chmod does not stop)."""
+                                                                        capsys, error):
+    """Taking the lock needs a writable folder; a finished, verified output there still answers "complete", on a
+    read-only folder and on a read-only filesystem (EROFS is no PermissionError) alike (simulated: this suite may
+    run as root, whom chmod does not stop, and mounting needs privileges)."""
     from berta_jax.job import lock
 
     source = big_input(tmp_path / "in.txt", 20)
@@ -456,11 +459,11 @@ def test_a_finished_output_in_a_read_only_folder_is_verified_not_refused(tmp_pat
     assert encode(*args)[0] == 0
 
     def read_only(self) -> None:
-        raise PermissionError(13, "Permission denied", self.path)
+        raise type(error)(error.errno, error.strerror, self.path)
 
     monkeypatch.setattr(lock.LocalLock, "acquire", read_only)
     code, out, _ = encode(*args, capsys=capsys)
     assert code == 0 and "already complete" in out
     (tmp_path / "out.npy").write_bytes(b"edited")
     code, _, err = encode(*args, capsys=capsys)
-    assert code == 2 and "Permission denied" in err
+    assert code == 2 and error.strerror in err

@@ -113,18 +113,50 @@ def test_huge_integers_and_tampered_fingerprints_are_one_line_errors(tmp_path, c
 
 
 def test_a_record_with_a_shifted_first_row_is_embedded_again_by_the_next_resume(tmp_path, corpus, tiny_bert_dir,
-                                                                                monkeypatch):
+                                                                                monkeypatch, capsys):
+    """Settling checks each kept record's first row against the counts before it: the resume embeds that split
+    again, names the record and finishes (it used to stop at the finish blaming a stopped process)."""
     args = [str(corpus), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir), "--split-size", "600"]
     assert encode(*args[:2], str(tmp_path / "reference.npy"), *args[3:]) == 0
     stop_after(monkeypatch, tmp_path, 3)
     assert encode(*args) == 130
     monkeypatch.undo()
-    record = tmp_path / "out.npy.parts" / "00001.json"
-    record.write_text(json.dumps({**json.loads(record.read_text()), "first_row": 1 + json.loads(
-        record.read_text())["first_row"]}))
-    assert encode(*args, "--resume") in (0, 3)  # found at the finish, which drops the record
+    for name, shift in [("00000.json", 1), ("00001.json", -1)]:
+        record = tmp_path / "out.npy.parts" / name
+        record.write_text(json.dumps({**json.loads(record.read_text()), "first_row": shift + json.loads(
+            record.read_text())["first_row"]}))
+    capsys.readouterr()
     assert encode(*args, "--resume") == 0
+    err = capsys.readouterr().err
+    for name in ["00000.json", "00001.json"]:
+        assert f"{tmp_path / 'out.npy.parts' / name}: it holds rows " in err and "embedded again" in err
+    assert "a process of this run stopped" not in err
     assert (tmp_path / "out.npy").read_bytes() == (tmp_path / "reference.npy").read_bytes()
+
+
+def test_a_failed_overwrite_leaves_the_finished_output_complete_and_a_resume_replaces_it(tmp_path, tiny_bert_dir,
+                                                                                          monkeypatch, capsys):
+    """--overwrite touches nothing of a finished output until its own output is ready: a run that fails on a bad
+    row (or stops) leaves the earlier output verified and complete; the stopped one's resume goes on replacing."""
+    source = tmp_path / "in.txt"
+    source.write_bytes("".join(f"строка {i} line\n" for i in range(120)).encode() + b"\xff\n")
+    args = [str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir), "--split-size", "600"]
+    assert encode(*args, "--on-error", "skip") == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("out.npy")}
+    assert encode(*args, "--overwrite") == 2  # the bad row stops it: no skip this time
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("out.npy")
+            and not p.name.endswith(".parts")} == before
+    capsys.readouterr()
+    assert encode(*args, "--on-error", "skip") == 0 and "already complete" in capsys.readouterr().out
+    source.write_bytes(source.read_bytes()[:-3])  # the bad row mended: the overwrite stops midway, then resumes
+    stop_after(monkeypatch, tmp_path, 1)
+    assert encode(*args, "--overwrite") == 130
+    assert (tmp_path / "out.npy").read_bytes() == before["out.npy"]
+    monkeypatch.undo()
+    assert encode(*args, "--resume") == 0
+    assert encode(*args[:2], str(tmp_path / "reference.npy"), *args[3:]) == 0
+    assert (tmp_path / "out.npy").read_bytes() == (tmp_path / "reference.npy").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out.npy")) == ["out.npy", "out.npy.manifest.json"]
 
 
 def test_the_model_is_identified_by_content_not_by_place_or_time(tiny_bert_dir, tmp_path):
@@ -139,6 +171,34 @@ def test_the_model_is_identified_by_content_not_by_place_or_time(tiny_bert_dir, 
     (copy / "model.safetensors").write_bytes(bytes(weights))
     os.utime(copy / "model.safetensors", (1, 1))
     assert ModelFolder.open(copy).identity() != ModelFolder.open(tiny_bert_dir).identity()
+
+
+def test_the_model_is_identified_by_the_files_the_loader_reads_and_nothing_else(tiny_bert_dir, tmp_path):
+    """A compilation cache inside the model folder, a training checkpoint beside it or a link to a 20 GB file
+    elsewhere is no part of the model: not read (the link would cost every run a full read), not counted."""
+    import time
+
+    from berta_jax.loading.folder import ModelFolder
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_bert_dir, copy)
+    before = ModelFolder.open(copy).identity()
+    big = tmp_path / "elsewhere.bin"
+    with open(big, "wb") as f:
+        f.truncate(20 * 2**30)  # sparse: reading it would still take many seconds
+    (copy / "big.bin").symlink_to(big)
+    (copy / "jax_cache").mkdir()
+    (copy / "jax_cache" / "jit_encode-abc123").write_bytes(b"compiled" * 100)
+    (copy / "checkpoint-500").mkdir()
+    (copy / "checkpoint-500" / "model.safetensors").write_bytes(b"old weights")
+    started = time.monotonic()
+    assert ModelFolder.open(copy).identity() == before
+    assert time.monotonic() - started < 5
+    for name in ["tokenizer.json", "1_Pooling/config.json", "sentence_bert_config.json"]:  # each is read
+        original = (copy / name).read_bytes()
+        (copy / name).write_bytes(original + b" ")
+        assert ModelFolder.open(copy).identity() != before, name
+        (copy / name).write_bytes(original)
 
 
 def test_a_stop_during_splits_with_nothing_to_embed_is_honoured(tmp_path, tiny_bert_dir, monkeypatch):

@@ -8,6 +8,7 @@ second run, single or multi-process, with or without --overwrite, is refused whi
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -80,6 +81,28 @@ time.sleep(600)
 @pytest.fixture
 def root(stores):
     return bucket("gs")
+
+
+def test_a_release_removes_only_the_lock_file_its_run_holds(tmp_path):
+    """A lock file removed by hand while its run held it, then taken by a second run: the first run's release must
+    leave the second's lock in place (and a lock file removed and not replaced is no error)."""
+    path = str(tmp_path / "out.npy.lock")
+    first = LocalLock(path, "a" * 16)
+    first.acquire()
+    os.unlink(path)
+    second = LocalLock(path, "b" * 16)
+    second.acquire()
+    first.release()
+    assert holder_run(path) == "b" * 16 and not first.held
+    with pytest.raises(JobError, match="another run is writing this output"):
+        LocalLock(path, "c" * 16).acquire()
+    second.release()
+    assert not os.path.exists(path)
+    third = LocalLock(path, "c" * 16)
+    third.acquire()
+    os.unlink(path)
+    third.release()
+    assert not os.path.exists(path) and not third.held
 
 
 def test_a_lease_in_a_bucket_is_honoured_until_the_store_says_it_expired(root):

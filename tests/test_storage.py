@@ -195,6 +195,42 @@ def test_reading_from_a_bucket_streams(stores):
     assert count == 48 * 2**20 // len(line) and peak < 24 * 2**20, peak
 
 
+def test_a_remote_model_folder_tells_apart_objects_whose_names_once_shared_a_stamp(stores, tiny_bert_dir, tmp_path):
+    """1_Pooling/config.json and an object named 1_Pooling__config.json: an S3 ETag is the content's MD5, so once the
+    first holds what the second held, only a stamp keyed by the exact name tells the stale local copy apart."""
+    from berta_jax.loading.hub import resolve_model_dir
+
+    root = bucket("s3")
+    upload_folder(tiny_bert_dir, f"{root}/model")
+    store, cache = store_for(root), str(tmp_path / "cache")
+    pooling = (tiny_bert_dir / "1_Pooling" / "config.json").read_text()
+    cls = json.dumps({**json.loads(pooling), "pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False})
+    store.write(f"{root}/model/1_Pooling__config.json", cls.encode())
+    local = resolve_model_dir(f"{root}/model", cache_dir=cache)
+    assert (local / "1_Pooling" / "config.json").read_text() == pooling
+    store.write(f"{root}/model/1_Pooling/config.json", cls.encode())  # same size and ETag as the other object
+    assert (resolve_model_dir(f"{root}/model", cache_dir=cache) / "1_Pooling" / "config.json").read_text() == cls
+
+
+def test_a_remote_model_folder_copies_the_top_level_and_the_module_configs_only(stores, tiny_bert_dir, tmp_path):
+    """A training run's checkpoint-500/ or eval/ beside the model is not what the loader reads: not copied."""
+    from berta_jax.loading.folder import ModelFolder
+    from berta_jax.loading.hub import resolve_model_dir
+
+    root = bucket("gs")
+    upload_folder(tiny_bert_dir, f"{root}/model")
+    store = store_for(root)
+    for extra in ["checkpoint-500/model.safetensors", "checkpoint-500/config.json", "eval/results.json",
+                  "1_Pooling/extra/config.json", "1_Pooling/notes.json"]:
+        store.write(f"{root}/model/{extra}", b"{}")
+    local = resolve_model_dir(f"{root}/model", cache_dir=str(tmp_path / "cache"))
+    copied = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file() and ".versions" not in p.parts)
+    expected = sorted(p.relative_to(tiny_bert_dir).as_posix() for p in tiny_bert_dir.rglob("*")
+                      if p.is_file() and (p.parent == tiny_bert_dir or p.name == "config.json"))
+    assert copied == expected and "1_Pooling/config.json" in copied
+    assert ModelFolder.open(local).sentence == ModelFolder.open(tiny_bert_dir).sentence
+
+
 def test_a_remote_model_folder_copies_only_plain_object_names_and_drops_files_gone_from_the_bucket(stores, tiny_bert_dir,
                                                                                                    tmp_path):
     """An object key `model//tmp/x.json` would become the absolute local path /tmp/x.json; a file deleted from the

@@ -105,6 +105,19 @@ def test_unwritable_cache_dir_warns_and_carries_on(tmp_path):
         assert enable_compilation_cache(blocker / "cache") is None
 
 
+def test_a_cache_dir_others_may_write_is_not_used(tmp_path):
+    """JAX runs an entry found under a program's key without checking it holds that program: a cache another user
+    can write is refused (with a warning), and one berta-jax creates is private."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.warns(RuntimeWarning, match=r"writable by others \(mode 777\).*continuing without it"):
+        assert enable_compilation_cache(shared) is None
+    shared.chmod(0o775)
+    with pytest.warns(RuntimeWarning, match="mode 775"):
+        assert enable_compilation_cache(shared) is None
+
+
 def _run_worker(model: Path, cache: Path, devices: int = 1) -> dict:
     return worker("compile_cache", str(model), str(cache),
                   env=cli_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"))
@@ -117,7 +130,7 @@ def test_second_process_loads_programs_from_the_persistent_cache(minilm_dir, tmp
     assert first["shapes"] > 0 and first["hits"] == 0
     assert second["hits"] == second["shapes"] == first["shapes"]  # nothing compiled again
     assert np.array_equal(np.array(first["emb"]), np.array(second["emb"]))
-    assert any((tmp_path / "xla").iterdir())
+    assert any((tmp_path / "xla").iterdir()) and (tmp_path / "xla").stat().st_mode & 0o777 == 0o700
 
 
 def test_four_devices_give_the_same_embeddings_as_one(minilm, minilm_dir, tmp_path):

@@ -41,7 +41,18 @@ def _loader(args: argparse.Namespace, model, stop: StopSignals):
     return load
 
 
+def _why_pending(summary: JobSummary) -> str:
+    stopped = "a process of this run stopped"
+    misfits = len(summary.pending) - len(summary.absent)
+    if not misfits:
+        return stopped
+    records = f"{plural(misfits, 'record')} did not fit {'its' if misfits == 1 else 'their'} split"
+    return f"{records} (named above){'; ' + stopped if summary.absent else ''}"
+
+
 def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
+    for note in summary.dropped:  # a part record that did not fit its split
+        print(note, file=sys.stderr)
     if summary.already_complete:
         print(
             f"{summary.output} is already complete for these inputs, model, prompt and options "
@@ -59,8 +70,9 @@ def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
         were = "has" if len(summary.pending) == 1 else "have"
         print(
             f"{plural(len(summary.pending), 'split')} "
-            f"({', '.join(map(str, summary.pending[:10]))}) {were} no part: a process of this run "
-            "stopped. Run the same command with --resume (on any number of hosts) to finish",
+            f"({', '.join(map(str, summary.pending[:10]))}) {were} no part that verifies: "
+            f"{_why_pending(summary)}. Run the same command with --resume (on any number of "
+            "hosts) to finish",
             file=sys.stderr,
         )
         return EXIT_PENDING

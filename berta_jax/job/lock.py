@@ -105,8 +105,22 @@ class LocalLock:
         return self._fd is not None
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.unlink(self.path)  # while still holding it, so no other run's lock file is removed
+        """Remove the lock file, while still holding it, only if the path still names the file this
+        run holds: one removed by hand while the run held it may since be another run's lock.
+
+        A race remains: a file removed and recreated (by hand, then by another run's acquire)
+        between the comparison and the unlink would be removed; POSIX has no unlink-if-inode.
+        The window is two system calls wide, and a run never removes another's lock file itself."""
+        if self._fd is None:
+            return
+        held = os.fstat(self._fd)
+        try:
+            now = os.stat(self.path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass  # removed by hand: nothing of this run's is left to remove
+        finally:
             os.close(self._fd)
             self._fd = None
 

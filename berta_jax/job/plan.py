@@ -62,6 +62,8 @@ class Plan:
     dim: int  # dimensions of the stored vectors before packing (truncate_dim or the hidden size)
     id_kind: str | None = None  # of the run's first id: every split judges its ids by it
     settled: bool = False  # process 0 has settled the output for this run (see settle.settle)
+    # the completion record of the single-file output this run replaces: cleared at its finish
+    replaces: dict | None = None
 
     @property
     def store(self):

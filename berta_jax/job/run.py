@@ -41,7 +41,8 @@ from berta_jax.job.plan import (
     plan_digests,
     plan_job,
 )
-from berta_jax.job.settle import clear_work, settle, work_record
+from berta_jax.job.settle import clear_work, settle
+from berta_jax.job.work import work_record
 from berta_jax.job.summary import JobSummary
 from berta_jax.data.splits import count_rows
 
@@ -145,6 +146,8 @@ def _work(
         else list(outcome["counts"])
     )
     done = set(outcome["done"])
+    if cluster.index == 0:
+        summary.dropped.extend(outcome["dropped"])
     starts = plan.starts(counts)
     summary.total_rows = None if None in counts else sum(counts)
     summary.rows_resumed, summary.splits_resumed = sum(counts[i] for i in done), len(done)
@@ -222,8 +225,10 @@ def _finish(plan: Plan, parts: Parts, counts: list[int], starts, summary: JobSum
             missing.append(i)
             if part is not None:  # a record that does not fit its place: embedded again by a resume
                 plan.store.delete(parts.record_path(i))
+                summary.dropped.append(f"{parts.record_path(i)}: {problem}; deleted")
     if missing:
         summary.pending = missing
+        summary.absent = [i for i in missing if not parts.store.exists(parts.record_path(i))]
         return
     for file, before in zip(plan.inputs, plan.fingerprint["inputs"]):
         if input_identity(file) != before:
@@ -237,6 +242,8 @@ def _finish(plan: Plan, parts: Parts, counts: list[int], starts, summary: JobSum
             f"ids are strings in {plan.splits[s]} and integers in {plan.splits[i]}; ids of one run "
             'must be of one kind (1 and "1" would collide)'
         )
+    if plan.replaces is not None:  # the earlier output's record and sidecars go only now
+        finish.remove_recorded(plan.layout, plan.store, plan.replaces)
     manifest = (
         finish.assemble(plan, parts, committed)
         if not plan.layout.dataset

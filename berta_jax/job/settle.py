@@ -9,45 +9,17 @@ file in a dataset folder that the job does not name is refused before anything i
 
 from __future__ import annotations
 
-import json
+import errno
 import os
 
 from berta_jax.errors import JobError
 from berta_jax.job import finish
 from berta_jax.job.parts import PART, RECORD, Parts
-from berta_jax.job.plan import FORMAT_VERSION, Plan, changed_fields
+from berta_jax.job.plan import Plan, changed_fields
+from berta_jax.job.work import keep_verified, read_work
 
+_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 _JOB_FILES = ("_manifest.json", "_skipped.jsonl", "_truncated.jsonl", "_state", "_lock.json")
-
-
-def work_record(plan: Plan, counts: list) -> bytes:
-    """`job.json`: the fingerprint the work folder's parts belong to, and the split row counts known
-    so far."""
-    return json.dumps(
-        {
-            "format": "berta-jax-work",
-            "version": FORMAT_VERSION,
-            "fingerprint": plan.fingerprint,
-            "counts": counts,
-        },
-        sort_keys=True,
-    ).encode()
-
-
-def _read_work(plan: Plan) -> dict | None:
-    path = plan.store.join(plan.layout.state, "job.json")
-    try:
-        record = json.loads(plan.store.read(path))
-    except FileNotFoundError:
-        return None
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        record = None
-    if not (isinstance(record, dict) and isinstance(record.get("fingerprint"), dict)):
-        raise JobError(
-            f"{path}: the work folder's job record is damaged; pass --overwrite to start this "
-            "output again"
-        )
-    return record
 
 
 def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
@@ -56,9 +28,9 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
     known}."""
     try:
         lock.acquire()
-    except PermissionError:
-        # a read-only folder: a finished output there is still verified and reported
-        rows = _verified_rows(plan)
+    except OSError as e:
+        # a read-only folder or filesystem: a finished output there is still verified and reported
+        rows = _verified_rows(plan) if e.errno in _READ_ONLY else None
         if rows is None:
             raise
         return {"status": "complete", "rows": rows}
@@ -78,7 +50,7 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
     )
     work, recorded = _settle_work(plan, parts, resume, overwrite)
     _check_report(plan, overwrite)
-    return _keep_verified(plan, parts, recorded, work, lock.run)
+    return keep_verified(plan, parts, recorded, work, lock.run)
 
 
 def _verified_rows(plan: Plan) -> int | None:
@@ -101,7 +73,7 @@ def _settle_work(
     left, kept for --resume; else cleared (--overwrite) or refused. With no work left, an output
     already there is refused without --overwrite."""
     try:
-        work = _read_work(plan)
+        work = read_work(plan)
     except JobError:
         if not overwrite:
             raise
@@ -139,46 +111,6 @@ def _settle_work(
     return work, recorded
 
 
-def _keep_verified(
-    plan: Plan, parts: Parts, recorded: list[int], work: dict | None, run: str
-) -> dict:
-    # every refusal is behind: the work folder is this run's to tidy if it commits nothing
-    plan.settled = True
-    counts = (
-        work["counts"]
-        if work and _valid_counts(work.get("counts"), len(plan.splits))
-        else [None] * len(plan.splits)
-    )
-    counts = [s.rows if s.rows is not None else c for s, c in zip(plan.splits, counts)]
-    done = []
-    for split in recorded:
-        try:
-            part = parts.read(split)
-        except JobError:
-            part = None
-        if (
-            part
-            and part.problem(split, len(plan.splits), plan.digest, None, counts[split]) is None
-            and parts.check(part) is None
-        ):
-            done.append(split)
-            counts[split] = part.rows
-        else:  # embedded again; both names are the job's own
-            plan.store.delete(parts.record_path(split))
-            plan.store.delete(parts.data_path(split))
-    plan.store.makedirs(plan.layout.state)
-    plan.store.write(plan.store.join(plan.layout.state, "job.json"), work_record(plan, counts))
-    return {"status": "go", "run": run, "done": done, "counts": counts}
-
-
-def _valid_counts(counts, n: int) -> bool:
-    return (
-        isinstance(counts, list)
-        and len(counts) == n
-        and all(c is None or (type(c) is int and c >= 0) for c in counts)
-    )
-
-
 def _settle_manifest(plan: Plan, overwrite: bool) -> dict | None:
     """The completion record when it verifies for this job; else cleared (--overwrite) or
     refused."""
@@ -196,15 +128,28 @@ def _settle_manifest(plan: Plan, overwrite: bool) -> dict | None:
     problem = None if changed else finish.verify_complete(layout, store, manifest)
     if not changed and problem is None:
         return manifest
-    if not overwrite:
+    if not (overwrite or _replacing(plan)):
         why = f"an earlier run with different {', '.join(changed)} wrote it" if changed else problem
         raise JobError(f"{layout.output}: {why}; pass --overwrite to embed it again")
+    if not layout.dataset:  # untouched until this run's own output is ready (see run._finish)
+        plan.replaces = manifest
+        return None
     try:
         finish.remove_recorded(layout, store, manifest)
     except JobError:
         # it names files that are not the job's: none of them is deleted
         store.delete(layout.manifest)
     return None
+
+
+def _replacing(plan: Plan) -> bool:
+    """Whether the work folder holds this very job's unfinished run (an --overwrite that stopped
+    before its finish): its resume goes on replacing the earlier output."""
+    try:
+        work = read_work(plan)
+    except JobError:
+        return False
+    return work is not None and not changed_fields(work["fingerprint"], plan.fingerprint)
 
 
 def _output_present(plan: Plan) -> bool:

@@ -22,6 +22,9 @@ class JobSummary:
     already_complete: bool = False
     # splits left without a part (for a resume)
     pending: list[int] = dataclasses.field(default_factory=list)
+    absent: list[int] = dataclasses.field(default_factory=list)  # of the pending: no record at all
+    # records of parts that did not fit their splits, each with why: deleted, embedded again
+    dropped: list[str] = dataclasses.field(default_factory=list)
     fraction: float = 0.0  # of this process's share, by input bytes (an ETA needs no row count)
     output_rows: int = 0
     embed_seconds: float = 0.0  # this process's time embedding, compiles excluded

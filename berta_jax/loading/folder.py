@@ -14,9 +14,11 @@ import os
 
 from berta_jax.models.bert.config import BertConfig
 from berta_jax.models.registry import read_config
-from berta_jax.storage.model_files import ModelFiles
+from berta_jax.convert.checkpoint import weight_files
+from berta_jax.storage.model_files import JSON_LIMIT, TOKENIZER_LIMIT, ModelFiles
 from berta_jax.loading.hub import resolve_model_dir
-from berta_jax.loading.sentence_config import SentenceConfig
+from berta_jax.loading.sentence_config import SentenceConfig, sentence_files
+from berta_jax.text.tokenize import TOKENIZER_FILES
 from berta_jax.storage.stores import is_url
 from berta_jax.models.vectors import check_truncate_dim, embedding_dim
 
@@ -85,22 +87,24 @@ class ModelFolder:
         return [str(folder), *given, *behind]
 
     def identity(self) -> dict:
-        """What a job's output depends on in this folder: every file's name, size and sha256 (so two
-        hosts' byte-identical copies agree, wherever they lie and whatever their times, and a file
-        replaced by another of the same size and time does not)."""
-        folder = self.files.folder
+        """What a job's output depends on in this folder: the name, size and sha256 of each file
+        the loader reads (config, weights, tokenizer, sentence-transformers files), through the
+        loader's own checks (regular files inside the folder, JSON and tokenizer files bounded).
+        Two hosts' byte-identical copies agree, wherever they lie and whatever their times; a file
+        replaced by another of the same size and time does not; anything else in the folder (a
+        compilation cache, a link to a large file elsewhere) is neither read nor counted."""
+        files = self.files
+        bounded = [
+            ("config.json", JSON_LIMIT),
+            *[(name, JSON_LIMIT) for name in sentence_files(files)],
+            *[(name, TOKENIZER_LIMIT) for name in TOKENIZER_FILES[:-1] if files.exists(name)],
+        ]
         entries = []
-        for path in sorted(
-            p
-            for p in folder.rglob("*")
-            if not any(s.startswith(".") for s in p.relative_to(folder).parts)
-        ):
-            if path.is_file():
-                digest = hashlib.sha256()
-                with open(path, "rb") as f:
-                    while block := f.read(1 << 22):
-                        digest.update(block)
-                entries.append(
-                    (path.relative_to(folder).as_posix(), path.stat().st_size, digest.hexdigest())
-                )
+        for name, limit in [*bounded, *[(name, None) for name in weight_files(files)]]:
+            path = files.path(name, limit)
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    digest.update(block)
+            entries.append((name, os.stat(path).st_size, digest.hexdigest()))
         return {"files": hashlib.sha256(json.dumps(entries).encode()).hexdigest()}

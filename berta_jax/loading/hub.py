@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 from pathlib import Path
 
-from berta_jax.errors import ModelNotFoundError, StorageError
+from berta_jax.errors import ConfigError, ModelNotFoundError, StorageError
+from berta_jax.storage.model_files import ModelFiles
 from berta_jax.storage.stores import copy_to_local, is_url, store_for
 
 # What a sentence encoder needs from a repository; never pickles or other frameworks' weights.
@@ -16,7 +18,7 @@ ALLOW_PATTERNS = [
     "*.json",
     "*.safetensors",
     "vocab.txt",
-]  # fnmatch: "*" also matches "/" (1_Pooling/...)
+]  # fnmatch: "*" also matches "/", so a storage URL's copy takes top-level names only
 _REMOTE_FILE_LIMIT = 64 * 2**30
 
 
@@ -91,7 +93,8 @@ def _hub_snapshot(name: str, revision: str | None, cache_dir: str | None) -> Pat
 
 def _copy_remote_folder(url: str, cache_root: Path) -> Path:
     """Copy the model files under a storage URL into a local cache folder (again only when they
-    changed)."""
+    changed): the top level's files the loader reads, then the config.json of each
+    sentence-transformers module folder that modules.json names, nothing deeper."""
     store = store_for(url)
     base = url.rstrip("/")
     local = cache_root / hashlib.sha256(base.encode()).hexdigest()[:20]
@@ -107,25 +110,46 @@ def _copy_remote_folder(url: str, cache_root: Path) -> Path:
                 f"{base}/{name}: an object name with an empty, '.' or '..' segment, which would "
                 "leave the model folder; rename or remove that object"
             )
-    names = [n for n in names if any(fnmatch.fnmatch(n, pat) for pat in ALLOW_PATTERNS)]
-    if "config.json" not in names:
+    top = [n for n in names if "/" not in n and any(fnmatch.fnmatch(n, p) for p in ALLOW_PATTERNS)]
+    if "config.json" not in top:
         raise ModelNotFoundError(f"{url}: no config.json there; pass the URL of a model folder")
+    for name in top:
+        _copy_if_changed(store, base, name, local)
+    wanted = top + [n for n in _module_configs(local) if n in names]
+    for name in wanted[len(top) :]:
+        _copy_if_changed(store, base, name, local)
     for stale in [
         p for p in local.rglob("*") if p.is_file() and ".versions" not in p.relative_to(local).parts
     ]:
-        if stale.relative_to(local).as_posix() not in names:
-            stale.unlink()  # gone from the bucket: not served from the cache
-    for name in names:
-        info = store.info(f"{base}/{name}")
-        target = local / name
-        stamp = local / ".versions" / (name.replace("/", "__") + ".version")
-        if (
-            target.is_file()
-            and stamp.is_file()
-            and stamp.read_text() == f"{info.size}:{info.version}"
-        ):
-            continue
-        copy_to_local(store, f"{base}/{name}", target, _REMOTE_FILE_LIMIT)
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(f"{info.size}:{info.version}")
+        if stale.relative_to(local).as_posix() not in wanted:
+            stale.unlink()  # gone from the bucket (or not read): not served from the cache
     return local
+
+
+def _module_configs(local: Path) -> list[str]:
+    """`PATH/config.json` for each module of the copied modules.json (none when it is absent or
+    malformed: the loader then names the problem in the local copy)."""
+    files = ModelFiles(local)
+    try:
+        modules = files.read_json("modules.json") if files.exists("modules.json") else []
+    except ConfigError:
+        return []
+    if not isinstance(modules, list):
+        return []
+    paths = [m.get("path") for m in modules if isinstance(m, dict)]
+    return [f"{p.strip('/')}/config.json" for p in paths if isinstance(p, str) and p.strip("/")]
+
+
+def _copy_if_changed(store, base: str, name: str, local: Path) -> None:
+    """Copy one object unless the local copy's stamp (the object's name, size and version, under a
+    key derived from the name alone) says it is this object as it is now."""
+    info = store.info(f"{base}/{name}")
+    target = local / name
+    stamp = local / ".versions" / (hashlib.sha256(name.encode()).hexdigest() + ".version")
+    expected = json.dumps({"name": name, "size": info.size, "version": info.version})
+    if target.is_file() and stamp.is_file() and stamp.read_text() == expected:
+        return
+    stamp.unlink(missing_ok=True)  # a copy interrupted from here on is copied again
+    copy_to_local(store, f"{base}/{name}", target, _REMOTE_FILE_LIMIT)
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(expected)

@@ -120,6 +120,20 @@ class SentenceConfig:
             raise ConfigError(f"{files.folder}: {e}") from None
 
 
+def sentence_files(files: ModelFiles) -> list[str]:
+    """The sentence-transformers files `SentenceConfig.from_folder` reads from this folder: its
+    three configs that exist and the config.json of the modules.json's Pooling module."""
+    configs = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
+    names = [name for name in configs if files.exists(name)]
+    modules = files.read_json("modules.json") if "modules.json" in names else []
+    pooling = [
+        m["path"].rstrip("/") + "/config.json"
+        for m in (modules if isinstance(modules, list) else [])
+        if isinstance(m, dict) and m.get("type") == _POOLING and isinstance(m.get("path"), str)
+    ]
+    return names + pooling
+
+
 def _read_bert_config(files: ModelFiles, model: BertConfig) -> dict:
     """sentence_bert_config.json: context length and lowercasing (absent: the position and tokenizer
     limits)."""

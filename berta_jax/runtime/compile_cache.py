@@ -4,6 +4,12 @@ The directory is, in order: the argument, `$BERTA_JAX_CACHE_DIR`, or
 `~/.cache/berta_jax/xla`. A directory already configured in JAX (by the user)
 is left alone. An unwritable directory gives a warning and no cache, never a
 failure: compiling again is slow, not wrong.
+
+JAX keys an entry by a hash of the program, its compile options and the backend, and runs an entry
+found under a key as it is: nothing checks that the entry holds that program. An entry written by
+someone else under the right key would give wrong rows (or, of another shape, a JaxRuntimeError).
+So the cache is trusted like the code: berta-jax creates its directory private (0o700) and uses
+none that another user owns or may write (group or others' write bit), warning instead.
 """
 
 from __future__ import annotations
@@ -30,14 +36,25 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path | No
         return Path(current)
     directory = Path(path) if path is not None else default_cache_dir()
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
             pass
+        info = directory.stat()
     except OSError as e:
         warnings.warn(
             f"compilation cache directory {directory} is not writable ({e.strerror or e}); "
             "continuing without a persistent cache, so each process compiles again. "
             f"Set {ENV_VAR} to a writable directory.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        warnings.warn(
+            f"compilation cache directory {directory} is owned by user {info.st_uid} or writable "
+            f"by others (mode {info.st_mode & 0o777:o}); JAX runs a cache entry as it finds it, "
+            "so such a cache could change the embeddings: continuing without it. Use a directory "
+            f"of your own that only you can write (chmod go-w), or set {ENV_VAR}.",
             RuntimeWarning,
             stacklevel=3,
         )

@@ -35,9 +35,14 @@ def cpu_bf16_unit(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str | None, st
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError as e:
         return None, f"cannot read {cpuinfo} ({e.strerror or e})"
-    flags = set(re.findall(r"\b(?:amx|avx512)_bf16\b", text))
-    found = next((flag for flag in CPU_BF16_FLAGS if flag in flags), None)
-    return found, f"CPU flag {found}" if found else f"no {' or '.join(CPU_BF16_FLAGS)} in {cpuinfo}"
+    # one "flags" line per processor: a flag counts only when every processor has it (a process may
+    # run on any of them, and a line of another processor's flags says nothing of this one's)
+    lines = [set(line.split(":", 1)[1].split()) for line in re.findall(r"(?m)^flags\s*:.*$", text)]
+    common = set.intersection(*lines) if lines else set()
+    found = next((flag for flag in CPU_BF16_FLAGS if flag in common), None)
+    if found:
+        return found, f"CPU flag {found} on all {len(lines)} processors"
+    return None, f"no {' or '.join(CPU_BF16_FLAGS)} on every processor in {cpuinfo}"
 
 
 def choose_dtype(

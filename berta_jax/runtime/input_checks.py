@@ -13,16 +13,20 @@ from berta_jax.models.bert.config import BertConfig
 from berta_jax.text.texts import surrogate_problem
 
 
-def check_texts(texts: Sequence[str]) -> list[str]:
-    """`texts` as a list, or a TypeError or ValueError naming the first element that is no text."""
-    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+def check_texts(texts: Sequence[str] | np.ndarray) -> list[str]:
+    """`texts` (a sequence, or a 1-D numpy array of str as sentence-transformers accepts) as a list
+    of str, or a TypeError or ValueError naming the first element that is no text."""
+    if isinstance(texts, np.ndarray):
+        if texts.ndim != 1:
+            raise TypeError(f"texts must be a 1-D array of strings, got shape {texts.shape}")
+    elif isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
         raise TypeError(f"texts must be a list of strings, got {type(texts).__name__}")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
         if problem := surrogate_problem(t):
             raise ValueError(f"texts[{i}] {problem}")
-    return list(texts)
+    return [str(t) for t in texts]  # numpy's str_ elements as plain str
 
 
 def check_ids(name: str, ids: np.ndarray, limit: int) -> None:
