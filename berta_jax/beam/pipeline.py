@@ -26,7 +26,7 @@ from berta_jax.data.inputs import check_fields, expand_inputs
 from berta_jax.job.layout import check_collisions, layout_for
 from berta_jax.data.outputs import parquet_schema, parquet_table
 from berta_jax.data.splits import DEFAULT_SPLIT_BYTES, Split, count_rows, plan_splits, read_split
-from berta_jax.storage.stores import store_for
+from berta_jax.storage.stores import canonical, store_for
 
 TABLE_ROWS = 4096  # rows per Parquet write (a row group of the shard)
 
@@ -135,7 +135,9 @@ def build_pipeline(
 ) -> None:
     """Add the read -> embed -> write steps for `inputs` to `pipeline`, writing the dataset folder
     `output`; refused before any work when `output` would hold, sit among or overwrite the inputs or
-    `model_folder` (the same rule as `berta-jax encode`)."""
+    `model_folder` (the same rule as `berta-jax encode`). Locations are compared in their canonical
+    form (`stores.canonical`)."""
+    output = canonical(output)
     files = expand_inputs(inputs)
     for file in files:
         check_fields(file, text_field, id_field)
