@@ -48,7 +48,7 @@ LAYERS: list[list[str]] = [
     ["berta_jax.job.finish", "berta_jax.job.embed", "berta_jax.beam"],
     ["berta_jax.job.settle"],
     ["berta_jax.job.run"],
-    ["berta_jax.cli.signals", "berta_jax.cli.commands"],
+    ["berta_jax.cli.signals", "berta_jax.cli.commands", "berta_jax.cli.option_types"],
     ["berta_jax.cli.encode_args", "berta_jax.cli.progress", "berta_jax.cli.parity_command"],
     ["berta_jax.cli.encode", "berta_jax.cli.engines"],
     ["berta_jax.cli.main"],

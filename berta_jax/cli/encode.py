@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from berta_jax.cli.commands import check_batch_tokens
-from berta_jax.cli.encode_args import encode_parser, split_size
+from berta_jax.cli.encode_args import check_encode_options, encode_parser, split_size
 from berta_jax.cli.progress import ProgressDisplay
 from berta_jax.cli.signals import StopSignals
 from berta_jax.errors import BertaJaxError
@@ -238,4 +238,4 @@ def _join(args: argparse.Namespace, stop: StopSignals) -> Cluster:
 
 def add_encode(sub) -> None:
     """The `encode` subcommand: its options (see `encode_args`), run by `_encode`."""
-    encode_parser(sub).set_defaults(func=_encode)
+    encode_parser(sub).set_defaults(func=_encode, check=check_encode_options)

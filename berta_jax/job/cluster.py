@@ -165,7 +165,14 @@ def _initialize(kwargs: dict) -> None:
 
     # a process that dies does not take the others with it
     jax.config.update("jax_enable_recoverability", True)
-    jax.distributed.initialize(**kwargs)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as e:  # JAX's own checks; its client's errors
+        raise JobError(
+            f"jax.distributed could not start ({str(e).strip().splitlines()[0]}); check "
+            "--coordinator, --num-processes and --process-id, or run on a cluster JAX detects "
+            "(--distributed)"
+        ) from None
 
 
 def _gone(processes: list[int]) -> str:
