@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from berta_jax.engine import EncoderSpec
 from berta_jax.errors import InputError
@@ -66,7 +67,10 @@ class BertaEmbedder:
         out = dict(batch)
         out[self.embedding_column] = vectors
         if self.spec.on_error == "skip":
-            out[self.error_column] = np.array(problems, dtype=object)
+            # typed string whatever the rows: a batch without a bad row would otherwise make a
+            # null column, and files of one output with two schemas (pyarrow.dataset, pandas and
+            # Spark take the schema from one file)
+            out[self.error_column] = pa.array(problems, type=pa.string())
         return out
 
 

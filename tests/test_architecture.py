@@ -65,7 +65,7 @@ LAYERS: list[list[str]] = [
      "berta_jax.train.evaluation"],
     ["berta_jax.train.loop"],
     ["berta_jax.train.trainer"],
-    ["berta_jax.cli.signals", "berta_jax.cli.commands"],
+    ["berta_jax.cli.signals", "berta_jax.cli.commands", "berta_jax.cli.option_types"],
     ["berta_jax.cli.encode_args", "berta_jax.cli.progress", "berta_jax.cli.parity_command",
      "berta_jax.cli.train_command"],
     ["berta_jax.cli.encode", "berta_jax.cli.engines", "berta_jax.cli.evaluate_command"],

@@ -179,3 +179,17 @@ def test_the_pipeline_refuses_an_output_in_the_model_folder_or_among_the_inputs(
         assert _beam(str(corpus), "-o", str(output), "--model", str(model)) == 2
         assert named in capsys.readouterr().err and not output.exists()
     assert sorted(p.name for p in model.iterdir()) == before
+
+
+def test_the_id_kind_is_the_runs_not_each_splits(tmp_path, tiny_bert_dir, capsys):
+    """Integer ids in one file and string ids in another: each split alone has one kind, but the run has two;
+    the launcher plans the run's kind (its first id's) as `encode` does, so the other kind is a bad row."""
+    (tmp_path / "a.jsonl").write_text('{"text": "a", "id": 1}\n{"text": "b", "id": 2}\n')
+    (tmp_path / "b.jsonl").write_text('{"text": "c", "id": "1"}\n')
+    inputs = [str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]
+    common = ["--model", str(tiny_bert_dir), "--id-field", "id"]
+    assert _beam(*inputs, "-o", str(tmp_path / "raise"), *common) == 2
+    assert "b.jsonl:1: id is a string but earlier ids are integers" in capsys.readouterr().err
+    assert _beam(*inputs, "-o", str(tmp_path / "skip"), *common, "--on-error", "skip") == 0
+    table, vectors = _dataset(tmp_path / "skip")
+    assert table.column("id").to_pylist() == ["1", "2", None] and not vectors[2].any()

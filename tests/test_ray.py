@@ -121,3 +121,32 @@ def test_the_driver_and_the_beam_launcher_never_import_jax(tiny_bert_dir):
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_batch_without_a_bad_row_still_types_the_error_column(tiny_bert_dir):
+    """The embedder alone (in this process): the error column is a string column with or without bad rows, so
+    Ray writes every block with one schema (end to end through write_parquet in the slow tier)."""
+    import pyarrow as pa
+
+    embedder = BertaEmbedder(str(tiny_bert_dir), on_error="skip")
+    for texts in (["Кот", "A dog."], ["Кот", None]):
+        column = embedder({"text": np.array(texts, dtype=object)})["embedding_error"]
+        assert pa.array(column).type == pa.string()
+    assert pa.array(column).to_pylist()[0] is None and "is NoneType" in pa.array(column).to_pylist()[1]
+
+
+@pytest.mark.slow  # Ray end to end; its in-process twin is in the default run
+def test_the_error_column_has_one_type_in_every_file_of_an_output(ray_cluster, tiny_bert_dir, tmp_path):
+    """on_error="skip", then write_parquet (the README's recipe): a block without a bad row and a block with one
+    write the same schema, so pyarrow.dataset reads the whole output."""
+    import pyarrow as pa
+    import pyarrow.dataset as pads
+
+    texts = ["Кот", "A dog.", None, "Дом"]  # blocks of two rows: the first has no bad row
+    ds = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)], override_num_blocks=2)
+    embed_dataset(ds, str(tiny_bert_dir), batch_size=2, on_error="skip").write_parquet(str(tmp_path / "out"))
+    assert len(list((tmp_path / "out").glob("*.parquet"))) == 2
+    table = pads.dataset(str(tmp_path / "out"), format="parquet").to_table().sort_by("i")
+    assert table.schema.field("embedding_error").type == pa.string()
+    errors = table.column("embedding_error").to_pylist()
+    assert errors[:2] == [None, None] and errors[3] is None and "is NoneType, not a string" in errors[2]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 
@@ -145,3 +146,42 @@ def test_sigterm_to_process_0_waiting_for_a_stalled_peer_is_honoured(tmp_path, t
         peer.send_signal(signal.SIGCONT)
         peer.kill()
         peer.wait()
+
+
+def _in_jax_start_up(proc: subprocess.Popen, port: int, process_id: str) -> bool:
+    """Process 0: JAX's coordination service listens (it waits for its peer next); a peer: jaxlib is loaded
+    (it imports JAX only to start, and its signals count from before)."""
+    if process_id == "0":
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+    try:
+        return "jaxlib" in open(f"/proc/{proc.pid}/maps").read()
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("process_id", ["0", "1"])
+def test_sigterm_while_jax_distributed_starts_exits_130_at_once(tmp_path, tiny_bert_dir, process_id):
+    """Process 0 waiting for a peer that never comes, or a peer waiting for a coordinator that never comes (JAX
+    waits 300 s in native code, where SLURM and Kubernetes send SIGTERM): exit 130 within seconds, nothing
+    written."""
+    (tmp_path / "in.txt").write_text("one\ntwo\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = start_berta_jax("encode", str(tmp_path / "in.txt"), "-o", f"{tmp_path}/out/", "--model",
+                           str(tiny_bert_dir), "--quiet", "--coordinator", f"127.0.0.1:{port}", "--num-processes",
+                           "2", "--process-id", process_id, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: _in_jax_start_up(proc, port, process_id), proc, timeout=60)
+        time.sleep(2)  # waiting inside jax.distributed.initialize
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        start = time.monotonic()
+        assert proc.wait(timeout=30) == 130 and time.monotonic() - start < 5
+        err = proc.stderr.read()
+        assert "interrupted while the processes of the run were meeting" in err and "Traceback" not in err, err
+        assert not (tmp_path / "out").exists()
+    finally:
+        proc.kill()
+        proc.wait()

@@ -22,11 +22,12 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from berta_jax.beam.handler import BertaModelHandler
 from berta_jax.errors import JobError
-from berta_jax.data.inputs import check_fields, expand_inputs
+from berta_jax.data.inputs import check_fields, expand_inputs, first_id_kind
+from berta_jax.data.rows import IdPolicy
 from berta_jax.job.layout import check_collisions, layout_for
 from berta_jax.data.outputs import parquet_schema, parquet_table
 from berta_jax.data.splits import DEFAULT_SPLIT_BYTES, Split, count_rows, plan_splits, read_split
-from berta_jax.storage.stores import store_for
+from berta_jax.storage.stores import canonical, store_for
 
 TABLE_ROWS = 4096  # rows per Parquet write (a row group of the shard)
 
@@ -44,11 +45,14 @@ class EmbedFiles(beam.PTransform):
         text_field: str = "text",
         id_field: str | None = None,
         on_error: str = "raise",
+        id_kind: str | None = None,
     ):
         super().__init__()
         self.splits, self.handler, self.dim = splits, handler, dim
         self.fields = {"text_field": text_field, "id_field": id_field}
-        self.on_error = on_error
+        # the run's one kind of id (its first id's), planned on the launcher: every split is
+        # judged by it, not by its own first id
+        self.on_error, self.id_kind = on_error, id_kind
 
     def expand(self, pbegin):
         splits = pbegin | "Splits" >> beam.Create(self.splits) | "SpreadSplits" >> beam.Reshuffle()
@@ -61,7 +65,11 @@ class EmbedFiles(beam.PTransform):
             | "RowStarts" >> beam.Map(row_starts, self.splits)
         )
         rows = splits | "ReadRows" >> beam.FlatMap(
-            _numbered_rows, beam.pvalue.AsSingleton(starts), self.fields, self.on_error
+            _numbered_rows,
+            beam.pvalue.AsSingleton(starts),
+            self.fields,
+            self.on_error,
+            self.id_kind,
         )
         routed = rows | "Route" >> beam.Partition(lambda row, _: int(row[3] is not None), 2)
         embedded = (
@@ -96,13 +104,19 @@ def row_starts(counts: list[tuple[int, int]], plan: list[Split]) -> dict[int, tu
 
 
 def _numbered_rows(
-    split: Split, starts: dict[int, tuple[int, int]], fields: dict, on_error: str
+    split: Split,
+    starts: dict[int, tuple[int, int]],
+    fields: dict,
+    on_error: str,
+    id_kind: str | None = None,
 ) -> Iterator[tuple]:
-    """(global row, id, text or None, error or None) for every row of `split`."""
+    """(global row, id, text or None, error or None) for every row of `split`; ids of another kind
+    than `id_kind` are bad rows."""
     before, first_line = starts[split.index]
-    for offset, row in enumerate(
-        read_split(split, first_line=first_line, on_error=on_error, **fields)
-    ):
+    rows = read_split(
+        split, first_line=first_line, on_error=on_error, ids=IdPolicy(id_kind), **fields
+    )
+    for offset, row in enumerate(rows):
         error = None if row.error is None else f"{row.source}:{row.line}: {row.error}"
         yield before + offset, row.id, row.text, error
 
@@ -135,7 +149,9 @@ def build_pipeline(
 ) -> None:
     """Add the read -> embed -> write steps for `inputs` to `pipeline`, writing the dataset folder
     `output`; refused before any work when `output` would hold, sit among or overwrite the inputs or
-    `model_folder` (the same rule as `berta-jax encode`)."""
+    `model_folder` (the same rule as `berta-jax encode`). Locations are compared in their canonical
+    form (`stores.canonical`)."""
+    output = canonical(output)
     files = expand_inputs(inputs)
     for file in files:
         check_fields(file, text_field, id_field)
@@ -144,8 +160,19 @@ def build_pipeline(
     check_output(output)
     splits = plan_splits(files, split_bytes=split_bytes)
     result = pipeline | "EmbedFiles" >> EmbedFiles(
-        splits, handler, dim=dim, text_field=text_field, id_field=id_field, on_error=on_error
+        splits,
+        handler,
+        dim=dim,
+        text_field=text_field,
+        id_field=id_field,
+        on_error=on_error,
+        id_kind=first_id_kind(files, id_field),
     )
+    _write(result, output, dim, on_error)
+
+
+def _write(result: dict, output: str, dim: int, on_error: str) -> None:
+    """The embeddings as Parquet shards of `output` (and, with skip, the skipped rows' list)."""
     store = store_for(output)
     schema = parquet_schema(np.dtype(np.float32), dim)
     (

@@ -7,11 +7,11 @@ import argparse
 import sys
 
 from berta_jax.cli.commands import check_batch_tokens
-from berta_jax.cli.encode_args import encode_parser, split_size
+from berta_jax.cli.encode_args import check_encode_options, encode_parser, split_size
 from berta_jax.cli.progress import ProgressDisplay
 from berta_jax.cli.signals import StopSignals
 from berta_jax.errors import BertaJaxError
-from berta_jax.job.cluster import Cluster, join
+from berta_jax.job.cluster import Abandoned, Cluster, join
 from berta_jax.job.plan import JobOptions
 from berta_jax.job.summary import JobSummary
 
@@ -192,17 +192,11 @@ def _dtype_choice(args: argparse.Namespace):
 
 
 def _encode(args: argparse.Namespace) -> int:
-    stop, cluster = StopSignals(), None
+    # a signal counts from the start: JAX's start-up waits in a helper thread, polling it
+    stop, cluster = StopSignals().install(), None
     try:
-        cluster = join(
-            args.coordinator,
-            args.num_processes,
-            args.process_id,
-            detect=args.distributed,
-            heartbeat_timeout=args.peer_timeout,
-            stop=stop,
-        )
-        # after jax.distributed, whose preemption notifier takes SIGTERM for itself otherwise
+        cluster = _join(args, stop)
+        # again after jax.distributed, whose preemption notifier takes SIGTERM for itself
         stop.install()
         return _run(args, stop, cluster)
     except BertaJaxError:
@@ -232,6 +226,28 @@ def _encode(args: argparse.Namespace) -> int:
                     stop.exit_now(130)
 
 
+def _join(args: argparse.Namespace, stop: StopSignals) -> Cluster:
+    """The run's processes (JAX's start-up, which may wait minutes for the others, honours a stop:
+    exit 130 at once, nothing written)."""
+    try:
+        return join(
+            args.coordinator,
+            args.num_processes,
+            args.process_id,
+            detect=args.distributed,
+            heartbeat_timeout=args.peer_timeout,
+            stop=stop,
+        )
+    except Abandoned:
+        print(
+            "berta-jax encode: interrupted while the processes of the run were meeting "
+            "(jax.distributed start-up); nothing was written",
+            file=sys.stderr,
+        )
+        stop.exit_now(EXIT_INTERRUPTED)
+        raise
+
+
 def add_encode(sub) -> None:
     """The `encode` subcommand: its options (see `encode_args`), run by `_encode`."""
-    encode_parser(sub).set_defaults(func=_encode)
+    encode_parser(sub).set_defaults(func=_encode, check=check_encode_options)

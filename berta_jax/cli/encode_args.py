@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 
 from berta_jax.cli.commands import add_prompt_options, command
+from berta_jax.cli.option_types import (
+    byte_size,
+    host_port,
+    non_negative_int,
+    number_in,
+    positive_int,
+)
 from berta_jax.data.outputs import PRECISIONS
 from berta_jax.job.plan import DEFAULT_SPLIT_BYTES
 
@@ -27,14 +33,7 @@ DESCRIPTION = (
 )
 
 
-def split_size(text: str) -> int:
-    """`4194304`, `4M`, `512K`, `1G` -> bytes."""
-    match = re.fullmatch(r"(\d+)([KMG]?)i?B?", text.strip(), re.IGNORECASE)
-    if not match or int(match.group(1)) < 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a size (say 4M, 512K or a number of bytes)"
-        )
-    return int(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " ")
+split_size = byte_size  # the --split-size type, by its old name
 
 
 def encode_parser(sub) -> argparse.ArgumentParser:
@@ -94,7 +93,9 @@ def _add_output_options(enc: argparse.ArgumentParser) -> None:
         help="stored precision; int8/uint8/binary/ubinary follow sentence-transformers' "
         "quantize_embeddings (int8/uint8 ranges from the whole output, single-file outputs only)",
     )
-    enc.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (Matryoshka)")
+    enc.add_argument(
+        "--truncate-dim", type=positive_int, help="keep the first N dimensions (Matryoshka)"
+    )
 
 
 def _add_compute_options(enc: argparse.ArgumentParser) -> None:
@@ -108,14 +109,14 @@ def _add_compute_options(enc: argparse.ArgumentParser) -> None:
     )
     enc.add_argument(
         "--max-batch-tokens",
-        type=int,
+        type=positive_int,
         help="padded tokens per batch (default: 2048 per CPU device; on "
         "accelerators what an eighth of the device memory holds, 8192-262144 per device)",
     )
-    enc.add_argument("--batch-size", type=int, help="at most this many texts per batch")
+    enc.add_argument("--batch-size", type=positive_int, help="at most this many texts per batch")
     enc.add_argument(
         "--split-size",
-        type=split_size,
+        type=byte_size,
         default=DEFAULT_SPLIT_BYTES,
         help="bytes of text per split, the "
         "unit of work and of a resume: one part per split (default 4M; Parquet splits are row "
@@ -146,7 +147,7 @@ def _add_job_control(enc: argparse.ArgumentParser) -> None:
     )
     enc.add_argument(
         "--log-every",
-        type=float,
+        type=number_in(0.0),
         default=10.0,
         help="seconds between progress lines when stderr is not a terminal (default 10)",
     )
@@ -156,13 +157,30 @@ def _add_cluster_options(multi) -> None:
     multi.add_argument(
         "--distributed", action="store_true", help="join the cluster JAX detects (TPU pod, SLURM)"
     )
-    multi.add_argument("--coordinator", help="HOST:PORT of process 0, for an explicit cluster")
-    multi.add_argument("--num-processes", type=int, help="with --coordinator")
-    multi.add_argument("--process-id", type=int, help="with --coordinator")
+    multi.add_argument(
+        "--coordinator", type=host_port, help="HOST:PORT of process 0, for an explicit cluster"
+    )
+    multi.add_argument("--num-processes", type=positive_int, help="with --coordinator")
+    multi.add_argument(
+        "--process-id", type=non_negative_int, help="with --coordinator: 0 .. --num-processes - 1"
+    )
     multi.add_argument(
         "--peer-timeout",
-        type=int,
+        type=positive_int,
         default=100,
         help="seconds without a heartbeat after which JAX "
         "takes a process for dead and the others stop waiting for it (default 100, JAX's)",
     )
+
+
+def check_encode_options(args: argparse.Namespace) -> str | None:
+    """What is wrong between options (each alone is checked by its type), or None."""
+    if args.process_id is not None and args.num_processes is not None:
+        if args.process_id >= args.num_processes:
+            return (
+                f"--process-id {args.process_id} is not below --num-processes "
+                f"{args.num_processes}: the processes are numbered 0 to {args.num_processes - 1}"
+            )
+    if (args.num_processes is not None or args.process_id is not None) and not args.coordinator:
+        return "--num-processes and --process-id go with --coordinator HOST:PORT"
+    return None

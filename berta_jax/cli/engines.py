@@ -1,7 +1,8 @@
 """`berta-jax beam`: the corpus-to-Parquet pipeline on Apache Beam (the `[beam]` extra).
 
-Everything after `--` (and any option this command does not know) is a Beam pipeline option, so
-the same command runs in-process or on Dataflow:
+Everything after `--` is handed to Beam as pipeline options; before it, an option is either this
+command's or one of Beam's pipeline options (a typo such as --id-feild is refused: Beam would only
+log it and run without it). The same command runs in-process or on Dataflow:
 
     berta-jax beam 'gs://b/corpus/*.jsonl' -o gs://b/emb/ --model gs://b/BERTA \\
         -- --runner=DataflowRunner ...
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 
 from berta_jax.cli.commands import add_prompt_options, check_batch_tokens, command
+from berta_jax.cli.option_types import number_in, positive_int
 from berta_jax.errors import JobError
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
@@ -30,7 +32,7 @@ def add_beam(sub) -> None:
     )
     _add_inputs(beam)
     _add_compute_options(beam)
-    beam.set_defaults(func=run_beam, pipeline_args=[])
+    beam.set_defaults(func=run_beam, pipeline_args=[], check=check_beam_options)
 
 
 def _add_inputs(beam: argparse.ArgumentParser) -> None:
@@ -77,29 +79,47 @@ def _add_compute_options(beam: argparse.ArgumentParser) -> None:
         help="compute dtype (float32: PyTorch parity; bfloat16: the fast mode on accelerators and "
         "on CPUs with AMX / AVX512-BF16; auto: chosen on each worker from its hardware)",
     )
-    beam.add_argument("--truncate-dim", type=int, help="keep the first N dimensions (Matryoshka)")
+    beam.add_argument(
+        "--truncate-dim", type=positive_int, help="keep the first N dimensions (Matryoshka)"
+    )
     beam.add_argument(
         "--max-batch-tokens",
-        type=int,
+        type=positive_int,
         help="padded tokens per device batch (default: the Encoder's)",
     )
     beam.add_argument(
         "--split-mb",
-        type=float,
+        type=number_in(0.0, low_open=True),
         default=64.0,
         help="byte size of the splits of .txt / .jsonl files (default 64)",
     )
     beam.add_argument(
-        "--min-batch-size", type=int, default=256, help="fewest texts per RunInference batch"
+        "--min-batch-size",
+        type=positive_int,
+        default=256,
+        help="fewest texts per RunInference batch",
     )
     beam.add_argument(
-        "--max-batch-size", type=int, default=4096, help="most texts per RunInference batch"
+        "--max-batch-size",
+        type=positive_int,
+        default=4096,
+        help="most texts per RunInference batch",
     )
     beam.add_argument(
         "--large-model",
         action="store_true",
         help="one model per VM shared by the SDK processes (Beam's large_model)",
     )
+
+
+def check_beam_options(args: argparse.Namespace) -> str | None:
+    """What is wrong between options (each alone is checked by its type), or None."""
+    if args.min_batch_size > args.max_batch_size:
+        return (
+            f"--min-batch-size {args.min_batch_size} is above --max-batch-size "
+            f"{args.max_batch_size}"
+        )
+    return None
 
 
 def run_beam(args: argparse.Namespace) -> int:
@@ -163,6 +183,16 @@ def _folder(args: argparse.Namespace):
     except ValueError as e:
         raise JobError(f"--model {args.model}: {e}") from None
     return folder
+
+
+def is_beam_option(name: str) -> bool:
+    """Whether `--name` is one of Beam's pipeline options (Beam is imported only to answer; without
+    it, `run_beam` says what to install)."""
+    try:
+        from apache_beam.options.pipeline_options import PipelineOptions
+    except ImportError:
+        return True
+    return name.lstrip("-") in PipelineOptions([]).get_all_options()
 
 
 def _names_runner(pipeline_args: list[str]) -> bool:

@@ -74,26 +74,38 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     _refuse_unknown_options(parser, own)
     args, unknown = parser.parse_known_args(own)
     if args.command != "beam":
-        return parser.parse_args(argv)
-    args.pipeline_args = unknown + after_dashes
+        args = parser.parse_args(argv)
+    else:
+        args.pipeline_args = unknown + after_dashes
+    check = getattr(args, "check", None)
+    problem = check(args) if check is not None else None
+    if problem:
+        parser.commands[args.command].error(problem)
     return args
 
 
 def _refuse_unknown_options(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """An option the command does not know is named first (argparse would first complain of a
     missing required one: `--modle M` said "--model is required"), with the option it most
-    resembles."""
+    resembles. `beam` hands Beam's pipeline options to Beam (after `--`, anything goes to Beam);
+    before `--` any other option is refused: Beam would only log a typo such as `--id-feild` and
+    run without it."""
     command = next((a for a in argv if not a.startswith("-")), None)
     sub = parser.commands.get(command)
-    if sub is None or command == "beam":  # beam hands options it does not know to the pipeline
+    if sub is None:
         return
     known = [o for action in sub._actions for o in action.option_strings]
     for token in argv:
         name = token.split("=", 1)[0]
         # argparse takes prefixes
         if name.startswith("--") and not any(k.startswith(name) for k in known):
+            if command == "beam" and engines.is_beam_option(name):
+                continue
             like = RENAMED.get(name) or next(iter(difflib.get_close_matches(name, known, 1)), None)
-            sub.error(f"unknown option {name}" + (f"; did you mean {like}?" if like else ""))
+            what = f"unknown option {name}"
+            if command == "beam":
+                what += ": neither this command's nor a Beam pipeline option"
+            sub.error(what + (f"; did you mean {like}?" if like else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

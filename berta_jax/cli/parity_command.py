@@ -8,6 +8,7 @@ import math
 import sys
 
 from berta_jax.cli.commands import add_prompt_options, command
+from berta_jax.cli.option_types import number_in
 from berta_jax.runtime.dtypes import NAMES
 from berta_jax.tolerances import EMBEDDING_TOLERANCE, HIDDEN_TOLERANCE, MIN_COSINE
 
@@ -76,18 +77,7 @@ def _print_stages(report, args: argparse.Namespace) -> None:
 def _bar(low: float, high: float, what: str):
     """An argparse type: a finite number in [low, high] (NaN and infinities refused), named in the
     error."""
-    span = f">= {low:g}" if high == float("inf") else f"in [{low:g}, {high:g}]"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"{text!r}: {what} must be a finite number {span}")
-        return value
-
-    return parse
+    return number_in(low, high, what=what)
 
 
 def add_parity(sub) -> None:

@@ -27,9 +27,11 @@ class StopSignals:
         self._previous: dict[int, object] = {}
 
     def install(self) -> StopSignals:
+        """Take SIGINT and SIGTERM (again, after a library took one: `restore` gives back the
+        handlers found the first time)."""
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+                self._previous.setdefault(sig, signal.signal(sig, self._handle))
         return self
 
     def arm(self) -> None:

@@ -13,7 +13,7 @@ import stat
 from typing import BinaryIO
 
 from berta_jax.errors import InputError
-from berta_jax.storage.stores import is_url, store_for
+from berta_jax.storage.stores import canonical, is_url, store_for
 
 FORMATS = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".csv", ".parquet")
 _GLOB_CHARS = "*?["
@@ -37,10 +37,11 @@ def input_format(path: str) -> str:
 
 def expand_inputs(specs: list[str]) -> list[InputFile]:
     """Files, globs and directories of shards -> the input files, in order; each checked to be
-    readable."""
+    readable. Each spec is taken in its canonical form (`stores.canonical`: `file://` a local path,
+    one scheme per store), so the files' URLs compare as the locations they are."""
     files: list[InputFile] = []
     for spec in specs:
-        spec = os.fspath(spec)
+        spec = canonical(spec)
         store = store_for(spec)
         if any(c in spec for c in _GLOB_CHARS) and not store.exists(spec):
             found = [p for p in store.glob(spec) if not _hidden(store.name(p))]

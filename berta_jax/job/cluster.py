@@ -116,28 +116,63 @@ class JaxCluster(Cluster):
         self._wait(others_gone)
 
     def _wait(self, fn):
-        """`fn()` in a helper thread, so that a stop (Ctrl-C, SIGTERM) is honoured while JAX waits
-        for a peer."""
-        result: dict = {}
+        """`fn()` while honouring a stop (Ctrl-C, SIGTERM) even though JAX waits for a peer."""
+        try:
+            return wait_stoppable(fn, self.stop)
+        except Abandoned:
+            # JAX cannot be woken: this process must end without waiting for it; the meeting is
+            # abandoned, committed parts stay for a resume
+            self.abandoned = True
+            raise
 
-        def call() -> None:
-            try:
-                result["value"] = fn()
-            except BaseException as e:  # handed to the waiting thread, which raises it
-                result["error"] = e
 
-        thread = threading.Thread(target=call, name="berta-jax-meeting", daemon=True)
-        thread.start()
-        while thread.is_alive():
-            thread.join(0.1)
-            if self.stop is not None and self.stop() and thread.is_alive():
-                # JAX cannot be woken: this process must end without waiting for it
-                self.abandoned = True
-                # the meeting is abandoned; committed parts stay for a resume
-                raise KeyboardInterrupt
-        if "error" in result:
-            raise result["error"]
-        return result["value"]
+class Abandoned(KeyboardInterrupt):
+    """A stop came while JAX waited in native code, which cannot be woken: the process must end at
+    once (`os._exit`), since a normal interpreter exit would wait for, or crash in, that thread."""
+
+
+def wait_stoppable(fn, stop: Callable[[], bool] | None):
+    """`fn()` in a helper thread, the calling thread waking every 0.1 s: a stop (`stop()` true, or a
+    KeyboardInterrupt raised here by a signal handler) while `fn` still runs is `Abandoned`."""
+    result: dict = {}
+    # an Event, not Thread.join: a KeyboardInterrupt inside join marks a running thread as stopped
+    done = threading.Event()
+
+    def call() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as e:  # handed to the waiting thread, which raises it
+            result["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=call, name="berta-jax-wait", daemon=True).start()
+    try:
+        while not done.wait(0.1):
+            if stop is not None and stop() and not done.is_set():
+                raise Abandoned
+    except KeyboardInterrupt:
+        if not done.is_set():
+            raise Abandoned from None
+        raise
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _initialize(kwargs: dict) -> None:
+    import jax
+
+    # a process that dies does not take the others with it
+    jax.config.update("jax_enable_recoverability", True)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, RuntimeError) as e:  # JAX's own checks; its client's errors
+        raise JobError(
+            f"jax.distributed could not start ({str(e).strip().splitlines()[0]}); check "
+            "--coordinator, --num-processes and --process-id, or run on a cluster JAX detects "
+            "(--distributed)"
+        ) from None
 
 
 def _gone(processes: list[int]) -> str:
@@ -159,18 +194,16 @@ def join(
     stop: Callable[[], bool] | None = None,
 ) -> Cluster:
     """Join JAX's multi-host runtime when asked (before any JAX array exists); else the one-process
-    cluster."""
+    cluster. JAX's start-up waits up to 300 s for the other processes (or the coordinator) in native
+    code: a stop during it is `Abandoned` (the caller ends the process at once)."""
     if not (coordinator or detect):
         return Cluster()
-    import jax
-
-    # a process that dies does not take the others with it
-    jax.config.update("jax_enable_recoverability", True)
-    kwargs = {"heartbeat_timeout_seconds": heartbeat_timeout}
+    kwargs: dict = {"heartbeat_timeout_seconds": heartbeat_timeout}
     if coordinator:
-        jax.distributed.initialize(
-            coordinator, num_processes=num_processes, process_id=process_id, **kwargs
+        kwargs.update(
+            coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
         )
-    else:  # TPU pods, SLURM and similar: JAX finds the cluster itself
-        jax.distributed.initialize(**kwargs)
+    # without a coordinator (TPU pods, SLURM and similar) JAX finds the cluster itself; JAX's
+    # import is in the helper thread too (a signal raised inside it can be lost in a callback)
+    wait_stoppable(lambda: _initialize(kwargs), stop)
     return JaxCluster(stop)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from typing import Iterator
 
 import numpy as np
@@ -130,6 +131,46 @@ def report_bytes(layout: Layout, store, manifest: dict) -> bytes:
 def write_report(layout: Layout, store, manifest: dict) -> None:
     if layout.report:
         store_for(layout.report).write(layout.report, report_bytes(layout, store, manifest))
+
+
+def report_holds(layout: Layout, data: bytes) -> bool:
+    """Whether --truncation-report is already a regular file (an object) holding `data`: a rerun of
+    a finished command."""
+    report = layout.report
+    if not report or _report_kind(report) != "file":
+        return False
+    with store_for(report).open_read(report) as f:
+        return f.read(len(data) + 1) == data
+
+
+def check_report(layout: Layout, overwrite: bool) -> None:
+    """--truncation-report never goes through a link or to a device or folder, nor replaces a file
+    or an object without --overwrite; its existence is asked of the store that holds it."""
+    report = layout.report
+    kind = _report_kind(report) if report else None
+    if kind is None:
+        return
+    if kind != "file":
+        raise JobError(
+            f"--truncation-report {report} is a link or not a regular file; give a new file's path"
+        )
+    if not overwrite:
+        raise JobError(
+            f"--truncation-report {report} exists; pass --overwrite to replace it, or give a new "
+            "path"
+        )
+
+
+def _report_kind(report: str) -> str | None:
+    """None (nothing there), "file", or "other" (a link, a device, a folder)."""
+    store = store_for(report)
+    if not store.remote:
+        if not os.path.lexists(report):
+            return None
+        return "file" if os.path.isfile(report) and not os.path.islink(report) else "other"
+    if not store.exists(report):
+        return None
+    return "file" if store.info(report).kind == "file" else "other"
 
 
 def read_manifest(layout: Layout, store) -> dict | None:

@@ -26,7 +26,7 @@ import os
 
 from berta_jax.errors import JobError
 from berta_jax.data.inputs import InputFile
-from berta_jax.storage.stores import is_url, store_for
+from berta_jax.storage.stores import canonical, is_url, store_for
 
 SINGLE_FILE_FORMATS = (".npy", ".parquet")
 
@@ -61,8 +61,9 @@ class Layout:
 
 def layout_for(output: str, *, dataset: bool = False, report: str | None = None) -> Layout:
     """The layout of an output path or URL: a directory (trailing '/' or dataset=True) or a
-    .npy/.parquet file."""
-    output = os.fspath(output)
+    .npy/.parquet file. Both locations are taken in their canonical form (`stores.canonical`)."""
+    output = canonical(output)
+    report = canonical(report) if report is not None else None
     if dataset or output.endswith("/"):
         base = output.rstrip("/") or output
         store = store_for(base)
@@ -95,8 +96,9 @@ def layout_for(output: str, *, dataset: bool = False, report: str | None = None)
 
 
 def _key(path: str) -> str:
-    """A comparable form: the real path for local files (links and '..' resolved), the URL
-    otherwise."""
+    """A comparable form: the real path for local files (links and '..' resolved), the canonical URL
+    otherwise (one scheme per store, `file://` a local path)."""
+    path = canonical(path)
     return path.rstrip("/") if is_url(path) else os.path.realpath(path)
 
 

@@ -10,7 +10,6 @@ file in a dataset folder that the job does not name is refused before anything i
 from __future__ import annotations
 
 import errno
-import os
 
 from berta_jax.errors import JobError
 from berta_jax.job import finish
@@ -38,8 +37,9 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
     _remove_temporaries(plan)
     complete = _settle_manifest(plan, overwrite)
     if complete is not None:
-        if not _report_holds(plan, finish.report_bytes(plan.layout, plan.store, complete)):
-            _check_report(plan, overwrite)
+        report = finish.report_bytes(plan.layout, plan.store, complete)
+        if not finish.report_holds(plan.layout, report):
+            finish.check_report(plan.layout, overwrite)
             finish.write_report(plan.layout, plan.store, complete)
         return {"status": "complete", "rows": complete["rows"]}
     parts = Parts(
@@ -49,7 +49,7 @@ def settle(plan: Plan, lock, *, resume: bool, overwrite: bool) -> dict:
         len(plan.splits),
     )
     work, recorded = _settle_work(plan, parts, resume, overwrite)
-    _check_report(plan, overwrite)
+    finish.check_report(plan.layout, overwrite)
     return keep_verified(plan, parts, recorded, work, lock.run)
 
 
@@ -178,33 +178,6 @@ def _refuse_foreign(plan: Plan) -> None:
         raise JobError(
             f"{plan.layout.output} holds files berta-jax did not write ({', '.join(foreign[:3])}); "
             "choose an empty or new directory for a dataset output"
-        )
-
-
-def _report_holds(plan: Plan, data: bytes) -> bool:
-    """Whether --truncation-report is already a regular file holding `data` (a rerun of a finished
-    command)."""
-    report = plan.layout.report
-    if not report or "://" in report or os.path.islink(report) or not os.path.isfile(report):
-        return False
-    with open(report, "rb") as f:
-        return f.read(len(data) + 1) == data
-
-
-def _check_report(plan: Plan, overwrite: bool) -> None:
-    """--truncation-report never goes through a link or to a device, nor replaces a file without
-    --overwrite."""
-    report = plan.layout.report
-    if not report or "://" in report or not os.path.lexists(report):
-        return
-    if os.path.islink(report) or not os.path.isfile(report):
-        raise JobError(
-            f"--truncation-report {report} is a link or not a regular file; give a new file's path"
-        )
-    if not overwrite:
-        raise JobError(
-            f"--truncation-report {report} exists; pass --overwrite to replace it, or give a new "
-            "path"
         )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from berta_jax.errors import ConfigError, ModelNotFoundError, StorageError
 from berta_jax.storage.model_files import ModelFiles
-from berta_jax.storage.stores import copy_to_local, is_url, store_for
+from berta_jax.storage.stores import canonical, copy_to_local, is_url, store_for
 
 # What a sentence encoder needs from a repository; never pickles or other frameworks' weights.
 ALLOW_PATTERNS = [
@@ -43,7 +43,7 @@ def resolve_model_dir(
     reached the cached snapshot is used, and with neither, one ModelNotFoundError says what to pass
     instead.
     """
-    name = os.fspath(name_or_path)
+    name = canonical(name_or_path)
     if is_url(name):
         return _copy_remote_folder(name, Path(cache_dir) if cache_dir else default_cache_root())
     path = Path(name).expanduser()

@@ -38,19 +38,29 @@ def is_url(location: str | os.PathLike) -> bool:
     return isinstance(text, str) and "://" in text and not text.startswith("file://")
 
 
-_LOCAL = LocalStore()
-
-
-def store_for(location: str | os.PathLike) -> LocalStore | RemoteStore:
-    """The store that holds `location`, importing the fsspec backend for its scheme."""
+def canonical(location: str | os.PathLike) -> str:
+    """The one spelling of a location, fixed where it enters: a `file://` URL is its local path
+    (fsspec's reading of it), and a storage URL takes its filesystem's first protocol (`s3a://` is
+    `s3://`, `gcs://` is `gs://`), as fsspec's registry knows them; bucket and key are kept as
+    given (a trailing `/` too: it asks for a dataset). A local path is returned as given."""
     text = os.fspath(location)
-    if not is_url(text):
-        return _LOCAL
+    if not isinstance(text, str) or "://" not in text:
+        return text
+    scheme, rest = text.split("://", 1)
+    cls = _filesystem_class(scheme.lower(), text)
+    protocols = (cls.protocol,) if isinstance(cls.protocol, str) else tuple(cls.protocol)
+    if "file" in protocols:
+        path = cls._strip_protocol(text)
+        return path + "/" if text.endswith("/") and not path.endswith("/") else path
+    return f"{protocols[0]}://{rest}"
+
+
+def _filesystem_class(protocol: str, text: str):
+    """fsspec's class for `protocol`, or a StorageError saying what to install."""
     import fsspec
 
-    protocol = text.split("://", 1)[0]
     try:
-        fs = fsspec.filesystem(protocol, **_options(protocol))
+        return fsspec.get_filesystem_class(protocol)
     except ImportError as e:
         extra = _REMOTE_EXTRAS.get(protocol)
         how = (
@@ -63,7 +73,22 @@ def store_for(location: str | os.PathLike) -> LocalStore | RemoteStore:
         ) from None
     except ValueError as e:
         raise StorageError(f"{text}: unknown storage scheme {protocol!r} ({e})") from None
-    return RemoteStore(fs, protocol)
+
+
+_LOCAL = LocalStore()
+
+
+def store_for(location: str | os.PathLike) -> LocalStore | RemoteStore:
+    """The store that holds `location`, importing the fsspec backend for its scheme."""
+    text = canonical(location)
+    if not is_url(text):
+        return _LOCAL
+    protocol = text.split("://", 1)[0]
+    _filesystem_class(protocol, text)  # an uninstalled or unknown scheme is named
+    import fsspec
+
+    # fsspec.filesystem applies fsspec's configuration (FSSPEC_<PROTOCOL>_<OPTION>)
+    return RemoteStore(fsspec.filesystem(protocol, **_options(protocol)), protocol)
 
 
 def _options(protocol: str) -> dict:
