@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 from berta_jax.cli.commands import add_prompt_options, command
