@@ -15,15 +15,12 @@ import numpy as np
 
 from berta_jax.models.bert.config import BertConfig
 from berta_jax.errors import CheckpointError
-from berta_jax.storage.model_files import ModelFiles
+from berta_jax.storage.model_files import FLAX_WEIGHTS, HF_INDEX, HF_WEIGHTS, ModelFiles
 from berta_jax.storage.json_fields import Fields
 from berta_jax.models.bert.params import FlatParams
 from berta_jax.models.bert import names as mapping
 from berta_jax.convert.safetensors_io import read_header, read_safetensors
 
-HF_WEIGHTS = "model.safetensors"
-HF_INDEX = "model.safetensors.index.json"
-FLAX_WEIGHTS = "flax_model.safetensors"
 FLAX_FORMAT = "berta_jax"
 # Tensors the encoder does not use, carried through the Flax file under this
 # prefix so that HF -> Flax -> HF gives back every tensor.
@@ -254,18 +251,6 @@ def read_flax_file(files: ModelFiles) -> tuple[FlatParams, dict[str, np.ndarray]
     params = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
     extras = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     return params, extras
-
-
-def weight_files(files: ModelFiles) -> list[str]:
-    """The names of the weight files `read_checkpoint` reads, in the order it prefers them: the
-    converted file, else the sharded index and its shards, else the single file (none: no
-    weights)."""
-    if files.exists(FLAX_WEIGHTS):
-        return [FLAX_WEIGHTS]
-    if files.exists(HF_INDEX):
-        index = Fields(files.read_json(HF_INDEX), str(files.folder / HF_INDEX))
-        return [HF_INDEX, *sorted(set(index.str_map("weight_map").values()))]
-    return [HF_WEIGHTS] if files.exists(HF_WEIGHTS) else []
 
 
 def read_checkpoint(files: ModelFiles) -> tuple[FlatParams, dict[str, np.ndarray], str]:

@@ -14,8 +14,7 @@ import os
 
 from berta_jax.models.bert.config import BertConfig
 from berta_jax.models.registry import read_config
-from berta_jax.convert.checkpoint import weight_files
-from berta_jax.storage.model_files import JSON_LIMIT, TOKENIZER_LIMIT, ModelFiles
+from berta_jax.storage.model_files import JSON_LIMIT, TOKENIZER_LIMIT, ModelFiles, weight_files
 from berta_jax.loading.hub import resolve_model_dir
 from berta_jax.loading.sentence_config import SentenceConfig, sentence_files
 from berta_jax.text.tokenize import TOKENIZER_FILES

@@ -20,10 +20,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from berta_jax.errors import ConfigError
+from berta_jax.storage.json_fields import Fields
 
 # Size bounds: configs are a few kB; tokenizer files of large vocabularies a few tens of MB.
 JSON_LIMIT = 16 * 2**20
 TOKENIZER_LIMIT = 256 * 2**20
+# Weight files, in the order the loader prefers them (see `weight_files`).
+FLAX_WEIGHTS = "flax_model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+HF_WEIGHTS = "model.safetensors"
 
 
 def folder_root(folder: Path) -> Path:
@@ -100,6 +105,18 @@ class ModelFiles:
     def read_json(self, name: str, limit: int = JSON_LIMIT) -> Any:
         """Parse a JSON file of the folder; every failure is a ConfigError naming the file."""
         return parse_json(self.read_bytes(name, limit), str(self._inside(name)))
+
+
+def weight_files(files: ModelFiles) -> list[str]:
+    """The names of the weight files the loader reads (`convert.checkpoint.read_checkpoint`): the
+    converted file, else the sharded index and its shards, else the single file (none: no
+    weights)."""
+    if files.exists(FLAX_WEIGHTS):
+        return [FLAX_WEIGHTS]
+    if files.exists(HF_INDEX):
+        index = Fields(files.read_json(HF_INDEX), str(files.folder / HF_INDEX))
+        return [HF_INDEX, *sorted(set(index.str_map("weight_map").values()))]
+    return [HF_WEIGHTS] if files.exists(HF_WEIGHTS) else []
 
 
 def parse_json(data: bytes, source: str) -> Any:
