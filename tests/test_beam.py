@@ -181,7 +181,7 @@ def test_the_pipeline_refuses_an_output_in_the_model_folder_or_among_the_inputs(
     assert sorted(p.name for p in model.iterdir()) == before
 
 
-def test_the_id_kind_is_the_runs_not_each_splits(tmp_path, tiny_bert_dir, capsys):
+def test_the_id_kind_is_the_runs_not_each_splits(tmp_path, tiny_bert_dir, capsys, caplog):
     """Integer ids in one file and string ids in another: each split alone has one kind, but the run has two;
     the launcher plans the run's kind (its first id's) as `encode` does, so the other kind is a bad row."""
     (tmp_path / "a.jsonl").write_text('{"text": "a", "id": 1}\n{"text": "b", "id": 2}\n')
@@ -190,6 +190,8 @@ def test_the_id_kind_is_the_runs_not_each_splits(tmp_path, tiny_bert_dir, capsys
     common = ["--model", str(tiny_bert_dir), "--id-field", "id"]
     assert _beam(*inputs, "-o", str(tmp_path / "raise"), *common) == 2
     assert "b.jsonl:1: id is a string but earlier ids are integers" in capsys.readouterr().err
+    # one line: Beam's log of the same error, with its traceback, is left out
+    assert not [r for r in caplog.records if r.exc_info and "earlier ids" in r.getMessage()]
     assert _beam(*inputs, "-o", str(tmp_path / "skip"), *common, "--on-error", "skip") == 0
     table, vectors = _dataset(tmp_path / "skip")
     assert table.column("id").to_pylist() == ["1", "2", None] and not vectors[2].any()

@@ -48,7 +48,8 @@ def refused(args: list[str], capsys, store, *objects: str) -> str:
     return err
 
 
-@pytest.mark.parametrize("scheme, alias", [("s3", "s3a"), ("gs", "gcs")])
+# S3's variants in the slow tier; Cloud Storage's in the default run
+@pytest.mark.parametrize("scheme, alias", [pytest.param("s3", "s3a", marks=pytest.mark.slow), ("gs", "gcs")])
 def test_an_alias_of_a_scheme_is_the_same_object(stores, tiny_bert_dir, capsys, scheme, alias):  # noqa: F811
     root = bucket(scheme)
     other = root.replace(f"{scheme}://", f"{alias}://", 1)
@@ -94,7 +95,7 @@ def refused_local(args: list[str], capsys) -> str:
     return err
 
 
-@pytest.mark.parametrize("scheme", ["s3", "gs"])
+@pytest.mark.parametrize("scheme", [pytest.param("s3", marks=pytest.mark.slow), "gs"])
 def test_an_existing_report_in_a_bucket_is_kept_without_overwrite(stores, tiny_bert_dir, capsys, scheme):  # noqa: F811
     root = bucket(scheme)
     store = store_for(root)

@@ -144,3 +144,19 @@ def test_a_work_folder_that_is_a_link_is_refused_before_any_write(tmp_path, corp
         assert f"the work folder {state} is a symbolic link (to {elsewhere})" in err
     assert not (tmp_path / "out.npy").exists() and sorted(p.name for p in elsewhere.iterdir()) == [
         "00000.json", "part-00000.parquet"]
+
+
+def test_a_glob_that_matches_the_jobs_own_files_leaves_them_out(tmp_path, tiny_bert_dir, capsys):
+    """`d/*.parquet -o d/emb.parquet`: once the output exists the glob matches it too; it is the job's own file,
+    never an input, so the same command is still a no-op (and a named output is still refused as an input)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": ["один", "two"]}), tmp_path / "in.parquet")
+    args = ["encode", f"{tmp_path}/*.parquet", "-o", str(tmp_path / "emb.parquet"), "--model", str(tiny_bert_dir),
+            "--quiet"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 0 and "already complete" in capsys.readouterr().out
+    refused([str(tmp_path / "emb.parquet"), "-o", str(tmp_path / "emb.parquet"), "--model", str(tiny_bert_dir),
+             "--overwrite"], capsys, tmp_path)

@@ -15,10 +15,11 @@ internet access.)
 from __future__ import annotations
 
 import argparse
+import logging
 
 from berta_jax.cli.commands import add_prompt_options, check_batch_tokens, command
 from berta_jax.cli.option_types import number_in, positive_int
-from berta_jax.errors import JobError
+from berta_jax.errors import BertaJaxError, JobError
 
 DESCRIPTION = __doc__.split("\n\n", 1)[1]
 
@@ -132,6 +133,9 @@ def run_beam(args: argparse.Namespace) -> int:
 
     handler = _handler(args)
     folder = _folder(args)
+    # Beam logs an element's exception with its traceback before raising it: a berta-jax error is
+    # printed as one line by the command instead
+    logging.getLogger("apache_beam.runners.common").addFilter(_drop_own_errors)
     options = PipelineOptions(args.pipeline_args)
     runner = None if _names_runner(args.pipeline_args) else _in_process_runner()
     with beam.Pipeline(runner=runner, options=options) as pipeline:
@@ -149,6 +153,12 @@ def run_beam(args: argparse.Namespace) -> int:
         )
     print(f"berta-jax beam: wrote {args.output}")
     return 0
+
+
+def _drop_own_errors(record: logging.LogRecord) -> bool:
+    """A logging filter: False for a record of a berta-jax error (it names its file and line)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, BertaJaxError)
 
 
 def _handler(args: argparse.Namespace):

@@ -35,7 +35,7 @@ def input_format(path: str) -> str:
     raise InputError(f"{path}: unknown input format; use one of {', '.join(FORMATS)}")
 
 
-def expand_inputs(specs: list[str]) -> list[InputFile]:
+def expand_inputs(specs: list[str], own=None) -> list[InputFile]:
     """Files, globs and directories of shards -> the input files, in order; each checked to be
     readable. Each spec is taken in its canonical form (`stores.canonical`: `file://` a local path,
     one scheme per store), so the files' URLs compare as the locations they are."""
@@ -44,7 +44,11 @@ def expand_inputs(specs: list[str]) -> list[InputFile]:
         spec = canonical(spec)
         store = store_for(spec)
         if any(c in spec for c in _GLOB_CHARS) and not store.exists(spec):
-            found = [p for p in store.glob(spec) if not _hidden(store.name(p))]
+            found = [
+                p
+                for p in store.glob(spec)
+                if not _hidden(store.name(p)) and not (own is not None and own(p))
+            ]
             if not found:
                 raise InputError(f"{spec}: no file matches this pattern")
             files += [InputFile(p, input_format(p)) for p in found]

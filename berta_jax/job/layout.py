@@ -58,6 +58,10 @@ class Layout:
         ]
         return rows + ([("the truncation report", self.report)] if self.report else [])
 
+    def owns(self, path: str) -> bool:
+        """Whether `path` is, or lies inside, a file or folder this job writes."""
+        return any(_same_or_inside(path, written) for _, written in self.written())
+
 
 def layout_for(output: str, *, dataset: bool = False, report: str | None = None) -> Layout:
     """The layout of an output path or URL: a directory (trailing '/' or dataset=True) or a

@@ -151,7 +151,7 @@ def plan_job(
             f"{layout.output} is a directory; give a file name ending in .npy or .parquet, or end "
             "the output with / for a dataset directory"
         )
-    inputs = expand_inputs(input_specs)
+    inputs = expand_inputs(input_specs, own=layout.owns)
     check_collisions(layout, inputs, input_specs, model.protected())
     for file in inputs:
         check_fields(file, options.text_field, options.id_field)
