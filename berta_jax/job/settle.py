@@ -15,7 +15,8 @@ import os
 from berta_jax.errors import JobError
 from berta_jax.job import finish
 from berta_jax.job.parts import PART, RECORD, Parts
-from berta_jax.job.plan import FORMAT_VERSION, Plan, changed_fields
+from berta_jax.job.fingerprint import changed_fields
+from berta_jax.job.plan import FORMAT_VERSION, Plan
 
 _JOB_FILES = ("_manifest.json", "_skipped.jsonl", "_truncated.jsonl", "_state", "_lock.json")
 
