@@ -176,6 +176,22 @@ def test_progress_on_a_terminal_that_says_0x0_falls_back_to_lines():
     assert text.startswith("embedded 100/400 texts, 25% (0 resumed), 10.0 texts/s, 200 tokens/s, ETA 30 s")
 
 
+def test_the_last_status_is_shown_when_the_display_closes():
+    """Lines come every `log_every` seconds; the last status (after the last commit) is printed at the end, so
+    the last line and the final report give the same figures."""
+    import io
+
+    from berta_jax.cli.progress import ProgressDisplay
+
+    stream = io.StringIO()
+    display = ProgressDisplay(log_every=3600, stream=stream)
+    display(_summary())
+    display(_summary(rows=400, tokens=8000, embed_seconds=40.0, fraction=1.0))
+    assert stream.getvalue().count("\n") == 1
+    display.close()
+    assert stream.getvalue().splitlines()[-1].startswith("embedded 400/400 texts, 100% (0 resumed), 10.0 texts/s")
+
+
 def test_the_bar_shows_texts_per_second_and_starts_without_a_comma():
     import fcntl
     import struct

@@ -21,6 +21,7 @@ class ProgressDisplay:
     def __init__(self, *, log_every: float, stream=None):
         self.log_every, self.stream = log_every, stream or sys.stderr
         self.last: float | None = None
+        self.unshown: str | None = None  # the latest status, when a line was not printed for it
         self.bar = None
         if self.stream.isatty() and _columns(self.stream) >= MIN_BAR_COLUMNS:
             from tqdm import tqdm
@@ -42,13 +43,18 @@ class ProgressDisplay:
             return
         now = time.perf_counter()
         if self.last is not None and now - self.last < self.log_every:
+            self.unshown = text
             return
-        self.last = now
+        self.last, self.unshown = now, None
         print(f"embedded {text}", file=self.stream, flush=True)
 
     def close(self) -> None:
+        """The bar's last state, or the last status no line showed: the figures the final line
+        repeats."""
         if self.bar is not None:
             self.bar.close()
+        elif self.unshown is not None:
+            print(f"embedded {self.unshown}", file=self.stream, flush=True)
 
 
 def _columns(stream) -> int:
