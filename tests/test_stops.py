@@ -30,7 +30,7 @@ def _seconds(size: int, platform: str, config) -> float:
 
 
 @pytest.mark.parametrize("platform, config, expected", [
-    ("cpu", BERTA, 64 << 10), ("cpu", MINILM, 512 << 10), ("gpu", BERTA, 4 << 20), ("tpu", MINILM, 4 << 20),
+    ("cpu", BERTA, 16 << 10), ("cpu", MINILM, 128 << 10), ("gpu", BERTA, 4 << 20), ("tpu", MINILM, 4 << 20),
 ])
 def test_the_default_split_is_at_most_about_a_minute_of_work_on_the_device(platform, config, expected):
     size = default_split_bytes(platform, config)

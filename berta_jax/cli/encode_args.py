@@ -116,7 +116,7 @@ def _add_compute_options(enc: argparse.ArgumentParser) -> None:
         "--split-size",
         type=split_size,
         help="bytes of text per split, the unit of work, of a resume and of what a stop can lose: "
-        "one part per split (default: about a minute of work on this device, 64K-4M, e.g. 64K for "
+        "one part per split (default: about a minute of work on this device, 16K-4M, e.g. 16K for "
         "a BERT-base model on a CPU and 4M on an accelerator; a resume keeps the earlier run's "
         "size; Parquet splits are row groups, .gz and .csv files are one split each)",
     )

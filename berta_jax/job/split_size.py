@@ -3,8 +3,8 @@
 A split is the unit of a stop and of a resume: what a Ctrl-C or a kill can lose. So its default
 is set by time, not by bytes: about a minute of work on the device that runs it, from the model's
 FLOPs per token and a deliberately low estimate of the device's speed (a slower machine than
-assumed makes a split longer than a minute, a faster one shorter). On a CPU that is 64 KiB of text
-for a BERT-base model (BERTA) and 512 KiB for all-MiniLM-L6-v2; on an accelerator the 4 MiB
+assumed makes a split longer than a minute, a faster one shorter). On a CPU that is 16 KiB of text
+for a BERT-base model (BERTA) and 128 KiB for all-MiniLM-L6-v2; on an accelerator the 4 MiB
 ceiling (seconds of work).
 
 The split plan is part of a job's fingerprint: a resume, or the same command again, takes the size
@@ -23,11 +23,12 @@ from berta_jax.job.layout import Layout
 from berta_jax.storage.stores import store_for
 
 SECONDS_PER_SPLIT = 60
-# a low estimate of sustained float32 FLOP/s per platform (a 2-core x86 CPU does about 100 GFLOP/s)
-ASSUMED_FLOPS = {"cpu": 50e9, "gpu": 50e12, "cuda": 50e12, "rocm": 50e12, "tpu": 50e12}
+# a low estimate of sustained float32 FLOP/s per platform: a 2-core x86 CPU does about 100 GFLOP/s
+# alone and a tenth of that shared with other jobs (MiniLM at 474 tokens/s under a load of 10)
+ASSUMED_FLOPS = {"cpu": 20e9, "gpu": 50e12, "cuda": 50e12, "rocm": 50e12, "tpu": 50e12}
 BYTES_PER_TOKEN = 4  # English; Cyrillic UTF-8 has more bytes per token, so a split takes less time
 AVERAGE_CONTEXT = 128  # tokens a text attends over, for attention's share of the FLOPs
-MIN_SPLIT_BYTES, MAX_SPLIT_BYTES = 64 * 2**10, 4 * 2**20
+MIN_SPLIT_BYTES, MAX_SPLIT_BYTES = 16 * 2**10, 4 * 2**20
 MAX_RECORD_BYTES = 256 * 2**20
 CUDA_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin")
 
@@ -40,7 +41,7 @@ def flops_per_token(config) -> float:
 
 def default_split_bytes(platform: str, config) -> int:
     """About SECONDS_PER_SPLIT of work on `platform` (JAX's backend name) with the model of
-    `config`: a power of two between 64 KiB and 4 MiB."""
+    `config`: a power of two between 16 KiB and 4 MiB."""
     flops = ASSUMED_FLOPS.get(platform, ASSUMED_FLOPS["cpu"])
     target = SECONDS_PER_SPLIT * flops / flops_per_token(config) * BYTES_PER_TOKEN
     size = MIN_SPLIT_BYTES
