@@ -1,7 +1,7 @@
 """What a stop keeps and what the job says about it: a split is about a minute of work on the device (the
-unit of a stop), a resume keeps the earlier run's split size, the stop messages count what is committed, a
-refusal names exactly what changed, a second signal is never lost, and the progress display shows the same
-embedding rate as the final line on any terminal."""
+unit of a stop; test_job_edges checks that a resume keeps the earlier run's size), the stop messages count
+what is committed, a refusal names exactly what changed, a second signal is never lost, and the progress
+display shows the same embedding rate as the final line on any terminal."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import signal
 import threading
 import types
 
-import numpy as np
 import pytest
 
 from berta_jax.cli import main
@@ -50,28 +49,6 @@ def stop_when(monkeypatch, condition) -> None:
     monkeypatch.setattr(cli_encode.StopSignals, "__call__", lambda self: condition())
 
 
-def test_a_resume_keeps_the_split_size_the_earlier_run_recorded(tmp_path, tiny_bert_dir, monkeypatch, capsys):
-    """The split plan is part of the fingerprint: a resume (and the same command again) without --split-size
-    reuses the recorded size instead of planning other splits; --overwrite plans afresh."""
-    source = big_input(tmp_path / "in.txt", 400)
-    out = tmp_path / "out.npy"
-    args = [str(source), "-o", str(out), "--model", str(tiny_bert_dir)]
-    stop_when(monkeypatch, lambda: committed_parts(tmp_path / "out.npy.parts") >= 2)
-    assert encode(*args, "--split-size", "2K") == 130
-    monkeypatch.undo()
-    assert encode(*args, "--resume") == 0  # no --split-size: the recorded 2K, not the default
-    assert json.loads((tmp_path / "out.npy.manifest.json").read_text())["fingerprint"]["options"][
-        "split_bytes"] == 2048
-    reference = tmp_path / "reference.npy"
-    assert encode(str(source), "-o", str(reference), "--model", str(tiny_bert_dir), "--split-size", "2K") == 0
-    assert np.load(out).tobytes() == np.load(reference).tobytes()
-    capsys.readouterr()
-    assert encode(*args) == 0 and "already complete" in capsys.readouterr().out  # the same command again
-    assert encode(*args, "--overwrite") == 0  # planned afresh: the tiny model's default on this CPU
-    assert json.loads((tmp_path / "out.npy.manifest.json").read_text())["fingerprint"]["options"][
-        "split_bytes"] == 4 << 20
-
-
 def test_a_stop_says_what_it_keeps(tmp_path, tiny_bert_dir, monkeypatch, capsys):
     source = big_input(tmp_path / "in.txt", 400)
     args = [str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir), "--max-batch-tokens", "64"]
@@ -97,12 +74,18 @@ def test_a_stop_says_what_it_keeps(tmp_path, tiny_bert_dir, monkeypatch, capsys)
 
 
 def test_a_refusal_names_exactly_what_changed(tmp_path, tiny_bert_dir, capsys):
-    """An output written from corpus.txt, asked for from c200.txt: the inputs removed and added by name, and no
-    option (the splits differ only because the inputs do); another --precision names only that option."""
+    """An output written from corpus.txt (its final line gives the embedding rate and the start-up apart), asked
+    for from c200.txt: the inputs removed and added by name, and no option (the splits differ only because the
+    inputs do); another --precision names only that option."""
     corpus, other = big_input(tmp_path / "corpus.txt", 50), big_input(tmp_path / "c200.txt", 200)
     out, model = str(tmp_path / "corpus.npy"), ["--model", str(tiny_bert_dir)]
     assert encode(str(corpus), "-o", out, *model) == 0
-    capsys.readouterr()
+    line = capsys.readouterr().out  # the final line: the embedding rate, and the start-up apart
+    rate = float(line.split(" texts/s")[0].rsplit(" ", 1)[1])
+    startup, load, compiling = (float(line.split(f"{word} ")[1].split(" s")[0])
+                                for word in ("(start-up", "loading", "compiling"))
+    assert rate > 0 and " s of embedding (start-up " in line
+    assert load > 0 and compiling > 0 and abs(startup - load - compiling) <= 0.11
     assert encode(str(other), "-o", out, *model) == 2
     err = capsys.readouterr().err
     assert f"different inputs ({corpus} removed, {other} added) wrote it" in err
@@ -221,14 +204,3 @@ def test_the_eta_and_the_rates_count_embedding_time_only():
     slow_start = _summary(load_seconds=50.0, compile_seconds=100.0)
     assert _status(slow_start) == _status(_summary()) and "ETA 30 s" in _status(slow_start)
     assert slow_start.texts_per_second == 10.0 and slow_start.tokens_per_second == 200.0
-
-
-def test_the_final_line_reports_the_embedding_rate_and_the_start_up_apart(tmp_path, tiny_bert_dir, capsys):
-    source = big_input(tmp_path / "in.txt", 100)
-    assert encode(str(source), "-o", str(tmp_path / "out.npy"), "--model", str(tiny_bert_dir)) == 0
-    line = capsys.readouterr().out
-    rate = float(line.split(" texts/s")[0].rsplit(" ", 1)[1])
-    startup, load, compiling = (float(line.split(f"{word} ")[1].split(" s")[0])
-                                for word in ("(start-up", "loading", "compiling"))
-    assert rate > 0 and " s of embedding (start-up " in line  # the rate is over the embedding seconds
-    assert load > 0 and compiling > 0 and abs(startup - load - compiling) <= 0.11
