@@ -1,7 +1,10 @@
 """Fine-tune a BERT sentence encoder in JAX with optax, then hand it back to PyTorch users.
 
-  python examples/finetune.py                               # the packaged all-MiniLM-L6-v2, ~1 min on CPU
+  python examples/finetune.py                               # the packaged all-MiniLM-L6-v2 (docs/training.md)
   python examples/finetune.py --model /path/to/BERTA --out ./berta-tuned --steps 200
+
+Without --out the checkpoint goes to a new temporary folder (printed at the end), never into the
+working directory.
 
 Builds a few hundred Russian/English query/document pairs from templates, trains with an in-batch
 contrastive loss (dropout on, the model's own search_query / search_document prompts when it has them),
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -120,7 +124,7 @@ def check_with_sentence_transformers(folder: Path, texts: list[str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model folder or hub id (default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--out", default="finetuned-model")
+    parser.add_argument("--out", help="folder for the fine-tuned checkpoint (default: a new temporary folder)")
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -129,11 +133,14 @@ def main() -> None:
         from berta_jax.cli.commands import packaged_minilm
 
         args.model = packaged_minilm()
+    if args.out is None:
+        args.out = str(Path(tempfile.mkdtemp(prefix="berta-jax-finetuned-")) / "model")
     result = finetune(args.model, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     first, last = np.mean(result["losses"][:5]), np.mean(result["losses"][-5:])
     print(f"loss: first 5 steps {first:.4f} -> last 5 steps {last:.4f}")
     diff = check_with_sentence_transformers(result["saved"], [q for q, _ in make_pairs(8, seed=99)])
     print(f"sentence-transformers vs berta-jax on the saved checkpoint: max abs diff {diff:.2e}")
+    print(f"wrote the fine-tuned checkpoint to {result['saved']}")
 
 
 if __name__ == "__main__":

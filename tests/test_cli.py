@@ -35,7 +35,7 @@ def test_progress_moves_per_batch_and_rates_count_the_same_rows(tmp_path, tiny_b
     assert code == 0
     lines = [line for line in err.splitlines() if line.startswith("embedded ")]
     assert len(lines) > 10  # one split, yet a line per batch
-    assert lines[0].endswith("(first batch)") and int(lines[0].split()[1].split("/")[0]) < 300
+    assert "texts/s" in lines[0] and int(lines[0].split()[1].split("/")[0]) < 300  # compile excluded
     assert "tokens/s" in lines[-1] and "ETA" in lines[-2] and lines[-1].split(", ")[1] == "100% (0 resumed)"
     fractions = [int(line.split(", ")[1].split("%")[0]) for line in lines]
     assert fractions == sorted(fractions) and int(lines[-1].split()[1]) == 300
@@ -69,12 +69,14 @@ def test_a_refused_run_answers_before_loading_anything_heavy(tmp_path, tiny_bert
 def test_demo_falls_back_honestly(tmp_path, minilm_dir):
     env = cli_env(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"))
     done = berta_jax("demo", env=env)
+    notice = done.stderr[done.stderr.index("sergeyzh/BERTA unavailable"):].split("card's.")[0].splitlines()
+    said = " ".join(notice)  # on stderr, wrapped (a path is never broken)
+    assert "FALLING BACK to all-MiniLM-L6-v2" in said and "not comparable with the BERTA model" in said
+    assert len(notice) > 1 and all(len(line) <= 88 or str(minilm_dir) in line for line in notice)
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("sergeyzh/BERTA unavailable") and "FALLING BACK to all-MiniLM-L6-v2" in lines[0]
-    assert "not comparable with the BERTA model card" in lines[0]
-    assert lines[1] == f"model: {minilm_dir}" and "defines none of BERTA's prompts" in lines[2]
-    assert all("model card" not in line for line in lines[3:6])  # like is compared only with like
-    printed = [float(line.split()[0]) for line in lines[3:6]]
+    assert lines[0] == f"model: {minilm_dir}" and "defines none of BERTA's prompts" in lines[1]
+    assert all("model card" not in line for line in lines[2:5])  # like is compared only with like
+    printed = [float(line.split()[0]) for line in lines[2:5]]
     np.testing.assert_allclose(printed, card_cosines(Encoder.from_pretrained(minilm_dir)), atol=1e-6)
 
 
@@ -227,3 +229,10 @@ def test_parity_bars_that_are_no_numbers_or_out_of_range_are_refused_naming_the_
     with pytest.raises(SystemExit) as stop:
         main(["parity", "--model", "/nowhere", f"{flag}={value}"])
     assert stop.value.code == 2 and f"argument {flag}: {value!r}: {named}" in capsys.readouterr().err
+
+
+def test_a_model_folder_given_as_dot_is_named_by_its_resolved_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["encode", "in.txt", "-o", "out.npy", "--model", "."]) == 2
+    err = capsys.readouterr().err
+    assert f"config.json: file not found (the model folder is {tmp_path.resolve()})" in err

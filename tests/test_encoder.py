@@ -38,6 +38,13 @@ def test_empty_list_gives_empty_array_without_compiling(tiny_bert_dir):
     assert encoder.compile_stats.count == 0
 
 
+def test_an_encode_result_shows_shapes_not_arrays(tiny):
+    result = tiny.encode_detailed(["one", "two words"] * 50, prompt="")
+    shown = repr(result)
+    assert shown.startswith(f"EncodeResult(embeddings=float32[100, {tiny.config.hidden_size}], truncated=0 of 100")
+    assert len(shown) < 200 and f"padded_tokens={result.padded_tokens})" in shown
+
+
 def test_empty_and_blank_strings_embed_as_prompt_plus_special_tokens(tiny):
     result = tiny.encode_detailed(["", "   ", "\n\t"], prompt="")
     assert result.num_tokens.tolist() == [2, 2, 2]  # [CLS] [SEP]

@@ -423,26 +423,25 @@ def test_progress_inside_a_split_follows_its_tokens_not_its_texts(tmp_path, tiny
     assert fraction > 2 * rows / 200  # the long texts came first: a count of texts would say less than half
 
 
-def test_the_device_busy_fraction_shows_a_host_that_makes_the_device_wait(tiny):
-    """A host that spends four times a batch's whole time on each result leaves the device idle most of the
-    time; the host's time is scaled by the time per batch measured first (wall, not device: the device keeps
-    computing the next batch while the host works on a result), so a slow machine changes nothing."""
+def test_the_device_busy_fraction_counts_every_batch_and_never_exceeds_the_wall_time(tiny):
+    """The accounting behind `device busy N%`: every batch is counted, the device time is within the wall time,
+    and a host that sleeps between results stretches the wall time by at least its sleeps (deterministic bounds
+    only; how the fraction falls as the host slows is a timing, measured by benchmarks/busy_fraction.py)."""
     import time
 
     texts = [f"text number {i} " * (1 + i % 7) for i in range(24)]
     prepared = tiny.prepare(texts, max_batch_tokens=64)
     assert len(prepared.batches) >= 4
     tiny.encode(texts, max_batch_tokens=64)  # compiled
-    stats, waits, per_batch = tiny.run_stats, {}, 0.0
-    for host in (0.0, 4.0):
-        before = (stats.batches, stats.device_seconds, stats.wall_seconds)
-        for _ in tiny.run_batches(prepared.batches):
-            time.sleep(host * per_batch)  # the host's own work on each result (writing, say)
-        batches, busy, wall = (now - then for now, then in zip((stats.batches, stats.device_seconds,
-                                                                stats.wall_seconds), before))
-        assert batches == len(prepared.batches) and 0 < busy <= wall
-        waits[host], per_batch = busy / wall, max(per_batch, wall / batches)
-    assert waits[4.0] < 0.5 * waits[0.0] and 0 < stats.busy_fraction <= 1
+    stats, nap = tiny.run_stats, 0.01
+    before = (stats.batches, stats.device_seconds, stats.wall_seconds)
+    for _ in tiny.run_batches(prepared.batches):
+        time.sleep(nap)  # the host's own work on each result (writing, say)
+    batches, busy, wall = (now - then for now, then in zip((stats.batches, stats.device_seconds,
+                                                            stats.wall_seconds), before))
+    assert batches == len(prepared.batches) and 0 < busy <= wall
+    assert wall >= (batches - 1) * nap  # the sleeps between results are inside the wall time
+    assert 0 < stats.busy_fraction <= 1
 
 
 @pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), OSError(30, "Read-only file system")],

@@ -40,9 +40,17 @@ def test_a_refused_run_with_another_split_size_keeps_the_earlier_work(tmp_path, 
     assert encode(*args, "--split-size", "600") == 130
     monkeypatch.undo()
     kept = sorted(os.listdir(tmp_path / "out.npy.parts"))
-    assert encode(*args, "--resume") == 2 and "splits (--split-size)" in capsys.readouterr().err
+    assert encode(*args, "--split-size", "2K", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "different options (--split-size) wrote here" in err and "inputs" not in err
     assert sorted(os.listdir(tmp_path / "out.npy.parts")) == kept  # refused: nothing of the earlier run deleted
-    assert encode(*args, "--split-size", "600", "--resume") == 0
+    assert encode(*args, "--resume") == 0  # without --split-size: the recorded 600, not the default
+    manifest = tmp_path / "out.npy.manifest.json"
+    assert json.loads(manifest.read_text())["fingerprint"]["options"]["split_bytes"] == 600
+    capsys.readouterr()
+    assert encode(*args) == 0 and "already complete" in capsys.readouterr().out  # the same command again
+    assert encode(*args, "--overwrite") == 0  # planned afresh: the tiny model's default on a CPU
+    assert json.loads(manifest.read_text())["fingerprint"]["options"]["split_bytes"] == 4 << 20
 
 
 def test_the_report_may_not_be_a_shard_of_the_dataset_and_a_rerun_keeps_an_equal_report(tmp_path, corpus,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
+import textwrap
 from pathlib import Path
 
 from berta_jax.errors import ModelNotFoundError
@@ -107,6 +109,19 @@ def packaged_minilm() -> str:
     return str(Path(spec.origin).parent / "model")
 
 
+def fallback_notice(why: str, folder: str) -> str:
+    """The demo's notice that it runs MiniLM instead of BERTA, wrapped to the terminal's lines."""
+    return "\n".join(
+        textwrap.wrap(
+            f"{BERTA} unavailable ({why}); FALLING BACK to all-MiniLM-L6-v2 from {folder}. Its "
+            "cosines are not comparable with the BERTA model card's.",
+            width=88,
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from berta_jax.runtime.encoder import Encoder
 
@@ -117,10 +132,7 @@ def _demo(args: argparse.Namespace) -> int:
         if args.model is not None:
             raise
         name = packaged_minilm()
-        print(
-            f"{BERTA} unavailable ({str(e).split(';')[0]}); FALLING BACK to all-MiniLM-L6-v2 "
-            f"from {name}. Its cosines are not comparable with the BERTA model card's."
-        )
+        print(fallback_notice(str(e).split(";")[0], name), file=sys.stderr)
         encoder = Encoder.from_pretrained(name)
     print(f"model: {name}")
     card = has_card_prompts(encoder)

@@ -7,15 +7,16 @@ import argparse
 import sys
 
 from berta_jax.cli.commands import check_batch_tokens
-from berta_jax.cli.encode_args import check_encode_options, encode_parser, split_size
+from berta_jax.cli.encode_args import check_encode_options, encode_parser
 from berta_jax.cli.progress import ProgressDisplay
 from berta_jax.cli.signals import StopSignals
 from berta_jax.errors import BertaJaxError
 from berta_jax.job.cluster import Abandoned, Cluster, join
 from berta_jax.job.plan import JobOptions
+from berta_jax.job.split_size import format_size
 from berta_jax.job.summary import JobSummary
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_PENDING", "ProgressDisplay", "add_encode", "split_size"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_PENDING", "ProgressDisplay", "add_encode"]
 
 EXIT_INTERRUPTED, EXIT_PENDING = 130, 3
 
@@ -60,9 +61,13 @@ def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
         )
         return 0
     if summary.interrupted:
+        smaller = (
+            f" (a split is {format_size(summary.split_bytes)} of text here; --split-size sets it)"
+            if summary.committed == 0 and summary.split_bytes
+            else ""
+        )
         print(
-            f"stopped: this run committed {plural(summary.splits_done, 'split')}; the split in "
-            "flight is embedded again by a resume. Rerun the same command with --resume to finish",
+            f"stopped: {summary.kept()}{smaller}. Rerun the same command with --resume to finish",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -76,12 +81,7 @@ def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
             file=sys.stderr,
         )
         return EXIT_PENDING
-    rate = summary.rows / summary.seconds if summary.seconds else 0.0
-    speed = (
-        f", {rate:.1f} texts/s, {summary.tokens / summary.seconds:,.0f} tokens/s"
-        if summary.seconds
-        else ""
-    )
+    speed = _speed(summary)
     if summary.process != 0:
         print(
             f"process {summary.process}: embedded {plural(summary.splits_done, 'split')} "
@@ -100,10 +100,22 @@ def _report(summary: JobSummary, args: argparse.Namespace, context: int) -> int:
     return 0
 
 
+def _speed(summary: JobSummary) -> str:
+    """The embedding rate (start-up excluded, as on the progress bar) and the start-up cost."""
+    if not summary.embed_seconds:
+        return ""
+    return (
+        f", {summary.texts_per_second:.1f} texts/s, {summary.tokens_per_second:,.0f} tokens/s "
+        f"over {summary.embed_seconds:.1f} s of embedding (start-up "
+        f"{summary.load_seconds + summary.compile_seconds:.1f} s: loading "
+        f"{summary.load_seconds:.1f} s, compiling {summary.compile_seconds:.1f} s)"
+    )
+
+
 def _busy(summary: JobSummary) -> str:
     """How much of the embedding time the device computed (the rest it waited on the host)."""
     return (
-        f", device busy {summary.device_busy:.0%} of {summary.embed_seconds:.1f} s"
+        f", device busy {summary.device_busy:.0%}"
         if summary.embed_seconds
         else ""
     )
@@ -122,6 +134,11 @@ def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
         print(f"berta-jax encode: error: {e}", file=sys.stderr)
         return 2
     display = None if args.quiet else ProgressDisplay(log_every=args.log_every)
+
+    def progress(summary: JobSummary) -> None:
+        stop.describe = summary.kept  # what a signal's message says a stop keeps
+        if display is not None:
+            display(summary)
     try:
         summary = run_job(
             _loader(args, model, stop),
@@ -134,7 +151,7 @@ def _run(args: argparse.Namespace, stop: StopSignals, cluster: Cluster) -> int:
             dataset=args.format == "dataset",
             truncation_report=args.truncation_report,
             compute_dtype=args.dtype,
-            progress=display,
+            progress=progress,
             stop=stop,
             cluster=cluster,
         )

@@ -1,5 +1,10 @@
 """Ctrl-C and SIGTERM (what schedulers, `timeout` and Kubernetes send) for the batch job.
 
+Python runs a signal handler only when the main thread returns to bytecode, and two signals that
+arrive while it computes in native code (a batch on the device) run the handler once. So once armed,
+signals are counted by a thread that reads the interpreter's wakeup fd, which gets one byte per
+signal as it arrives: a second Ctrl-C 0.3 s after the first aborts at once.
+
 Before the work starts, a signal interrupts at once (exit 130, nothing committed), except while the
 model loads (`held`), when it interrupts as soon as loading is over. Once armed, the first signal is
 acknowledged immediately and asks the run to stop after the current batch (what is done is
@@ -15,7 +20,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 class StopSignals:
@@ -25,6 +30,9 @@ class StopSignals:
         self.stream, self.count, self.armed = stream or sys.stderr, 0, False
         self._holding = False  # inside `held()`: an interrupt before arming waits for its end
         self._previous: dict[int, object] = {}
+        self._wakeup: tuple[int, int] | None = None  # (read end, the fd it replaced)
+        # what a stop keeps, in words (the job's progress sets it)
+        self.describe: Callable[[], str] = lambda: "nothing is committed yet"
 
     def install(self) -> StopSignals:
         """Take SIGINT and SIGTERM (again, after a library took one: `restore` gives back the
@@ -32,7 +40,24 @@ class StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous.setdefault(sig, signal.signal(sig, self._handle))
+            self._listen()
         return self
+
+    def _listen(self) -> None:
+        """Count every signal as it arrives (see the module), in a thread reading the wakeup fd."""
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._wakeup = (read, signal.set_wakeup_fd(write, warn_on_full_buffer=False))
+        self._write = write
+        threading.Thread(target=self._watch, args=(read,), name="berta-jax-signals",
+                         daemon=True).start()
+
+    def _watch(self, read: int) -> None:
+        while data := os.read(read, 64):  # empty: `restore` closed the write end
+            for number in data:
+                if number in (signal.SIGINT, signal.SIGTERM) and self.armed:
+                    self._signalled(number)
+        os.close(read)
 
     def arm(self) -> None:
         """From now on the first signal stops gracefully (the run can commit at a batch
@@ -56,24 +81,35 @@ class StopSignals:
         # None: a handler installed outside Python (JAX's, say)
         for sig, handler in self._previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        if self._wakeup is not None:
+            signal.set_wakeup_fd(self._wakeup[1])
+            os.close(self._write)  # the watcher reads to the end and closes its side
+            self._wakeup = None
 
     def _handle(self, signum: int, frame) -> None:
+        if self.armed:
+            if self._wakeup is None:  # not installed (a test calls this): no watcher counts it
+                self._signalled(signum)
+            return
         self.count += 1
-        if not self.armed and self._holding:
+        if self._holding:
             return  # raised when the held block ends
-        if not self.armed:
-            raise KeyboardInterrupt  # start-up: nothing is being written yet
+        raise KeyboardInterrupt  # start-up: nothing is being written yet
+
+    def _signalled(self, signum: int) -> None:
+        """An armed stop: the first asks the run to stop at a batch boundary, the second aborts."""
+        self.count += 1
         if self.count > 1:
             print(
-                "berta-jax: aborted; committed chunks are kept, rerun with --resume",
+                f"berta-jax: aborted; {self.describe()}. Rerun with --resume",
                 file=self.stream,
                 flush=True,
             )
             os._exit(130)
         name = signal.Signals(signum).name
         print(
-            f"berta-jax: {name}: stopping after the current batch and committing what is done; "
-            "press Ctrl-C again to abort",
+            f"berta-jax: {name}: stopping after the current batch; {self.describe()}. Press "
+            "Ctrl-C again to abort",
             file=self.stream,
             flush=True,
         )

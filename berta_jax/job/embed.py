@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import hashlib
 import json
 import time
-from typing import Iterator
 
 import numpy as np
 
@@ -99,7 +97,7 @@ def embed_split(
     lengths, done, embedded = work.prepared.tokens.lengths, (summary.rows, summary.tokens), 0
     # progress inside a split by tokens, not texts: batches run longest texts first, and a batch
     # costs its tokens, so a count of texts would lag behind the work done (and inflate the ETA)
-    total = max(int(lengths.sum()), 1)
+    total, summary.split_fraction = max(int(lengths.sum()), 1), 0.0
     for batch, out in encoder.run_batches(work.prepared.batches):
         offsets = [work.good[t] for t in batch.texts]
         try:
@@ -118,6 +116,7 @@ def embed_split(
         summary.tokens += int(lengths[batch.texts].sum())
         embedded += int(lengths[batch.texts].sum())
         summary.fraction = (share[0] + share[1] * embedded / total) / share[2]
+        summary.split_fraction = embedded / total
         if progress:
             progress(summary)
         if stop and stop():
@@ -197,8 +196,9 @@ def embed_splits(
 ) -> None:
     """Embed this process's splits, one part each; the next split is prepared in a helper thread
     meanwhile."""
-    # the encoder is loaded only now that there is work
-    encoder = encoder if hasattr(encoder, "prepare") else encoder()
+    encoder = _loaded(encoder, summary)  # only now that there is work
+    clock = _Clock(encoder, summary)
+    tracked = clock.ticking(progress)
 
     def prepare(k: int):
         return (
@@ -208,14 +208,14 @@ def embed_splits(
     weights = _weights(plan)
     share, base = sum(weights[i] for i in mine) or 1, 0.0
     ahead = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="berta-jax-prepare")
-    with ahead, _timed(encoder, summary):
+    with ahead:
         upcoming = ahead.submit(prepare, 0)
         try:
             for k in range(len(mine)):
                 work = upcoming.result()
                 upcoming = ahead.submit(prepare, k + 1)
                 split_share = (base, weights[work.split], share)
-                vectors = embed_split(plan, encoder, work, summary, progress, stop, split_share)
+                vectors = embed_split(plan, encoder, work, summary, tracked, stop, split_share)
                 if vectors is None:
                     summary.interrupted = True
                     return
@@ -224,20 +224,46 @@ def embed_splits(
                 if stop and stop() and k + 1 < len(mine):  # a split without batches polls nothing
                     summary.interrupted = True
                     return
-                if progress:
-                    progress(summary)
+                tracked(summary)
         finally:
             upcoming.cancel()
+            clock.tick()
 
 
-@contextlib.contextmanager
-def _timed(encoder, summary: JobSummary) -> Iterator[None]:
-    """Add the block's time, compiles excluded, and the device's busy time in it to `summary`."""
-    compiled, busy = encoder.compile_stats.wall_seconds, encoder.run_stats.device_seconds
+class _Clock:
+    """This run's embedding time, compiles excluded, and the device's busy time in it, kept current
+    in `summary` (`tick`) at every batch: the progress display and the final line divide by the
+    same seconds."""
+
+    def __init__(self, encoder, summary: JobSummary):
+        self.encoder, self.summary, self.start = encoder, summary, time.perf_counter()
+        self.compiled = encoder.compile_stats.wall_seconds
+        self.busy = encoder.run_stats.device_seconds
+        self.base = (summary.embed_seconds, summary.device_seconds, summary.compile_seconds)
+
+    def tick(self) -> None:
+        s, compiled = self.summary, self.encoder.compile_stats.wall_seconds - self.compiled
+        s.embed_seconds = self.base[0] + time.perf_counter() - self.start - compiled
+        s.device_seconds = self.base[1] + self.encoder.run_stats.device_seconds - self.busy
+        s.compile_seconds = self.base[2] + compiled
+
+    def ticking(self, progress):
+        """`progress`, called with the summary's times brought up to date."""
+
+        def tracked(summary: JobSummary) -> None:
+            self.tick()
+            if progress:
+                progress(summary)
+
+        return tracked
+
+
+def _loaded(encoder, summary: JobSummary):
+    """The encoder, loaded now if `encoder` is its loader (the time is start-up, not embedding)."""
+    if hasattr(encoder, "prepare"):
+        return encoder
     start = time.perf_counter()
     try:
-        yield
+        return encoder()
     finally:
-        elapsed = time.perf_counter() - start
-        summary.embed_seconds += elapsed - (encoder.compile_stats.wall_seconds - compiled)
-        summary.device_seconds += encoder.run_stats.device_seconds - busy
+        summary.load_seconds += time.perf_counter() - start

@@ -11,19 +11,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from typing import Callable
 
 from berta_jax.errors import JobError
 from berta_jax.loading.folder import ModelFolder
 from berta_jax.models.vectors import embedding_dim
 from berta_jax.data.inputs import InputFile, check_fields, expand_inputs, first_id_kind
+from berta_jax.job.fingerprint import FIELDS
 from berta_jax.job.layout import Layout, check_collisions, layout_for
+from berta_jax.job.split_size import default_split_bytes, recorded_split_bytes
 from berta_jax.data.outputs import PRECISIONS, WHOLE_OUTPUT_PRECISIONS
 from berta_jax.data.splits import Split, plan_splits
 from berta_jax.storage.stores import store_for
 
 FORMAT_VERSION = 2
-# ~1M tokens of text: seconds on an accelerator, what a graceful stop can lose
-DEFAULT_SPLIT_BYTES = 4 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,8 @@ class JobOptions:
     prompt: str = ""
     precision: str = "float32"
     truncate_dim: int | None = None
-    split_bytes: int = DEFAULT_SPLIT_BYTES
+    # None: the size an earlier run of the output recorded, else about a minute of the device's work
+    split_bytes: int | None = None
     on_error: str = "raise"
     max_batch_tokens: int | None = None
     batch_size: int | None = None
@@ -127,8 +129,11 @@ def plan_job(
     dataset: bool = False,
     report: str | None = None,
     compute_dtype: str = "float32",
+    platform: Callable[[], str] = lambda: "cpu",
+    overwrite: bool = False,
 ) -> Plan:
-    """Everything about a job that can be known without writing anything or loading the weights."""
+    """Everything about a job known without writing anything or loading the weights (the split
+    size: see `_with_split_size`; `platform()` names the device kind)."""
     hidden = model.config.hidden_size
     if options.truncate_dim is not None and options.truncate_dim > hidden:
         raise JobError(
@@ -155,17 +160,22 @@ def plan_job(
     check_collisions(layout, inputs, input_specs, model.protected())
     for file in inputs:
         check_fields(file, options.text_field, options.id_field)
+    options = _with_split_size(options, layout, model, platform, overwrite)
     splits = plan_splits(inputs, split_bytes=options.split_bytes)
     fingerprint = _fingerprint(inputs, splits, layout, options, model, compute_dtype)
-    return Plan(
-        inputs,
-        splits,
-        layout,
-        options,
-        fingerprint,
-        embedding_dim(hidden, model.sentence.truncate_dim, options.truncate_dim),
-        first_id_kind(inputs, options.id_field),
-    )
+    dim = embedding_dim(hidden, model.sentence.truncate_dim, options.truncate_dim)
+    id_kind = first_id_kind(inputs, options.id_field)
+    return Plan(inputs, splits, layout, options, fingerprint, dim, id_kind)
+
+
+def _with_split_size(options: JobOptions, layout: Layout, model, platform, overwrite: bool):
+    """`options` with a split size: its own, the earlier run's (kept unless `overwrite`), or the
+    device's default."""
+    if options.split_bytes is not None:
+        return options
+    recorded = None if overwrite else recorded_split_bytes(layout)
+    size = recorded or default_split_bytes(platform(), model.config)
+    return dataclasses.replace(options, split_bytes=size)
 
 
 def _fingerprint(
@@ -194,25 +204,6 @@ def _fingerprint(
         "options": options_record,
         "splits": _digest([[inputs.index(s.file), s.kind, s.start, s.end] for s in splits]),
     }
-
-
-FIELDS = {
-    "inputs": "inputs",
-    "model": "model (--model, --dtype)",
-    "prompt": "prompt",
-    "options": "options",
-    "splits": "splits (--split-size)",
-    "version": "berta-jax format version",
-}
-
-
-def changed_fields(recorded: dict, expected: dict) -> list[str]:
-    """What differs between two fingerprints, naming the first input file that changed."""
-    changed = [FIELDS[k] for k in FIELDS if recorded.get(k) != expected.get(k)]
-    was, now = recorded.get("inputs"), expected.get("inputs") or []
-    same_length = isinstance(was, list) and len(was) == len(now)
-    moved = next((n["url"] for w, n in zip(was, now) if w != n), None) if same_length else None
-    return [f"inputs ({moved} changed)" if c == "inputs" and moved else c for c in changed]
 
 
 def plan_digests(plan: Plan) -> dict[str, str]:

@@ -41,6 +41,7 @@ from berta_jax.job.plan import (
     plan_digests,
     plan_job,
 )
+from berta_jax.job.split_size import device_kind
 from berta_jax.job.settle import clear_work, settle
 from berta_jax.job.work import work_record
 from berta_jax.job.summary import JobSummary
@@ -68,9 +69,12 @@ def run_job(
     progress=None,
     stop=None,
     cluster: Cluster | None = None,
+    platform: Callable[[], str] | None = None,
 ) -> JobSummary:
     """Embed every row of `inputs` into `output` (see the module). `encoder` may be a loader called
-    only when this process has work (then `model` gives the folder for the up-front checks)."""
+    only when this process has work (then `model` gives the folder for the up-front checks).
+    `platform` names the device kind for the default split size (default: see `_platform`), asked
+    only when neither `options` nor an earlier run gives the size."""
     cluster = cluster or Cluster()
     plan, error = _plan(
         encoder,
@@ -81,6 +85,8 @@ def run_job(
         dataset=dataset,
         report=truncation_report,
         compute_dtype=compute_dtype,
+        platform=platform or (lambda: _platform(encoder)),
+        overwrite=overwrite,
     )
     check_same_plan(cluster.meet(plan_digests(plan) if plan else None, error))
     summary = JobSummary(output=plan.layout.output, process=cluster.index)
@@ -113,6 +119,12 @@ def _plan(encoder, inputs: list, output, options: JobOptions, model, **kwargs) -
         return plan_job([str(p) for p in inputs], str(output), options, model, **kwargs), None
     except (BertaJaxError, OSError) as e:
         return None, e
+
+
+def _platform(encoder) -> str:
+    """The kind of device the job embeds on ("cpu", "gpu", "tpu"): the encoder's, or, for a loader,
+    judged without starting JAX (see `split_size.device_kind`)."""
+    return encoder.devices[0].platform if hasattr(encoder, "devices") else device_kind()
 
 
 def _release(plan: Plan, lock) -> None:
@@ -151,6 +163,7 @@ def _work(
     starts = plan.starts(counts)
     summary.total_rows = None if None in counts else sum(counts)
     summary.rows_resumed, summary.splits_resumed = sum(counts[i] for i in done), len(done)
+    summary.splits_total, summary.split_bytes = len(plan.splits), plan.options.split_bytes
     mine = [i for i in range(len(plan.splits)) if i not in done][cluster.index :: cluster.count]
     parts = Parts(
         plan.store,

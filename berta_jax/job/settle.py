@@ -14,7 +14,8 @@ import errno
 from berta_jax.errors import JobError
 from berta_jax.job import finish
 from berta_jax.job.parts import PART, RECORD, Parts
-from berta_jax.job.plan import Plan, changed_fields
+from berta_jax.job.fingerprint import changed_fields
+from berta_jax.job.plan import Plan
 from berta_jax.job.work import keep_verified, read_work
 
 _READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)

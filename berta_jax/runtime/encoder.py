@@ -43,6 +43,13 @@ class EncodeResult:
     num_tokens: np.ndarray  # [n] tokens fed to the model (prompt and special tokens included)
     padded_tokens: int  # rows x length summed over the batches run (real + padding)
 
+    def __repr__(self) -> str:  # shapes, not the arrays (thousands of vectors help nobody)
+        return (
+            f"EncodeResult(embeddings={self.embeddings.dtype}{list(self.embeddings.shape)}, "
+            f"truncated={int(self.truncated.sum())} of {len(self.truncated)}, "
+            f"num_tokens={int(self.num_tokens.sum())} in all, padded_tokens={self.padded_tokens})"
+        )
+
 
 class Encoder(EncoderBase):
     """Embeds texts with a BERT sentence encoder (sergeyzh/BERTA first of all).

@@ -74,7 +74,9 @@ class ModelFiles:
             resolved = path.resolve(strict=True)
             info = os.stat(resolved)
         except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
+            raise ConfigError(
+                f"{path}: file not found (the model folder is {self.root}); is it a model folder?"
+            ) from None
         except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop
             raise ConfigError(f"{path}: cannot be resolved ({e})") from None
         if not stat.S_ISREG(info.st_mode):
