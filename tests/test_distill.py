@@ -70,6 +70,11 @@ def test_new_student_is_a_narrower_random_bert_that_loads_in_sentence_transforme
     np.testing.assert_array_equal(weights["encoder.layer.0.output.dense.weight"],
                                   load_file(str(again / "model.safetensors"))[
                                       "encoder.layer.0.output.dense.weight"])
+    with pytest.raises(ConfigError, match="not an empty folder"):
+        new_student(minilm_dir, folder, 48, 4, 2, 96, seed=4)
+    assert load_file(str(folder / "model.safetensors")).keys() == weights.keys()
+    with pytest.raises(ConfigError, match="outside the teacher's folder"):
+        keep_layers(minilm_dir, [0], minilm_dir / "student")
     pooling = json.loads((folder / "1_Pooling" / "config.json").read_text())
     assert pooling["word_embedding_dimension"] == 48
     _sentence_transformers_agrees(folder, 48)

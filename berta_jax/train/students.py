@@ -116,10 +116,10 @@ def _write(files: ModelFiles, cfg: BertConfig, params, extras, out, prompts) -> 
     """The folder `out`: weights, the teacher's side files, config.json with the student's shape,
     the pooling's width and the prompts; built in `out.partial`, then renamed in."""
     out = Path(out)
-    if out.resolve() == files.folder.resolve() or out.resolve().is_relative_to(files.folder):
+    if out.resolve().is_relative_to(files.folder.resolve()):
         raise ConfigError(f"{out}: a student is written outside the teacher's folder")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out} exists and is not a folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty folder; choose another or remove it")
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     hf_extras = {k: v for k, v in extras.items() if not k.endswith("position_ids")}
@@ -131,7 +131,7 @@ def _write(files: ModelFiles, cfg: BertConfig, params, extras, out, prompts) -> 
     if prompts is not None:
         _write_prompts(partial, prompts)
     if out.exists():
-        shutil.rmtree(out)
+        out.rmdir()  # empty, checked above
     os.replace(partial, out)
     return out
 
