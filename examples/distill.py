@@ -1,7 +1,7 @@
 """BERTA's recipe in miniature, offline: distil a teacher's embeddings into smaller students.
 
   make distill                                  # installs Debian's fortunes, then runs this
-  python examples/distill.py --out distill-out  # the defaults: about 15 min on a busy 2-core CPU
+  python examples/distill.py --out distill-out  # the defaults: 23 min on a loaded 2-core CPU
   python examples/distill.py --train-texts 3000 --held-out 500 --steps 150 --narrow-steps 300
 
 BERTA was made by distilling FRIDA's embeddings (with task prompts) into a 12-layer BERT with mean
