@@ -180,10 +180,15 @@ def flax_folder_to_hf(
 
 
 def write_hf_folder(
-    params: FlatParams, cfg: BertConfig, dst: str | os.PathLike, side_files_from: str | os.PathLike
+    params: FlatParams,
+    cfg: BertConfig,
+    dst: str | os.PathLike,
+    side_files_from: str | os.PathLike,
+    extras: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Save Flax parameters (e.g. after fine-tuning in JAX) as an HF folder, with the source's
     tokenizer and sentence-transformers files, so transformers and sentence-transformers load it.
+    `extras` are the HF tensors outside the encoder (the pooler); None keeps the source's.
     Replaces an earlier save in `dst` (each file atomically)."""
     dst, files = Path(dst), ModelFiles(side_files_from)
     check_params(params, param_shapes(cfg), "parameters to save", cfg)
@@ -197,7 +202,8 @@ def write_hf_folder(
             f"{dst}: the destination is the source folder; save into another folder"
         )
     # the source's pooler / heads, unchanged, so transformers finds every tensor
-    _, extras, _ = read_checkpoint(files)
+    if extras is None:
+        _, extras, _ = read_checkpoint(files)
     dst.mkdir(parents=True, exist_ok=True)
     _copy_side_files(files, dst)
     _write_and_verify(dst / HF_WEIGHTS, {**flax_to_hf(params), **extras}, {"format": "pt"})
