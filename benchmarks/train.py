@@ -208,7 +208,7 @@ class Engine:
     def __init__(self, model: str, engine: str, dtype: str, batch: int, length: int,
                  loss: str = "mnrl", mini_batch: int = 32, remat: bool = False):
         self.name = f"{engine:5s} {dtype:8s} {loss:11s} B={batch:<5d} L={length}"
-        self.engine, self.dtype, self.batch, self.length, self.loss = engine, dtype, batch, length, loss
+        self.engine, self.dtype, self.length = engine, dtype, length
         command = [sys.executable, __file__, "--worker", engine, "--model", model, "--dtype", dtype,
                    "--batch", str(batch), "--length", str(length), "--loss", loss,
                    "--mini-batch", str(mini_batch)] + (["--remat"] if remat else [])
@@ -314,6 +314,7 @@ def main() -> None:
     parser.add_argument("--memory-length", type=int, default=32)
     parser.add_argument("--budget-gb", type=float, default=2.0)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
     # worker modes
     parser.add_argument("--worker", choices=("jax", "torch"))
     parser.add_argument("--scan", type=int, nargs="+")
@@ -332,12 +333,14 @@ def main() -> None:
     dtypes = ["float32"] + (["bfloat16"] if {"avx512_bf16", "amx_bf16"} & set(flags) else [])
     import torch
 
-    print(f"CPU: {cpu}, {os.cpu_count()} cores; flags: {', '.join(flags) or 'none of ' + str(FLAGS)}"
+    shown = ", ".join(flags) or f"none of {FLAGS}"
+    print(f"CPU: {cpu}, {os.cpu_count()} cores; flags: {shown}"
           f"; torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}")
     if len(dtypes) == 1:
         print("bfloat16 skipped: no AMX or AVX512-BF16 on this CPU (both engines would emulate it)")
     print(f"model {args.model}; MNRL over {args.batch} pairs; dropout on; AdamW; clip 1.0")
-    print_speed(speed(args, args.model, dtypes))
+    if not args.skip_speed:
+        print_speed(speed(args, args.model, dtypes))
     if not args.skip_memory:
         memory(args, args.model)
 
