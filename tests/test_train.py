@@ -28,7 +28,7 @@ from berta_jax.job.lock import LocalLock
 from berta_jax.train import setup
 from berta_jax.train.config import TrainConfig
 from berta_jax.train.step import StepSpec, batch_loss
-from berta_jax.train.trainer import train
+from berta_jax.train.trainer import export_checkpoint, train
 from tests.helpers import berta_jax, cli_env, start_berta_jax, wait_for
 
 STEPS = 6
@@ -119,6 +119,13 @@ def test_a_run_writes_metrics_checkpoints_and_a_sentence_transformers_folder(fin
     assert np.abs(ours - theirs).max() <= 1e-5
     before = Encoder.from_pretrained(tiny_bert_dir).encode(texts, prompt="")
     assert np.abs(ours - before).max() > 1e-3  # the weights moved
+    # --export STEP: a kept checkpoint as a folder; the last step's is the model itself
+    exported = export_checkpoint(TrainConfig.from_dict(tree), STEPS)
+    assert exported == os.path.join(out, f"model-{STEPS}")
+    assert open(os.path.join(exported, "model.safetensors"), "rb").read() == open(
+        os.path.join(result.model_dir, "model.safetensors"), "rb").read()
+    with pytest.raises(TrainError, match="no checkpoint of step 2; there are 4, 6"):
+        export_checkpoint(TrainConfig.from_dict(tree), 2)
 
 
 def test_kill_9_then_resume_gives_the_same_bytes(finished, tmp_path):
