@@ -104,8 +104,8 @@ def jax_stepper(folder: str, dtype: str, loss: str, mini_batch: int, batch: dict
     jdtype = jax.numpy.bfloat16 if dtype == "bfloat16" else jax.numpy.float32
     student = setup.load_student(cfg, jdtype)
     graphdef, params = nnx.split(student.model)
-    tx = make_optimizer(cfg, cfg["steps"])
     rate = learning_rate(cfg["optim.lr"], "linear", 0, cfg["steps"])
+    tx = make_optimizer(cfg, rate)
     spec = StepSpec(graphdef=graphdef, loss=setup.build_loss(cfg),
                     pooling=student.folder.sentence.pooling,
                     normalize=student.folder.sentence.normalize, dropout=True,

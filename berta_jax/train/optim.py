@@ -49,14 +49,8 @@ def decay_mask(params) -> object:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def make_optimizer(settings, total_steps: int) -> optax.GradientTransformation:
-    """Clip by global norm (when max_grad_norm > 0), then AdamW on the schedule."""
-    rate = learning_rate(
-        settings["optim.lr"],
-        settings["optim.schedule"],
-        settings["optim.warmup_steps"],
-        total_steps,
-    )
+def make_optimizer(settings, rate: optax.Schedule) -> optax.GradientTransformation:
+    """Clip by global norm (when max_grad_norm > 0), then AdamW on the schedule `rate`."""
     adamw = optax.adamw(
         rate,
         b1=settings["optim.b1"],

@@ -158,10 +158,10 @@ class Run:
         cfg, start_time = self.cfg, time.monotonic()
         graphdef, params = nnx.split(self.student.model)
         params = nnx.to_pure_dict(params)
-        tx = make_optimizer(cfg, cfg["steps"])
         rate = learning_rate(
             cfg["optim.lr"], cfg["optim.schedule"], cfg["optim.warmup_steps"], cfg["steps"]
         )
+        tx = make_optimizer(cfg, rate)
         state = self._initial_state(params, tx)
         checkpoints = Checkpoints(
             self.folder.file("checkpoints"),
