@@ -103,7 +103,7 @@ class StepLoop:
             self.evaluation.keep_best(metrics, step)
 
     def _place(self, host: dict) -> dict:
-        arrays = {k: v for k, v in host.items() if k not in ("real_tokens", "dataset")}
+        arrays = {k: v for k, v in host.items() if k != "real_tokens"}
         shardings = batch_sharding(self.mesh, arrays)
         rows = self.cfg["data.batch_size"]
 

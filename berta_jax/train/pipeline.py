@@ -49,20 +49,20 @@ class StepSource:
     def __len__(self) -> int:
         return self.steps
 
-    def micro_batch(self, k: int) -> tuple[int, HostBatch]:
+    def micro_batch(self, k: int) -> HostBatch:
         """Micro-step k's whole global batch (every process pads to the same length)."""
         _, planned = self.plan[k]
         data = self.datasets[planned.dataset]
         texts = [[column[i] for i in planned.rows] for column in data.texts]
         labels = None if data.labels is None else data.labels[planned.rows]
-        return planned.dataset, self.batcher(texts, self.prompts[planned.dataset], labels)
+        return self.batcher(texts, self.prompts[planned.dataset], labels)
 
     def __getitem__(self, step: int) -> dict:
         parts = [self.micro_batch(step * self.accumulate + a) for a in range(self.accumulate)]
-        length = max(p.input_ids.shape[-1] for _, p in parts)
-        rows = self.shard.rows(parts[0][1].input_ids.shape[1])
-        arrays = {name: [] for name in parts[0][1].arrays()}
-        for _, part in parts:
+        length = max(p.input_ids.shape[-1] for p in parts)
+        rows = self.shard.rows(parts[0].input_ids.shape[1])
+        arrays = {name: [] for name in parts[0].arrays()}
+        for part in parts:
             for name, value in part.arrays().items():
                 if name != "labels":  # pad every micro-batch of the step to one length
                     pad = [(0, 0)] * (value.ndim - 1) + [(0, length - value.shape[-1])]
@@ -76,8 +76,7 @@ class StepSource:
                     value = value[rows]
                 arrays[name].append(value)
         out = {name: np.stack(values) for name, values in arrays.items()}
-        out["real_tokens"] = np.int64(sum(p.real_tokens for _, p in parts))
-        out["dataset"] = np.int64(parts[0][0])
+        out["real_tokens"] = np.int64(sum(p.real_tokens for p in parts))
         return out
 
 
